@@ -1,0 +1,39 @@
+//! `parstat check`: validate the whole project and print every diagnostic.
+
+use std::path::Path;
+
+use super::{Failure, EXIT_USAGE};
+use crate::config::{self, Severity};
+
+pub fn run(project: &Path) -> Result<(), Failure> {
+    let loaded = config::load(project);
+    for d in &loaded.diagnostics {
+        eprintln!("{d}");
+    }
+    let errors = loaded
+        .diagnostics
+        .iter()
+        .filter(|d| d.severity == Severity::Error)
+        .count();
+    let warnings = loaded.diagnostics.len() - errors;
+    match loaded.project {
+        Some(p) => {
+            println!(
+                "ok: {} pipelines, {} datasets checked ({} warning{})",
+                p.pipelines.len(),
+                p.schemas.len(),
+                warnings,
+                if warnings == 1 { "" } else { "s" }
+            );
+            Ok(())
+        }
+        None => Err(Failure {
+            code: EXIT_USAGE,
+            error: anyhow::anyhow!(
+                "{} error{} in the project configuration",
+                errors,
+                if errors == 1 { "" } else { "s" }
+            ),
+        }),
+    }
+}

@@ -1,0 +1,111 @@
+//! `parstat demo`: generate the demo province's source data (and load it into databases on
+//! request), then check the project that reads it.
+
+use chrono::NaiveDate;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+
+use super::Failure;
+use crate::demo::{self, DemoOptions};
+
+#[derive(clap::Args, Debug)]
+pub struct DemoArgs {
+    /// Number of dossiers over the whole history (2019-01 to --until).
+    #[arg(long, default_value_t = 300_000)]
+    pub dossiers: u64,
+    /// Seed of the generator: the same seed and --until give the same files.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Only generate the source data; do not run the jobs.
+    #[arg(long)]
+    pub data_only: bool,
+    /// Also load dossiers and votes into this PostgreSQL database (one-stop-shop schema).
+    #[arg(long, value_name = "URL")]
+    pub postgres: Option<String>,
+    /// PostgreSQL schema for --postgres.
+    #[arg(long, default_value = "motcua", value_name = "NAME")]
+    pub pg_schema: String,
+    /// Also load dossiers and votes into this MariaDB/MySQL database.
+    #[arg(long, value_name = "URL")]
+    pub mysql: Option<String>,
+    /// Share of malformed rows to add (missing dates, unknown status codes, finish before
+    /// receipt, broken encoding), e.g. 0.01.
+    #[arg(long, default_value_t = 0.0, value_name = "FRACTION")]
+    pub bad_rows: f64,
+    /// Last month of data, YYYY-MM (default: the last complete month).
+    #[arg(long, value_name = "YYYY-MM")]
+    pub until: Option<String>,
+    /// Output folder, relative to the project.
+    #[arg(long, default_value = "data", value_name = "DIR")]
+    pub out: PathBuf,
+}
+
+fn parse_month(s: &str) -> Option<(i32, u32)> {
+    let (y, m) = s.split_once('-')?;
+    let (y, m): (i32, u32) = (y.parse().ok()?, m.parse().ok()?);
+    (y > 1900 && (1..=12).contains(&m) && m.to_string().len() <= 2 && s.len() == 7).then_some((y, m))
+}
+
+pub async fn run(project: &Path, args: DemoArgs) -> Result<(), Failure> {
+    // Today in the project's time zone decides the last complete month.
+    let tz = crate::config::Project::load(project)
+        .map(|p| p.settings.timezone)
+        .unwrap_or(chrono_tz::Asia::Ho_Chi_Minh);
+    let today: NaiveDate = chrono::Utc::now().with_timezone(&tz).date_naive();
+    let until = match &args.until {
+        None => demo::last_complete_month(today),
+        Some(s) => parse_month(s).ok_or_else(|| Failure::usage(anyhow::anyhow!("--until {s}: expected YYYY-MM, e.g. 2026-10")))?,
+    };
+    if !(0.0..=1.0).contains(&args.bad_rows) {
+        return Err(Failure::usage(anyhow::anyhow!("--bad-rows {}: give a share between 0 and 1, e.g. 0.01", args.bad_rows)));
+    }
+    let opts = DemoOptions {
+        seed: args.seed,
+        dossiers: args.dossiers,
+        until,
+        bad_rows: args.bad_rows,
+        progress: std::io::stderr().is_terminal(),
+    };
+    let out = project.join(&args.out);
+    let started = std::time::Instant::now();
+    let manifest = tokio::task::spawn_blocking({
+        let opts = opts.clone();
+        let out = out.clone();
+        move || demo::generate_files(&opts, &out)
+    })
+    .await
+    .map_err(|e| Failure::failed(anyhow::anyhow!("generator stopped: {e}")))??;
+    tracing::info!(
+        dossiers = manifest.datasets.get("dossier").map(|d| d.rows).unwrap_or(0),
+        seconds = started.elapsed().as_secs_f64(),
+        "demo data generated"
+    );
+    println!("{}", out.display());
+    if let Some(url) = &args.postgres {
+        let (rows, votes) = demo::db::load_postgres(url, &args.pg_schema, &opts).await?;
+        tracing::info!(rows, votes, schema = %args.pg_schema, "loaded into PostgreSQL");
+        println!("postgres: {rows} dossiers, {votes} votes in schema {}", args.pg_schema);
+    }
+    if let Some(url) = &args.mysql {
+        let (rows, votes) = demo::db::load_mysql(url, &opts).await?;
+        tracing::info!(rows, votes, "loaded into MariaDB/MySQL");
+        println!("mysql: {rows} dossiers, {votes} votes");
+    }
+    if args.data_only {
+        return Ok(());
+    }
+    super::check::run(project)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_month;
+
+    #[test]
+    fn parses_months() {
+        assert_eq!(parse_month("2026-10"), Some((2026, 10)));
+        assert_eq!(parse_month("2026-13"), None);
+        assert_eq!(parse_month("2026-1"), None);
+        assert_eq!(parse_month("26-10"), None);
+    }
+}

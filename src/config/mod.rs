@@ -1,0 +1,146 @@
+//! Configuration: `parstat.toml`, `pipelines/*.toml` and `schemas/*.toml` read into validated
+//! types, with every problem of every file gathered as positioned diagnostics.
+
+pub mod diag;
+pub mod env;
+pub mod pipeline;
+pub mod schema;
+pub mod settings;
+mod toml_file;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+pub use diag::{Diagnostic, Diagnostics, Severity, Source};
+pub use pipeline::{JobKind, Pipeline};
+pub use schema::Schema;
+pub use settings::Settings;
+
+/// A loaded and validated project.
+#[derive(Debug, Clone)]
+pub struct Project {
+    pub root: PathBuf,
+    pub settings: Settings,
+    pub schemas: BTreeMap<String, Schema>,
+    pub pipelines: Vec<Pipeline>,
+}
+
+/// The outcome of loading: the project when there was no error, and every diagnostic
+/// (warnings too) either way.
+pub struct Loaded {
+    pub project: Option<Project>,
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl Project {
+    /// Loads the project in `root`; fails with every diagnostic when any is an error.
+    pub fn load(root: &Path) -> Result<Project, Vec<Diagnostic>> {
+        let loaded = load(root);
+        match loaded.project {
+            Some(p) => Ok(p),
+            None => Err(loaded.diagnostics),
+        }
+    }
+
+    pub fn pipeline(&self, name: &str) -> Option<&Pipeline> {
+        self.pipelines.iter().find(|p| p.name == name)
+    }
+
+    /// The extract job that produces `dataset`.
+    pub fn producer(&self, dataset: &str) -> Option<&Pipeline> {
+        self.pipelines
+            .iter()
+            .find(|p| p.as_extract().is_some_and(|e| e.dataset == dataset))
+    }
+}
+
+/// Reads a file of the project, reporting a missing or unreadable file.
+fn read(root: &Path, rel: &Path, diags: &mut Diagnostics, help: Option<String>) -> Option<Source> {
+    match std::fs::read_to_string(root.join(rel)) {
+        Ok(text) => Some(Source::new(rel, text)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            diags.error_file(rel, "file not found", help);
+            None
+        }
+        Err(e) => {
+            diags.error_file(rel, format!("cannot read: {e}"), None);
+            None
+        }
+    }
+}
+
+/// The `*.toml` files of a project folder, sorted, as paths relative to the project.
+fn toml_files(root: &Path, dir: &str, diags: &mut Diagnostics) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    match std::fs::read_dir(root.join(dir)) {
+        Ok(entries) => {
+            for e in entries.flatten() {
+                let p = e.path();
+                if p.extension().is_some_and(|x| x == "toml") && p.is_file() {
+                    out.push(Path::new(dir).join(e.file_name()));
+                }
+            }
+        }
+        Err(_) => diags.error_file(
+            Path::new(dir),
+            "folder not found",
+            Some(format!("create `{dir}/` in the project folder")),
+        ),
+    }
+    out.sort();
+    out
+}
+
+/// Loads and validates everything, gathering all diagnostics.
+pub fn load(root: &Path) -> Loaded {
+    let mut diags = Diagnostics::default();
+    let settings = read(
+        root,
+        Path::new("parstat.toml"),
+        &mut diags,
+        Some("run parstat in a project folder, or pass `--project DIR`".into()),
+    )
+    .and_then(|src| settings::load(&src, &mut diags).map(|s| (s, src)));
+
+    let mut schemas = BTreeMap::new();
+    for rel in toml_files(root, "schemas", &mut diags) {
+        let stem = pipeline::table_name(&rel);
+        if let Some(src) = read(root, &rel, &mut diags, None) {
+            if let Some(s) = schema::load(&src, &stem, &mut diags) {
+                schemas.insert(s.name.clone(), s);
+            }
+        }
+    }
+
+    let mut pipelines = Vec::new();
+    let files = toml_files(root, "pipelines", &mut diags);
+    let mut sources = Vec::new();
+    for rel in files {
+        if let Some(src) = read(root, &rel, &mut diags, None) {
+            sources.push(src);
+        }
+    }
+    if let Some((settings, settings_src)) = &settings {
+        pipelines = validate::pipelines(root, settings, settings_src, &schemas, &sources, &mut diags);
+    } else {
+        // Without settings, still report what can be found in each pipeline file alone.
+        for src in &sources {
+            let _ = pipeline::parse(src, &mut diags);
+        }
+    }
+
+    let project = match settings {
+        Some((settings, _)) if !diags.has_errors() => Some(Project {
+            root: root.to_path_buf(),
+            settings,
+            schemas,
+            pipelines,
+        }),
+        _ => None,
+    };
+    Loaded {
+        project,
+        diagnostics: diags.sorted(),
+    }
+}

@@ -1,0 +1,564 @@
+//! `parstat.toml`: project name and time zone, the warehouse, mail and the named connections.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use toml::Spanned;
+
+use super::diag::{suggest, Diagnostics, Source};
+use super::env::{self, EnvError};
+use super::toml_file::{self, fields_of};
+
+#[derive(Deserialize)]
+struct RawSettings {
+    project: Option<Spanned<RawProject>>,
+    warehouse: Option<RawWarehouse>,
+    mail: Option<RawMail>,
+    #[serde(default)]
+    connections: BTreeMap<String, Spanned<RawConnection>>,
+}
+
+#[derive(Deserialize)]
+struct RawProject {
+    name: Spanned<String>,
+    timezone: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+struct RawWarehouse {
+    url: Spanned<String>,
+}
+
+#[derive(Deserialize)]
+struct RawMail {
+    transport: Option<Spanned<String>>,
+    outbox: Option<Spanned<String>>,
+    from: Option<Spanned<String>>,
+    #[serde(default)]
+    operators: Vec<Spanned<String>>,
+    max_size_mb: Option<Spanned<f64>>,
+    smtp: Option<Spanned<RawSmtp>>,
+}
+
+#[derive(Deserialize)]
+struct RawSmtp {
+    host: Spanned<String>,
+    port: Option<Spanned<u16>>,
+    security: Option<Spanned<String>>,
+    username: Option<Spanned<String>>,
+    password: Option<Spanned<String>>,
+    timeout_secs: Option<Spanned<u64>>,
+}
+
+#[derive(Deserialize)]
+struct RawConnection {
+    kind: Spanned<String>,
+    url: Option<Spanned<String>>,
+    root: Option<Spanned<String>>,
+    token: Option<Spanned<String>>,
+    page_size: Option<Spanned<u32>>,
+    timeout_secs: Option<Spanned<u64>>,
+}
+
+/// A configuration value that may hold `${NAME}`: resolved when used, so that an unused
+/// connection needs no variables and an error names the variable and where it was written.
+#[derive(Clone, PartialEq, Eq)]
+pub struct EnvValue {
+    pub raw: String,
+    pub file: PathBuf,
+    pub position: (usize, usize),
+}
+
+impl fmt::Debug for EnvValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The raw text is either a literal that is not secret or `${NAME}`: safe to show.
+        write!(f, "{:?}", self.raw)
+    }
+}
+
+impl EnvValue {
+    fn new(src: &Source, v: &Spanned<String>) -> Self {
+        EnvValue {
+            raw: v.get_ref().clone(),
+            file: src.path.clone(),
+            position: src.line_col(v.span().start),
+        }
+    }
+
+    /// The value with its `${NAME}` references replaced from the environment.
+    pub fn resolve(&self) -> Result<Secret, ConfigValueError> {
+        env::interpolate(&self.raw)
+            .map(Secret)
+            .map_err(|error| ConfigValueError {
+                file: self.file.clone(),
+                position: self.position,
+                error,
+            })
+    }
+}
+
+/// A failure to resolve a value, with the place it was written.
+#[derive(Debug, thiserror::Error)]
+#[error("{}:{}:{}: {error}", file.display(), position.0, position.1)]
+pub struct ConfigValueError {
+    pub file: PathBuf,
+    pub position: (usize, usize),
+    pub error: EnvError,
+}
+
+/// A resolved value that may be a secret: its `Debug` never shows it, so it cannot reach a log.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub name: String,
+    pub timezone: chrono_tz::Tz,
+    pub warehouse_url: String,
+    pub mail: MailSettings,
+    pub connections: BTreeMap<String, Connection>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Outbox,
+    Smtp,
+}
+
+#[derive(Debug, Clone)]
+pub struct MailSettings {
+    pub transport: Transport,
+    pub outbox: PathBuf,
+    pub from: String,
+    pub operators: Vec<String>,
+    pub max_size_bytes: u64,
+    pub smtp: Option<SmtpSettings>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Security {
+    None,
+    StartTls,
+    Tls,
+}
+
+#[derive(Debug, Clone)]
+pub struct SmtpSettings {
+    pub host: EnvValue,
+    pub port: u16,
+    pub security: Security,
+    pub username: Option<EnvValue>,
+    pub password: Option<EnvValue>,
+    pub timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionKind {
+    Postgres,
+    Mysql,
+    File,
+    Http,
+}
+
+pub const CONNECTION_KINDS: &[&str] = &["postgres", "mysql", "file", "http"];
+
+#[derive(Debug, Clone)]
+pub struct Connection {
+    pub name: String,
+    pub kind: ConnectionKind,
+    /// Database URL (postgres, mysql) or endpoint (http).
+    pub url: Option<EnvValue>,
+    /// Folder that file sources' globs are relative to (file); defaults to the project folder.
+    pub root: Option<EnvValue>,
+    /// Bearer token (http), always from the environment.
+    pub token: Option<EnvValue>,
+    pub page_size: u32,
+    pub timeout_secs: u64,
+    /// Where the connection is defined, for diagnostics about its use.
+    pub position: (usize, usize),
+    /// Every `${NAME}` value of the connection with its span, checked when the connection is used.
+    pub(crate) env_values: Vec<(EnvValue, std::ops::Range<usize>)>,
+}
+
+pub const DEFAULT_MAIL_MAX_MB: f64 = 10.0;
+
+/// Every key a `parstat.toml` may hold, for suggestions.
+fn known_keys() -> Vec<&'static str> {
+    [
+        fields_of::<RawSettings>(),
+        fields_of::<RawProject>(),
+        fields_of::<RawWarehouse>(),
+        fields_of::<RawMail>(),
+        fields_of::<RawSmtp>(),
+        fields_of::<RawConnection>(),
+    ]
+    .concat()
+}
+
+/// Parses and validates `parstat.toml`; every problem goes to `diags`.
+pub fn load(src: &Source, diags: &mut Diagnostics) -> Option<Settings> {
+    let raw: RawSettings = toml_file::parse(src, &known_keys(), diags)?;
+    let before = diags.error_count();
+
+    let (name, timezone) = match &raw.project {
+        None => {
+            diags.error_at(
+                src,
+                0..0,
+                "missing `[project]` table",
+                Some("add `[project]` with `name = \"...\"` and `timezone = \"Asia/Ho_Chi_Minh\"`".into()),
+            );
+            (String::new(), chrono_tz::Asia::Ho_Chi_Minh)
+        }
+        Some(p) => {
+            let p = p.get_ref();
+            let tz = match &p.timezone {
+                None => chrono_tz::Asia::Ho_Chi_Minh,
+                Some(tz) => match tz.get_ref().parse::<chrono_tz::Tz>() {
+                    Ok(t) => t,
+                    Err(_) => {
+                        diags.error_at(
+                            src,
+                            tz.span(),
+                            format!("unknown time zone `{}`", tz.get_ref()),
+                            Some("use an IANA name such as `Asia/Ho_Chi_Minh`".into()),
+                        );
+                        chrono_tz::Asia::Ho_Chi_Minh
+                    }
+                },
+            };
+            if p.name.get_ref().trim().is_empty() {
+                diags.error_at(src, p.name.span(), "project name is empty", None);
+            }
+            (p.name.get_ref().clone(), tz)
+        }
+    };
+
+    let warehouse_url = match &raw.warehouse {
+        None => "warehouse".to_string(),
+        Some(w) => {
+            let url = w.url.get_ref();
+            let scheme_ok = !url.contains("://")
+                || url.starts_with("file://")
+                || url.starts_with("s3://");
+            if !scheme_ok {
+                diags.error_at(
+                    src,
+                    w.url.span(),
+                    format!("unsupported warehouse url `{url}`"),
+                    Some("use a folder, `file:///path` or `s3://bucket/prefix`".into()),
+                );
+            }
+            check_env_syntax(src, &w.url, diags);
+            url.clone()
+        }
+    };
+
+    let mail = load_mail(src, raw.mail.as_ref(), diags);
+
+    let mut connections = BTreeMap::new();
+    for (cname, c) in &raw.connections {
+        if let Some(conn) = load_connection(src, cname, c, diags) {
+            connections.insert(cname.clone(), conn);
+        }
+    }
+
+    (diags.error_count() == before).then_some(Settings {
+        name,
+        timezone,
+        warehouse_url,
+        mail,
+        connections,
+    })
+}
+
+fn load_mail(src: &Source, raw: Option<&RawMail>, diags: &mut Diagnostics) -> MailSettings {
+    let mut mail = MailSettings {
+        transport: Transport::Outbox,
+        outbox: PathBuf::from("outbox"),
+        from: "parstat <parstat@localhost>".into(),
+        operators: Vec::new(),
+        max_size_bytes: (DEFAULT_MAIL_MAX_MB * 1e6) as u64,
+        smtp: None,
+    };
+    let Some(raw) = raw else { return mail };
+    if let Some(t) = &raw.transport {
+        mail.transport = match t.get_ref().as_str() {
+            "outbox" => Transport::Outbox,
+            "smtp" => Transport::Smtp,
+            other => {
+                diags.error_at(
+                    src,
+                    t.span(),
+                    format!("unknown mail transport `{other}`"),
+                    Some(suggest(other, &["outbox", "smtp"])),
+                );
+                Transport::Outbox
+            }
+        };
+    }
+    if let Some(o) = &raw.outbox {
+        mail.outbox = PathBuf::from(o.get_ref());
+    }
+    if let Some(f) = &raw.from {
+        check_address(src, f, diags);
+        mail.from = f.get_ref().clone();
+    }
+    for op in &raw.operators {
+        check_address(src, op, diags);
+        mail.operators.push(op.get_ref().clone());
+    }
+    if let Some(m) = &raw.max_size_mb {
+        if !(*m.get_ref() > 0.0) {
+            diags.error_at(
+                src,
+                m.span(),
+                "max_size_mb must be a positive number of megabytes",
+                Some(format!("the default is {DEFAULT_MAIL_MAX_MB}")),
+            );
+        } else {
+            mail.max_size_bytes = (m.get_ref() * 1e6) as u64;
+        }
+    }
+    match &raw.smtp {
+        Some(s) => {
+            let s_ref = s.get_ref();
+            let security = match s_ref.security.as_ref().map(|v| (v.get_ref().as_str(), v.span())) {
+                None | Some(("none", _)) => Security::None,
+                Some(("starttls", _)) => Security::StartTls,
+                Some(("tls", _)) => Security::Tls,
+                Some((other, span)) => {
+                    diags.error_at(
+                        src,
+                        span,
+                        format!("unknown smtp security `{other}`"),
+                        Some(suggest(other, &["none", "starttls", "tls"])),
+                    );
+                    Security::None
+                }
+            };
+            if let Some(p) = &s_ref.password {
+                if !env::is_single_reference(p.get_ref()) {
+                    diags.error_at(
+                        src,
+                        p.span(),
+                        "the SMTP password is written in the file",
+                        Some("secrets come from the environment: `password = \"${PARSTAT_SMTP_PASSWORD}\"`".into()),
+                    );
+                }
+            }
+            let needed = mail.transport == Transport::Smtp;
+            for v in [Some(&s_ref.host), s_ref.username.as_ref(), s_ref.password.as_ref()]
+                .into_iter()
+                .flatten()
+            {
+                check_env_value(src, v, needed, diags);
+            }
+            mail.smtp = Some(SmtpSettings {
+                host: EnvValue::new(src, &s_ref.host),
+                port: s_ref.port.as_ref().map(|p| *p.get_ref()).unwrap_or(match security {
+                    Security::Tls => 465,
+                    Security::StartTls => 587,
+                    Security::None => 25,
+                }),
+                security,
+                username: s_ref.username.as_ref().map(|v| EnvValue::new(src, v)),
+                password: s_ref.password.as_ref().map(|v| EnvValue::new(src, v)),
+                timeout_secs: s_ref.timeout_secs.as_ref().map(|t| *t.get_ref()).unwrap_or(30),
+            });
+        }
+        None if mail.transport == Transport::Smtp => {
+            diags.error_at(
+                src,
+                raw.transport.as_ref().map(|t| t.span()).unwrap_or(0..0),
+                "mail transport is `smtp` but there is no `[mail.smtp]` table",
+                Some("add `[mail.smtp]` with `host`, `port` and `security`".into()),
+            );
+        }
+        None => {}
+    }
+    mail
+}
+
+fn check_address(src: &Source, v: &Spanned<String>, diags: &mut Diagnostics) {
+    let s = v.get_ref();
+    let addr = match (s.rfind('<'), s.rfind('>')) {
+        (Some(a), Some(b)) if a < b => &s[a + 1..b],
+        _ => s.as_str(),
+    };
+    let ok = addr
+        .split_once('@')
+        .is_some_and(|(l, d)| !l.is_empty() && d.contains('.') && !addr.contains(' '));
+    if !ok && !env::has_reference(s) {
+        diags.error_at(
+            src,
+            v.span(),
+            format!("`{s}` is not an email address"),
+            Some("write `name@domain` or `Display Name <name@domain>`".into()),
+        );
+    }
+}
+
+/// Syntax of `${...}` is checked everywhere; whether the variable is set only where needed.
+fn check_env_syntax(src: &Source, v: &Spanned<String>, diags: &mut Diagnostics) {
+    check_env_value(src, v, false, diags)
+}
+
+fn check_env_value(src: &Source, v: &Spanned<String>, needed: bool, diags: &mut Diagnostics) {
+    match env::interpolate(v.get_ref()) {
+        Ok(_) => {}
+        Err(EnvError::Unset { .. }) if !needed => {}
+        Err(e) => {
+            let offset = match &e {
+                EnvError::Unset { offset, .. } | EnvError::Malformed { offset } => *offset,
+            };
+            // +1 for the opening quote of a basic string.
+            let at = v.span().start + 1 + offset;
+            let help = match &e {
+                EnvError::Unset { name, .. } => format!("set it before running parstat: `export {name}=...`"),
+                EnvError::Malformed { .. } => "write `${NAME}`, or `$${` for a literal `${`".into(),
+            };
+            diags.error_at(src, at..at, e.to_string(), Some(help));
+        }
+    }
+}
+
+/// Reports unset variables of a connection that a pipeline uses.
+pub(crate) fn check_connection_env(conn: &Connection, src: &Source, diags: &mut Diagnostics) {
+    for (value, span) in &conn.env_values {
+        if let Err(e) = value.resolve() {
+            let offset = match &e.error {
+                EnvError::Unset { offset, .. } | EnvError::Malformed { offset } => *offset,
+            };
+            let at = span.start + 1 + offset;
+            let help = match &e.error {
+                EnvError::Unset { name, .. } => format!(
+                    "connection `{}` is used by a pipeline; set it: `export {name}=...`",
+                    conn.name
+                ),
+                EnvError::Malformed { .. } => "write `${NAME}`".into(),
+            };
+            diags.error_at(src, at..at, e.error.to_string(), Some(help));
+        }
+    }
+}
+
+fn load_connection(
+    src: &Source,
+    name: &str,
+    c: &Spanned<RawConnection>,
+    diags: &mut Diagnostics,
+) -> Option<Connection> {
+    let raw = c.get_ref();
+    let kind = match raw.kind.get_ref().as_str() {
+        "postgres" => ConnectionKind::Postgres,
+        "mysql" => ConnectionKind::Mysql,
+        "file" => ConnectionKind::File,
+        "http" => ConnectionKind::Http,
+        other => {
+            diags.error_at(
+                src,
+                raw.kind.span(),
+                format!("unknown connection kind `{other}` for connection `{name}`"),
+                Some(suggest(other, CONNECTION_KINDS)),
+            );
+            return None;
+        }
+    };
+    let mut env_values = Vec::new();
+    for v in [&raw.url, &raw.root, &raw.token].into_iter().flatten() {
+        check_env_syntax(src, v, diags);
+        env_values.push((EnvValue::new(src, v), v.span()));
+    }
+    let needs_url = matches!(
+        kind,
+        ConnectionKind::Postgres | ConnectionKind::Mysql | ConnectionKind::Http
+    );
+    if needs_url && raw.url.is_none() {
+        diags.error_at(
+            src,
+            raw.kind.span(),
+            format!("connection `{name}` of kind `{}` needs a `url`", raw.kind.get_ref()),
+            Some("for example `url = \"${MOTCUA_DATABASE_URL}\"`".into()),
+        );
+    }
+    if let Some(url) = &raw.url {
+        let u = url.get_ref();
+        // A URL written in the file must not carry a password: `user:pass@`.
+        let literal_password = !env::has_reference(u)
+            && u.split_once("://")
+                .and_then(|(_, rest)| rest.split_once('@'))
+                .is_some_and(|(userinfo, _)| userinfo.contains(':'));
+        if literal_password {
+            diags.error_at(
+                src,
+                url.span(),
+                format!("connection `{name}` has a password written in its url"),
+                Some("secrets come from the environment: `url = \"${MOTCUA_DATABASE_URL}\"`".into()),
+            );
+        }
+        let expected = match kind {
+            ConnectionKind::Postgres => &["postgres://", "postgresql://"][..],
+            ConnectionKind::Mysql => &["mysql://", "mariadb://"][..],
+            ConnectionKind::Http => &["http://", "https://"][..],
+            ConnectionKind::File => &[][..],
+        };
+        if !env::has_reference(u) && !expected.is_empty() && !expected.iter().any(|p| u.starts_with(p)) {
+            diags.error_at(
+                src,
+                url.span(),
+                format!("connection `{name}`: url `{u}` does not start with {}", expected.join(" or ")),
+                None,
+            );
+        }
+    }
+    if let Some(t) = &raw.token {
+        if !env::is_single_reference(t.get_ref()) {
+            diags.error_at(
+                src,
+                t.span(),
+                format!("connection `{name}` has its token written in the file"),
+                Some("secrets come from the environment: `token = \"${MOTCUA_API_TOKEN}\"`".into()),
+            );
+        }
+    }
+    for (key, present, allowed) in [
+        ("root", raw.root.is_some(), kind == ConnectionKind::File),
+        ("token", raw.token.is_some(), kind == ConnectionKind::Http),
+        ("page_size", raw.page_size.is_some(), kind == ConnectionKind::Http),
+        ("url", raw.url.is_some(), kind != ConnectionKind::File),
+    ] {
+        if present && !allowed {
+            diags.error_at(
+                src,
+                raw.kind.span(),
+                format!("`{key}` does not apply to a `{}` connection (`{name}`)", raw.kind.get_ref()),
+                Some(format!("remove `{key}`")),
+            );
+        }
+    }
+    Some(Connection {
+        name: name.to_string(),
+        kind,
+        url: raw.url.as_ref().map(|v| EnvValue::new(src, v)),
+        root: raw.root.as_ref().map(|v| EnvValue::new(src, v)),
+        token: raw.token.as_ref().map(|v| EnvValue::new(src, v)),
+        page_size: raw.page_size.as_ref().map(|p| *p.get_ref()).unwrap_or(1000),
+        timeout_secs: raw.timeout_secs.as_ref().map(|p| *p.get_ref()).unwrap_or(60),
+        position: src.line_col(c.span().start),
+        env_values,
+    })
+}

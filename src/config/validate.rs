@@ -1,0 +1,594 @@
+//! Validation of pipeline files against the settings and the schemas: names that must exist,
+//! keys that must fit the job's kind, and what one job needs of another.
+
+use arrow_schema::DataType;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use toml::Spanned;
+
+use super::diag::{suggest, Diagnostics, Source};
+use super::env;
+use super::pipeline::{self, *};
+use super::schema::{is_identifier, AllowedValue, Schema};
+use super::settings::{self, ConnectionKind, Settings};
+
+pub(crate) fn pipelines(
+    root: &Path,
+    settings: &Settings,
+    settings_src: &Source,
+    schemas: &BTreeMap<String, Schema>,
+    sources: &[Source],
+    diags: &mut Diagnostics,
+) -> Vec<Pipeline> {
+    let mut out = Vec::new();
+    // dataset -> (pipeline file, line) of its producer, to report a second producer.
+    let mut producers: BTreeMap<String, (PathBuf, usize)> = BTreeMap::new();
+    // report table -> (pipeline file, line) of the report that defines it.
+    let mut tables: BTreeMap<String, (PathBuf, usize)> = BTreeMap::new();
+    let mut used_connections = BTreeSet::new();
+    let mut needs: Vec<(&Source, Spanned<String>)> = Vec::new();
+    let raws: Vec<(&Source, RawPipeline)> = sources
+        .iter()
+        .filter_map(|src| pipeline::parse(src, diags).map(|r| (src, r)))
+        .collect();
+
+    for (src, raw) in &raws {
+        let name = table_name(&src.path);
+        if !is_identifier(&name) {
+            diags.error_file(
+                &src.path,
+                format!("pipeline name `{name}` is not an identifier"),
+                Some("name the file with lower-case letters, digits and `_`".into()),
+            );
+        }
+        let schedule = raw.schedule.as_ref().and_then(|s| match parse_schedule(s.get_ref()) {
+            Ok(_) => Some(s.get_ref().clone()),
+            Err(e) => {
+                diags.error_at(
+                    src,
+                    s.span(),
+                    format!("invalid cron expression `{}`: {e}", s.get_ref()),
+                    Some("six fields: sec min hour day month weekday, e.g. `0 30 1 * * *` for 01:30:00 daily".into()),
+                );
+                None
+            }
+        });
+        let catch_up = choice(
+            src,
+            raw.catch_up.as_ref(),
+            "catch-up policy",
+            &[("latest", CatchUp::Latest), ("all", CatchUp::All), ("none", CatchUp::None)],
+            CatchUp::Latest,
+            diags,
+        );
+        let job = match raw.kind.get_ref().as_str() {
+            "extract" => extract(root, settings, schemas, src, raw, diags).map(|(e, conn)| {
+                used_connections.insert(conn);
+                let line = src.line_col(raw.dataset.as_ref().map(|d| d.span().start).unwrap_or(0)).0;
+                if let Some((file, first)) = producers.get(&e.dataset) {
+                    diags.error_at(
+                        src,
+                        raw.dataset.as_ref().map(|d| d.span()).unwrap_or(0..0),
+                        format!("dataset `{}` is already produced by {}:{first}", e.dataset, file.display()),
+                        Some("one extract pipeline per dataset: remove one of them".into()),
+                    );
+                } else {
+                    producers.insert(e.dataset.clone(), (src.path.clone(), line));
+                }
+                JobKind::Extract(e)
+            }),
+            "report" => report(root, schemas, src, raw, diags).map(|r| {
+                if let Some(list) = &raw.sql {
+                    for f in list.get_ref() {
+                        let t = table_name(Path::new(f.get_ref()));
+                        let line = src.line_col(f.span().start).0;
+                        if let Some((file, first)) = tables.get(&t) {
+                            diags.error_at(
+                                src,
+                                f.span(),
+                                format!("report table `{t}` is already defined at {}:{first}", file.display()),
+                                Some("a SQL file's name is its table's name: rename one file".into()),
+                            );
+                        } else if schemas.contains_key(&t) {
+                            diags.error_at(
+                                src,
+                                f.span(),
+                                format!("report table `{t}` has the name of a dataset"),
+                                Some("rename the SQL file: tables and datasets share one namespace".into()),
+                            );
+                        } else {
+                            tables.insert(t, (src.path.clone(), line));
+                        }
+                    }
+                }
+                if let Some(n) = &raw.needs {
+                    needs.extend(n.get_ref().iter().map(|d| (*src, d.clone())));
+                }
+                JobKind::Report(r)
+            }),
+            other => {
+                diags.error_at(
+                    src,
+                    raw.kind.span(),
+                    format!("unknown job kind `{other}`"),
+                    Some(suggest(other, &["extract", "report"])),
+                );
+                None
+            }
+        };
+        if let Some(job) = job {
+            out.push(Pipeline {
+                name,
+                file: src.path.clone(),
+                description: raw.description.clone().unwrap_or_default(),
+                schedule,
+                catch_up,
+                retries: raw.retries.as_ref().map(|r| *r.get_ref()).unwrap_or(2),
+                job,
+            });
+        }
+    }
+
+    // What a report needs must be produced by some extract.
+    for (src, d) in needs {
+        let ds = d.get_ref();
+        if !schemas.contains_key(ds) {
+            let names: Vec<&str> = schemas.keys().map(|s| s.as_str()).collect();
+            diags.error_at(
+                src,
+                d.span(),
+                format!("unknown dataset `{ds}` in `needs`"),
+                Some(suggest(ds, &names)),
+            );
+        } else if !producers.contains_key(ds) {
+            diags.error_at(
+                src,
+                d.span(),
+                format!("this job needs dataset `{ds}`, which no extract pipeline produces"),
+                Some(format!("add `pipelines/{ds}.toml` with `kind = \"extract\"` and `dataset = \"{ds}\"`")),
+            );
+        }
+    }
+    for name in &used_connections {
+        if let Some(c) = settings.connections.get(name) {
+            settings::check_connection_env(c, settings_src, diags);
+        }
+    }
+    out
+}
+
+fn extract(
+    root: &Path,
+    settings: &Settings,
+    schemas: &BTreeMap<String, Schema>,
+    src: &Source,
+    raw: &RawPipeline,
+    diags: &mut Diagnostics,
+) -> Option<(ExtractJob, String)> {
+    let what = "an extract job";
+    not_for(src, raw.title.as_ref().map(|v| v.span()), "title", what, diags);
+    not_for(src, raw.sql.as_ref().map(|v| v.span()), "sql", what, diags);
+    not_for(src, raw.template.as_ref().map(|v| v.span()), "template", what, diags);
+    not_for(src, raw.period.as_ref().map(|v| v.span()), "period", what, diags);
+    not_for(src, raw.period_rule.as_ref().map(|v| v.span()), "period_rule", what, diags);
+    not_for(src, raw.needs.as_ref().map(|v| v.span()), "needs", what, diags);
+    not_for(src, raw.to.as_ref().map(|v| v.span()), "to", what, diags);
+    not_for(src, raw.cc.first().map(|v| v.span()), "cc", what, diags);
+
+    let Some(ds) = &raw.dataset else {
+        diags.error_at(src, raw.kind.span(), "an extract job needs `dataset`", Some("name a dataset of `schemas/`".into()));
+        return None;
+    };
+    let schema = match schemas.get(ds.get_ref()) {
+        Some(s) => Some(s),
+        None => {
+            let names: Vec<&str> = schemas.keys().map(|s| s.as_str()).collect();
+            diags.error_at(
+                src,
+                ds.span(),
+                format!("unknown dataset `{}`", ds.get_ref()),
+                Some(format!("{}; datasets are the files of `schemas/`", suggest(ds.get_ref(), &names))),
+            );
+            None
+        }
+    };
+    let Some(cn) = &raw.connection else {
+        diags.error_at(src, raw.kind.span(), "an extract job needs `connection`", Some("name a `[connections.NAME]` of parstat.toml".into()));
+        return None;
+    };
+    let conn = match settings.connections.get(cn.get_ref()) {
+        Some(c) => c,
+        None => {
+            let names: Vec<&str> = settings.connections.keys().map(|s| s.as_str()).collect();
+            diags.error_at(
+                src,
+                cn.span(),
+                format!("unknown connection `{}`", cn.get_ref()),
+                Some(format!("{}; connections are `[connections.NAME]` tables of parstat.toml", suggest(cn.get_ref(), &names))),
+            );
+            return None;
+        }
+    };
+
+    let mode = choice(
+        src,
+        raw.mode.as_ref(),
+        "mode",
+        &[("merge", Mode::Merge), ("replace", Mode::Replace), ("append", Mode::Append)],
+        Mode::Merge,
+        diags,
+    );
+
+    let source = match conn.kind {
+        ConnectionKind::Postgres | ConnectionKind::Mysql => {
+            for (k, v) in [("path", &raw.path), ("format", &raw.format), ("endpoint", &raw.endpoint), ("sheet", &raw.sheet)] {
+                not_for(src, v.as_ref().map(|v| v.span()), k, "a database connection", diags);
+            }
+            match &raw.query {
+                None => {
+                    diags.error_at(src, cn.span(), format!("connection `{}` is a database: the job needs `query`", cn.get_ref()), Some("write the SELECT that returns the dataset's columns".into()));
+                    None
+                }
+                Some(q) => {
+                    if mode == Mode::Merge && schema.is_some_and(|s| s.watermark.is_some()) && !q.get_ref().contains("$watermark") {
+                        diags.warning_at(src, q.span(), "the query does not use `$watermark`: every run reads the whole table", Some("add `WHERE updated_at >= $watermark` for incremental runs".into()));
+                    }
+                    Some(SourceSpec::Query { query: q.get_ref().clone() })
+                }
+            }
+        }
+        ConnectionKind::File => {
+            not_for(src, raw.query.as_ref().map(|v| v.span()), "query", "a file connection", diags);
+            not_for(src, raw.endpoint.as_ref().map(|v| v.span()), "endpoint", "a file connection", diags);
+            let format = match &raw.format {
+                None => {
+                    diags.error_at(src, cn.span(), "a file source needs `format`", Some("one of `csv`, `ndjson`, `xlsx`".into()));
+                    None
+                }
+                Some(f) => match f.get_ref().as_str() {
+                    "csv" => Some(FileFormat::Csv),
+                    "ndjson" | "jsonl" => Some(FileFormat::Ndjson),
+                    "xlsx" => Some(FileFormat::Xlsx),
+                    other => {
+                        diags.error_at(src, f.span(), format!("unknown file format `{other}`"), Some(suggest(other, &["csv", "ndjson", "xlsx"])));
+                        None
+                    }
+                },
+            };
+            if format != Some(FileFormat::Xlsx) {
+                not_for(src, raw.sheet.as_ref().map(|v| v.span()), "sheet", "this format", diags);
+            }
+            if format != Some(FileFormat::Csv) {
+                not_for(src, raw.delimiter.as_ref().map(|v| v.span()), "delimiter", "this format", diags);
+            }
+            let delimiter = match &raw.delimiter {
+                Some(d) if d.get_ref().len() == 1 => d.get_ref().as_bytes()[0],
+                Some(d) => {
+                    diags.error_at(src, d.span(), "delimiter must be one ASCII character", Some("for example `;`".into()));
+                    b','
+                }
+                None => b',',
+            };
+            match (&raw.path, format) {
+                (None, _) => {
+                    diags.error_at(src, cn.span(), "a file source needs `path`", Some("a glob under the connection's root, e.g. `motcua/hoso_*.ndjson`".into()));
+                    None
+                }
+                (Some(p), Some(format)) => {
+                    check_glob(root, conn, src, p, diags);
+                    Some(SourceSpec::Files {
+                        path: p.get_ref().clone(),
+                        format,
+                        sheet: raw.sheet.as_ref().map(|s| s.get_ref().clone()),
+                        header_row: raw.header_row.as_ref().map(|h| *h.get_ref()).unwrap_or(1),
+                        delimiter,
+                    })
+                }
+                (Some(_), None) => None,
+            }
+        }
+        ConnectionKind::Http => {
+            for (k, v) in [("path", &raw.path), ("format", &raw.format), ("query", &raw.query), ("sheet", &raw.sheet)] {
+                not_for(src, v.as_ref().map(|v| v.span()), k, "an http connection", diags);
+            }
+            match &raw.endpoint {
+                None => {
+                    diags.error_at(src, cn.span(), "an http source needs `endpoint`", Some("the path of the sync API under the connection's url, e.g. `/api/hoso/sync`".into()));
+                    None
+                }
+                Some(e) => Some(SourceSpec::Http {
+                    endpoint: e.get_ref().clone(),
+                    records: raw.records.as_ref().map(|r| r.get_ref().clone()),
+                }),
+            }
+        }
+    };
+
+    let columns = schema.map(|s| column_map(src, raw, s, conn.kind, diags)).unwrap_or_default();
+    let formats = schema.map(|s| formats(src, raw, s, diags)).unwrap_or_default();
+    let values = schema.map(|s| values(src, raw, s, diags)).unwrap_or_default();
+
+    let overlap_minutes = raw.overlap_minutes.as_ref().map(|o| *o.get_ref()).unwrap_or(60);
+    if let Some(o) = &raw.overlap_minutes {
+        if *o.get_ref() < 0 {
+            diags.error_at(src, o.span(), "overlap_minutes must not be negative", None);
+        }
+    }
+    let quarantine_max_share = raw.quarantine_max_share.as_ref().map(|q| *q.get_ref()).unwrap_or(0.05);
+    if let Some(q) = &raw.quarantine_max_share {
+        if !(0.0..=1.0).contains(q.get_ref()) {
+            diags.error_at(src, q.span(), "quarantine_max_share is a share between 0 and 1", Some("for example 0.05 for 5%".into()));
+        }
+    }
+    let source = source?;
+    schema?;
+    Some((
+        ExtractJob {
+            dataset: ds.get_ref().clone(),
+            connection: cn.get_ref().clone(),
+            source,
+            mode,
+            columns,
+            formats,
+            values,
+            overlap_minutes,
+            quarantine_max_share,
+        },
+        cn.get_ref().clone(),
+    ))
+}
+
+/// A glob that matches no file is a warning: the data may simply not be there yet.
+fn check_glob(root: &Path, conn: &settings::Connection, src: &Source, p: &Spanned<String>, diags: &mut Diagnostics) {
+    let base = match &conn.root {
+        None => root.to_path_buf(),
+        Some(r) => match r.resolve() {
+            Ok(v) => root.join(v.expose()),
+            Err(_) => return, // reported with the connection
+        },
+    };
+    let pattern = base.join(p.get_ref());
+    match glob::glob(&pattern.to_string_lossy()) {
+        Err(e) => diags.error_at(src, p.span(), format!("invalid glob `{}`: {}", p.get_ref(), e.msg), None),
+        Ok(mut paths) => {
+            if paths.next().is_none() {
+                diags.warning_at(
+                    src,
+                    p.span(),
+                    format!("no file matches `{}` under `{}`", p.get_ref(), base.display()),
+                    Some("for the demo, generate the files with `parstat demo --data-only`".into()),
+                );
+            }
+        }
+    }
+}
+
+fn column_map(src: &Source, raw: &RawPipeline, schema: &Schema, kind: ConnectionKind, diags: &mut Diagnostics) -> BTreeMap<String, SourceExpr> {
+    let names: Vec<&str> = schema.columns.iter().map(|c| c.name.as_str()).collect();
+    let mut out = BTreeMap::new();
+    let Some(map) = &raw.columns else {
+        if matches!(kind, ConnectionKind::File | ConnectionKind::Http) {
+            diags.error_at(
+                src,
+                raw.kind.span(),
+                format!("a {} source needs a `[columns]` table", if kind == ConnectionKind::File { "file" } else { "http" }),
+                Some("map each dataset column to its source field: `dossier_code = \"MaHoSo\"`".into()),
+            );
+        }
+        return out;
+    };
+    // Keys of a table have no span of their own here: point at the value.
+    for (col, expr) in map.get_ref() {
+        if schema.column(col).is_none() {
+            diags.error_at(
+                src,
+                expr.span(),
+                format!("`{col}` is not a column of dataset `{}`", schema.name),
+                Some(suggest(col, &names)),
+            );
+            continue;
+        }
+        match SourceExpr::parse(expr.get_ref()) {
+            Some(e) => {
+                out.insert(col.clone(), e);
+            }
+            None => diags.error_at(
+                src,
+                expr.span(),
+                format!("cannot read source expression `{}`", expr.get_ref()),
+                Some("write a field name, `sum(Array[].Field)` or `count(Array)`".into()),
+            ),
+        }
+    }
+    for c in &schema.columns {
+        if !c.nullable && !map.get_ref().contains_key(&c.name) {
+            diags.error_at(
+                src,
+                map.span(),
+                format!("required column `{}` of dataset `{}` is not mapped", c.name, schema.name),
+                Some(format!("add `{} = \"<source field>\"` to `[columns]`", c.name)),
+            );
+        }
+    }
+    out
+}
+
+fn formats(src: &Source, raw: &RawPipeline, schema: &Schema, diags: &mut Diagnostics) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let Some(map) = &raw.formats else { return out };
+    let names: Vec<&str> = schema.columns.iter().map(|c| c.name.as_str()).collect();
+    for (col, f) in map.get_ref() {
+        match schema.column(col) {
+            None => diags.error_at(src, f.span(), format!("`{col}` is not a column of dataset `{}`", schema.name), Some(suggest(col, &names))),
+            Some(c) if !matches!(c.data_type, DataType::Timestamp(..) | DataType::Date32) => diags.error_at(
+                src,
+                f.span(),
+                format!("column `{col}` is not a date or time: it takes no format"),
+                None,
+            ),
+            Some(_) if !valid_time_format(f.get_ref()) => diags.error_at(
+                src,
+                f.span(),
+                format!("invalid time format `{}`", f.get_ref()),
+                Some("use strftime items, e.g. `%Y%m%d%H%M%S` or `%d/%m/%Y`".into()),
+            ),
+            Some(_) => {
+                out.insert(col.clone(), f.get_ref().clone());
+            }
+        }
+    }
+    out
+}
+
+fn values(src: &Source, raw: &RawPipeline, schema: &Schema, diags: &mut Diagnostics) -> BTreeMap<String, BTreeMap<String, toml::Value>> {
+    let mut out = BTreeMap::new();
+    let Some(map) = &raw.values else { return out };
+    let names: Vec<&str> = schema.columns.iter().map(|c| c.name.as_str()).collect();
+    for (col, table) in map.get_ref() {
+        let Some(c) = schema.column(col) else {
+            diags.error_at(src, table.span(), format!("`{col}` is not a column of dataset `{}`", schema.name), Some(suggest(col, &names)));
+            continue;
+        };
+        let mut m = BTreeMap::new();
+        for (from, to) in table.get_ref() {
+            let v = to.get_ref();
+            let fits = match (&c.data_type, v) {
+                (DataType::Boolean, toml::Value::Boolean(_)) => true,
+                (DataType::Utf8, toml::Value::String(s)) => c.allowed.as_ref().is_none_or(|a| a.contains(&AllowedValue::Text(s.clone()))),
+                (t, toml::Value::Integer(i)) if t.is_integer() => c.allowed.as_ref().is_none_or(|a| a.contains(&AllowedValue::Int(*i))),
+                _ => false,
+            };
+            if !fits {
+                let allowed = c.allowed.as_ref().map(|a| {
+                    a.iter()
+                        .map(|v| match v {
+                            AllowedValue::Int(i) => i.to_string(),
+                            AllowedValue::Text(s) => format!("\"{s}\""),
+                        })
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                });
+                diags.error_at(
+                    src,
+                    to.span(),
+                    format!("`{from}` maps to {v}, which column `{col}` ({}) does not accept", c.type_name),
+                    Some(match allowed {
+                        Some(a) => format!("allowed values: {a}"),
+                        None => format!("write a value of type {}", c.type_name),
+                    }),
+                );
+            } else {
+                m.insert(from.clone(), v.clone());
+            }
+        }
+        out.insert(col.clone(), m);
+    }
+    out
+}
+
+fn report(root: &Path, schemas: &BTreeMap<String, Schema>, src: &Source, raw: &RawPipeline, diags: &mut Diagnostics) -> Option<ReportJob> {
+    let what = "a report job";
+    for (k, v) in [
+        ("dataset", &raw.dataset),
+        ("connection", &raw.connection),
+        ("query", &raw.query),
+        ("path", &raw.path),
+        ("format", &raw.format),
+        ("endpoint", &raw.endpoint),
+        ("mode", &raw.mode),
+    ] {
+        not_for(src, v.as_ref().map(|v| v.span()), k, what, diags);
+    }
+    not_for(src, raw.columns.as_ref().map(|v| v.span()), "columns", what, diags);
+    let _ = schemas;
+    let before = diags.error_count();
+    let title = match &raw.title {
+        Some(t) => t.get_ref().clone(),
+        None => {
+            diags.error_at(src, raw.kind.span(), "a report needs `title`", Some("the email subject, e.g. `Báo cáo ... tháng {{ period.month }}/{{ period.year }}`".into()));
+            String::new()
+        }
+    };
+    let mut sql = Vec::new();
+    match &raw.sql {
+        None => diags.error_at(src, raw.kind.span(), "a report needs `sql`", Some("list its SQL files: `sql = [\"sql/par/dossier_monthly.sql\"]`".into())),
+        Some(list) if list.get_ref().is_empty() => diags.error_at(src, list.span(), "a report needs at least one SQL file", None),
+        Some(list) => {
+            for f in list.get_ref() {
+                let p = PathBuf::from(f.get_ref());
+                if p.extension().is_none_or(|e| e != "sql") {
+                    diags.error_at(src, f.span(), format!("`{}` is not a `.sql` file", f.get_ref()), None);
+                } else if !root.join(&p).is_file() {
+                    diags.error_at(src, f.span(), format!("SQL file `{}` not found", f.get_ref()), Some("paths are relative to the project folder".into()));
+                } else if !is_identifier(&table_name(&p)) {
+                    diags.error_at(src, f.span(), format!("table name `{}` is not an identifier", table_name(&p)), Some("name SQL files with lower-case letters, digits and `_`".into()));
+                }
+                sql.push(p);
+            }
+        }
+    }
+    let template = match &raw.template {
+        None => {
+            diags.error_at(src, raw.kind.span(), "a report needs `template`", Some("for example `template = \"reports/monthly_par.html\"`".into()));
+            PathBuf::new()
+        }
+        Some(t) => {
+            let p = PathBuf::from(t.get_ref());
+            if !root.join(&p).is_file() {
+                diags.error_at(src, t.span(), format!("template `{}` not found", t.get_ref()), Some("paths are relative to the project folder".into()));
+            }
+            p
+        }
+    };
+    let period = choice(
+        src,
+        raw.period.as_ref(),
+        "period",
+        &[("previous_month", PeriodChoice::PreviousMonth), ("current_month", PeriodChoice::CurrentMonth)],
+        PeriodChoice::PreviousMonth,
+        diags,
+    );
+    let period_rule = choice(
+        src,
+        raw.period_rule.as_ref(),
+        "period rule",
+        &[("calendar", PeriodRule::Calendar), ("decree09", PeriodRule::Decree09)],
+        PeriodRule::Calendar,
+        diags,
+    );
+    let mut to = Vec::new();
+    match &raw.to {
+        None => diags.error_at(src, raw.kind.span(), "a report needs recipients in `to`", Some("`to = [\"chu-tich@example.gov.vn\"]`".into())),
+        Some(list) if list.get_ref().is_empty() => diags.error_at(src, list.span(), "`to` is empty", Some("name at least one recipient".into())),
+        Some(list) => to = addresses(src, list.get_ref(), diags),
+    }
+    let cc = addresses(src, &raw.cc, diags);
+    let needs = raw.needs.as_ref().map(|n| n.get_ref().iter().map(|d| d.get_ref().clone()).collect()).unwrap_or_default();
+    (diags.error_count() == before).then_some(ReportJob {
+        title,
+        sql,
+        template,
+        period,
+        period_rule,
+        needs,
+        to,
+        cc,
+    })
+}
+
+fn addresses(src: &Source, list: &[Spanned<String>], diags: &mut Diagnostics) -> Vec<String> {
+    let mut seen = BTreeSet::new();
+    let mut out = Vec::new();
+    for a in list {
+        let s = a.get_ref().trim();
+        let ok = s.split_once('@').is_some_and(|(l, d)| !l.is_empty() && d.contains('.')) && !s.contains(' ');
+        if !ok && !env::has_reference(s) {
+            diags.error_at(src, a.span(), format!("`{s}` is not an email address"), Some("write `name@domain`".into()));
+        } else if !seen.insert(s.to_lowercase()) {
+            diags.error_at(src, a.span(), format!("duplicate recipient `{s}`"), Some("each recipient gets one message: list them once".into()));
+        } else {
+            out.push(s.to_string());
+        }
+    }
+    out
+}

@@ -1,0 +1,8 @@
+//! parstat: monthly administrative-reform (PAR) and investment statistics of a Vietnamese
+//! province, from the one-stop-shop system to the leaders' inboxes.
+//!
+//! The library holds every stage; `main.rs` only parses arguments and maps errors to exit codes.
+
+pub mod cli;
+pub mod config;
+pub mod demo;
