@@ -43,7 +43,8 @@ pub struct DemoArgs {
 fn parse_month(s: &str) -> Option<(i32, u32)> {
     let (y, m) = s.split_once('-')?;
     let (y, m): (i32, u32) = (y.parse().ok()?, m.parse().ok()?);
-    (y > 1900 && (1..=12).contains(&m) && m.to_string().len() <= 2 && s.len() == 7).then_some((y, m))
+    (y > 1900 && (1..=12).contains(&m) && m.to_string().len() <= 2 && s.len() == 7)
+        .then_some((y, m))
 }
 
 pub async fn run(project: &Path, args: DemoArgs) -> Result<(), Failure> {
@@ -54,10 +55,17 @@ pub async fn run(project: &Path, args: DemoArgs) -> Result<(), Failure> {
     let today: NaiveDate = chrono::Utc::now().with_timezone(&tz).date_naive();
     let until = match &args.until {
         None => demo::last_complete_month(today),
-        Some(s) => parse_month(s).ok_or_else(|| Failure::usage(anyhow::anyhow!("--until {s}: expected YYYY-MM, e.g. 2026-10")))?,
+        Some(s) => parse_month(s).ok_or_else(|| {
+            Failure::usage(anyhow::anyhow!(
+                "--until {s}: expected YYYY-MM, e.g. 2026-10"
+            ))
+        })?,
     };
     if !(0.0..=1.0).contains(&args.bad_rows) {
-        return Err(Failure::usage(anyhow::anyhow!("--bad-rows {}: give a share between 0 and 1, e.g. 0.01", args.bad_rows)));
+        return Err(Failure::usage(anyhow::anyhow!(
+            "--bad-rows {}: give a share between 0 and 1, e.g. 0.01",
+            args.bad_rows
+        )));
     }
     let opts = DemoOptions {
         seed: args.seed,
@@ -76,7 +84,11 @@ pub async fn run(project: &Path, args: DemoArgs) -> Result<(), Failure> {
     .await
     .map_err(|e| Failure::failed(anyhow::anyhow!("generator stopped: {e}")))??;
     tracing::info!(
-        dossiers = manifest.datasets.get("dossier").map(|d| d.rows).unwrap_or(0),
+        dossiers = manifest
+            .datasets
+            .get("dossier")
+            .map(|d| d.rows)
+            .unwrap_or(0),
         seconds = started.elapsed().as_secs_f64(),
         "demo data generated"
     );
@@ -84,7 +96,10 @@ pub async fn run(project: &Path, args: DemoArgs) -> Result<(), Failure> {
     if let Some(url) = &args.postgres {
         let (rows, votes) = demo::db::load_postgres(url, &args.pg_schema, &opts).await?;
         tracing::info!(rows, votes, schema = %args.pg_schema, "loaded into PostgreSQL");
-        println!("postgres: {rows} dossiers, {votes} votes in schema {}", args.pg_schema);
+        println!(
+            "postgres: {rows} dossiers, {votes} votes in schema {}",
+            args.pg_schema
+        );
     }
     if let Some(url) = &args.mysql {
         let (rows, votes) = demo::db::load_mysql(url, &opts).await?;

@@ -9,7 +9,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser, Debug)]
-#[command(name = "parstat", version, about = "PAR and investment statistics of a province, from source systems to leaders' inboxes")]
+#[command(
+    name = "parstat",
+    version,
+    about = "PAR and investment statistics of a province, from source systems to leaders' inboxes"
+)]
 pub struct Cli {
     /// Project folder (holds parstat.toml, pipelines/, schemas/, sql/, reports/).
     #[arg(long, global = true, default_value = ".")]
@@ -45,10 +49,16 @@ pub struct Failure {
 
 impl Failure {
     pub fn usage(error: impl Into<anyhow::Error>) -> Self {
-        Failure { code: EXIT_USAGE, error: error.into() }
+        Failure {
+            code: EXIT_USAGE,
+            error: error.into(),
+        }
     }
     pub fn failed(error: impl Into<anyhow::Error>) -> Self {
-        Failure { code: EXIT_FAILED, error: error.into() }
+        Failure {
+            code: EXIT_FAILED,
+            error: error.into(),
+        }
     }
 }
 
@@ -85,7 +95,10 @@ pub fn main() -> ExitCode {
         }
     };
     init_logging(cli.verbose, cli.quiet);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("Error: cannot start the async runtime: {e}");

@@ -173,7 +173,7 @@ pub fn closest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) ->
 }
 
 /// "did you mean `x`?" or, failing a close match, the list of valid choices.
-pub fn suggest<'a>(word: &str, candidates: &[&'a str]) -> String {
+pub fn suggest(word: &str, candidates: &[&str]) -> String {
     match closest(word, candidates.iter().copied()) {
         Some(c) => format!("did you mean `{c}`?"),
         None if candidates.is_empty() => "none are defined".to_string(),
@@ -202,10 +202,7 @@ mod tests {
 
     #[test]
     fn suggests_close_names_only() {
-        assert_eq!(
-            closest("shedule", ["schedule", "query"]),
-            Some("schedule")
-        );
+        assert_eq!(closest("shedule", ["schedule", "query"]), Some("schedule"));
         assert_eq!(closest("zzz", ["schedule", "query"]), None);
         assert_eq!(suggest("zzz", &["a", "b"]), "one of `a`, `b`");
     }

@@ -48,12 +48,14 @@ pub fn interpolate_with(
     while let Some(i) = rest.find('$') {
         out.push_str(&rest[..i]);
         let after = &rest[i..];
-        if after.starts_with("$${") {
+        if let Some(r) = after.strip_prefix("$${") {
             out.push_str("${");
-            rest = &after[3..];
+            rest = r;
             offset += i + 3;
         } else if let Some(body) = after.strip_prefix("${") {
-            let end = body.find('}').ok_or(EnvError::Malformed { offset: offset + i })?;
+            let end = body
+                .find('}')
+                .ok_or(EnvError::Malformed { offset: offset + i })?;
             let name = &body[..end];
             if name.is_empty() || !name.chars().all(is_name_char) {
                 return Err(EnvError::Malformed { offset: offset + i });

@@ -122,7 +122,8 @@ pub fn load(root: &Path) -> Loaded {
         }
     }
     if let Some((settings, settings_src)) = &settings {
-        pipelines = validate::pipelines(root, settings, settings_src, &schemas, &sources, &mut diags);
+        pipelines =
+            validate::pipelines(root, settings, settings_src, &schemas, &sources, &mut diags);
     } else {
         // Without settings, still report what can be found in each pipeline file alone.
         for src in &sources {

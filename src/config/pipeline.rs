@@ -10,6 +10,9 @@ use toml::Spanned;
 use super::diag::{suggest, Diagnostics, Source};
 use super::toml_file::{self, fields_of};
 
+/// Source text -> dataset value, for one column.
+pub(crate) type ValueMap = BTreeMap<String, Spanned<toml::Value>>;
+
 #[derive(Deserialize)]
 pub(crate) struct RawPipeline {
     pub kind: Spanned<String>,
@@ -33,7 +36,7 @@ pub(crate) struct RawPipeline {
     pub quarantine_max_share: Option<Spanned<f64>>,
     pub columns: Option<Spanned<BTreeMap<String, Spanned<String>>>>,
     pub formats: Option<Spanned<BTreeMap<String, Spanned<String>>>>,
-    pub values: Option<Spanned<BTreeMap<String, Spanned<BTreeMap<String, Spanned<toml::Value>>>>>>,
+    pub values: Option<Spanned<BTreeMap<String, Spanned<ValueMap>>>>,
     // report
     pub title: Option<Spanned<String>>,
     pub sql: Option<Spanned<Vec<Spanned<String>>>>,
@@ -292,7 +295,10 @@ mod tests {
 
     #[test]
     fn parses_source_expressions() {
-        assert_eq!(SourceExpr::parse("MaHoSo"), Some(SourceExpr::Field("MaHoSo".into())));
+        assert_eq!(
+            SourceExpr::parse("MaHoSo"),
+            Some(SourceExpr::Field("MaHoSo".into()))
+        );
         assert_eq!(
             SourceExpr::parse("sum(DanhSachLePhi[].Gia)"),
             Some(SourceExpr::Sum {
@@ -314,7 +320,10 @@ mod tests {
     fn validates_schedules_like_the_scheduler() {
         assert!(parse_schedule("0 30 1 * * *").is_ok());
         assert!(parse_schedule("0 0 7 3 * *").is_ok());
-        assert!(parse_schedule("30 1 * * *").is_err(), "five fields lack seconds");
+        assert!(
+            parse_schedule("30 1 * * *").is_err(),
+            "five fields lack seconds"
+        );
         assert!(parse_schedule("0 61 1 * * *").is_err());
     }
 

@@ -226,7 +226,9 @@ pub fn load(src: &Source, stem: &str, diags: &mut Diagnostics) -> Option<Schema>
             src,
             raw.name.span(),
             format!("dataset `{name}` is defined in `{stem}.toml`"),
-            Some(format!("rename the file to `schemas/{name}.toml`, or set `name = \"{stem}\"`")),
+            Some(format!(
+                "rename the file to `schemas/{name}.toml`, or set `name = \"{stem}\"`"
+            )),
         );
     }
     if !is_identifier(&name) {
@@ -270,7 +272,11 @@ pub fn load(src: &Source, stem: &str, diags: &mut Diagnostics) -> Option<Schema>
             );
             continue;
         };
-        let personal = match c.personal.as_ref().map(|p| (p.get_ref().as_str(), p.span())) {
+        let personal = match c
+            .personal
+            .as_ref()
+            .map(|p| (p.get_ref().as_str(), p.span()))
+        {
             None => None,
             Some(("hash", _)) => Some(Personal::Hash),
             Some(("drop", _)) => Some(Personal::Drop),
@@ -304,8 +310,12 @@ pub fn load(src: &Source, stem: &str, diags: &mut Diagnostics) -> Option<Schema>
             let mut out = Vec::new();
             for v in list.get_ref() {
                 match (v.get_ref(), &data_type) {
-                    (toml::Value::Integer(i), t) if is_integer(t) => out.push(AllowedValue::Int(*i)),
-                    (toml::Value::String(s), DataType::Utf8) => out.push(AllowedValue::Text(s.clone())),
+                    (toml::Value::Integer(i), t) if is_integer(t) => {
+                        out.push(AllowedValue::Int(*i))
+                    }
+                    (toml::Value::String(s), DataType::Utf8) => {
+                        out.push(AllowedValue::Text(s.clone()))
+                    }
                     (other, t) => diags.error_at(
                         src,
                         v.span(),
@@ -486,7 +496,10 @@ pub fn load(src: &Source, stem: &str, diags: &mut Diagnostics) -> Option<Schema>
             Some(_) => diags.error_at(
                 src,
                 w.span(),
-                format!("watermark column `{}` must be a non-null Timestamp", w.get_ref()),
+                format!(
+                    "watermark column `{}` must be a non-null Timestamp",
+                    w.get_ref()
+                ),
                 None,
             ),
             None => diags.error_at(
@@ -551,11 +564,20 @@ mod tests {
     #[test]
     fn parses_contract_types() {
         assert_eq!(parse_type("Utf8"), Some(DataType::Utf8));
-        assert_eq!(parse_type("Decimal128(20,0)"), Some(DataType::Decimal128(20, 0)));
-        assert_eq!(parse_type("Decimal128(18, 2)"), Some(DataType::Decimal128(18, 2)));
+        assert_eq!(
+            parse_type("Decimal128(20,0)"),
+            Some(DataType::Decimal128(20, 0))
+        );
+        assert_eq!(
+            parse_type("Decimal128(18, 2)"),
+            Some(DataType::Decimal128(18, 2))
+        );
         assert_eq!(
             parse_type("Timestamp"),
-            Some(DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())))
+            Some(DataType::Timestamp(
+                TimeUnit::Microsecond,
+                Some("UTC".into())
+            ))
         );
         assert_eq!(parse_type("Decimal128(2,5)"), None);
         assert_eq!(parse_type("Utf"), None);
@@ -581,8 +603,14 @@ label = "Trùng"
         let mut d = Diagnostics::default();
         assert!(load(&src, "x", &mut d).is_none());
         let out: Vec<String> = d.sorted().iter().map(|d| d.to_string()).collect();
-        assert!(out[0].starts_with("schemas/x.toml:3:22: error: primary key column `nope`"), "{out:?}");
-        assert!(out[1].starts_with("schemas/x.toml:10:8: error: duplicate column `id`"), "{out:?}");
+        assert!(
+            out[0].starts_with("schemas/x.toml:3:22: error: primary key column `nope`"),
+            "{out:?}"
+        );
+        assert!(
+            out[1].starts_with("schemas/x.toml:10:8: error: duplicate column `id`"),
+            "{out:?}"
+        );
         assert_eq!(out.len(), 2, "{out:?}");
     }
 }

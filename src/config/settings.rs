@@ -219,7 +219,10 @@ pub fn load(src: &Source, diags: &mut Diagnostics) -> Option<Settings> {
                 src,
                 0..0,
                 "missing `[project]` table",
-                Some("add `[project]` with `name = \"...\"` and `timezone = \"Asia/Ho_Chi_Minh\"`".into()),
+                Some(
+                    "add `[project]` with `name = \"...\"` and `timezone = \"Asia/Ho_Chi_Minh\"`"
+                        .into(),
+                ),
             );
             (String::new(), chrono_tz::Asia::Ho_Chi_Minh)
         }
@@ -251,9 +254,8 @@ pub fn load(src: &Source, diags: &mut Diagnostics) -> Option<Settings> {
         None => "warehouse".to_string(),
         Some(w) => {
             let url = w.url.get_ref();
-            let scheme_ok = !url.contains("://")
-                || url.starts_with("file://")
-                || url.starts_with("s3://");
+            let scheme_ok =
+                !url.contains("://") || url.starts_with("file://") || url.starts_with("s3://");
             if !scheme_ok {
                 diags.error_at(
                     src,
@@ -322,7 +324,7 @@ fn load_mail(src: &Source, raw: Option<&RawMail>, diags: &mut Diagnostics) -> Ma
         mail.operators.push(op.get_ref().clone());
     }
     if let Some(m) = &raw.max_size_mb {
-        if !(*m.get_ref() > 0.0) {
+        if m.get_ref().is_nan() || *m.get_ref() <= 0.0 {
             diags.error_at(
                 src,
                 m.span(),
@@ -336,7 +338,11 @@ fn load_mail(src: &Source, raw: Option<&RawMail>, diags: &mut Diagnostics) -> Ma
     match &raw.smtp {
         Some(s) => {
             let s_ref = s.get_ref();
-            let security = match s_ref.security.as_ref().map(|v| (v.get_ref().as_str(), v.span())) {
+            let security = match s_ref
+                .security
+                .as_ref()
+                .map(|v| (v.get_ref().as_str(), v.span()))
+            {
                 None | Some(("none", _)) => Security::None,
                 Some(("starttls", _)) => Security::StartTls,
                 Some(("tls", _)) => Security::Tls,
@@ -361,23 +367,35 @@ fn load_mail(src: &Source, raw: Option<&RawMail>, diags: &mut Diagnostics) -> Ma
                 }
             }
             let needed = mail.transport == Transport::Smtp;
-            for v in [Some(&s_ref.host), s_ref.username.as_ref(), s_ref.password.as_ref()]
-                .into_iter()
-                .flatten()
+            for v in [
+                Some(&s_ref.host),
+                s_ref.username.as_ref(),
+                s_ref.password.as_ref(),
+            ]
+            .into_iter()
+            .flatten()
             {
                 check_env_value(src, v, needed, diags);
             }
             mail.smtp = Some(SmtpSettings {
                 host: EnvValue::new(src, &s_ref.host),
-                port: s_ref.port.as_ref().map(|p| *p.get_ref()).unwrap_or(match security {
-                    Security::Tls => 465,
-                    Security::StartTls => 587,
-                    Security::None => 25,
-                }),
+                port: s_ref
+                    .port
+                    .as_ref()
+                    .map(|p| *p.get_ref())
+                    .unwrap_or(match security {
+                        Security::Tls => 465,
+                        Security::StartTls => 587,
+                        Security::None => 25,
+                    }),
                 security,
                 username: s_ref.username.as_ref().map(|v| EnvValue::new(src, v)),
                 password: s_ref.password.as_ref().map(|v| EnvValue::new(src, v)),
-                timeout_secs: s_ref.timeout_secs.as_ref().map(|t| *t.get_ref()).unwrap_or(30),
+                timeout_secs: s_ref
+                    .timeout_secs
+                    .as_ref()
+                    .map(|t| *t.get_ref())
+                    .unwrap_or(30),
             });
         }
         None if mail.transport == Transport::Smtp => {
@@ -428,7 +446,9 @@ fn check_env_value(src: &Source, v: &Spanned<String>, needed: bool, diags: &mut 
             // +1 for the opening quote of a basic string.
             let at = v.span().start + 1 + offset;
             let help = match &e {
-                EnvError::Unset { name, .. } => format!("set it before running parstat: `export {name}=...`"),
+                EnvError::Unset { name, .. } => {
+                    format!("set it before running parstat: `export {name}=...`")
+                }
                 EnvError::Malformed { .. } => "write `${NAME}`, or `$${` for a literal `${`".into(),
             };
             diags.error_at(src, at..at, e.to_string(), Some(help));
@@ -491,7 +511,10 @@ fn load_connection(
         diags.error_at(
             src,
             raw.kind.span(),
-            format!("connection `{name}` of kind `{}` needs a `url`", raw.kind.get_ref()),
+            format!(
+                "connection `{name}` of kind `{}` needs a `url`",
+                raw.kind.get_ref()
+            ),
             Some("for example `url = \"${MOTCUA_DATABASE_URL}\"`".into()),
         );
     }
@@ -507,7 +530,9 @@ fn load_connection(
                 src,
                 url.span(),
                 format!("connection `{name}` has a password written in its url"),
-                Some("secrets come from the environment: `url = \"${MOTCUA_DATABASE_URL}\"`".into()),
+                Some(
+                    "secrets come from the environment: `url = \"${MOTCUA_DATABASE_URL}\"`".into(),
+                ),
             );
         }
         let expected = match kind {
@@ -516,11 +541,17 @@ fn load_connection(
             ConnectionKind::Http => &["http://", "https://"][..],
             ConnectionKind::File => &[][..],
         };
-        if !env::has_reference(u) && !expected.is_empty() && !expected.iter().any(|p| u.starts_with(p)) {
+        if !env::has_reference(u)
+            && !expected.is_empty()
+            && !expected.iter().any(|p| u.starts_with(p))
+        {
             diags.error_at(
                 src,
                 url.span(),
-                format!("connection `{name}`: url `{u}` does not start with {}", expected.join(" or ")),
+                format!(
+                    "connection `{name}`: url `{u}` does not start with {}",
+                    expected.join(" or ")
+                ),
                 None,
             );
         }
@@ -538,14 +569,21 @@ fn load_connection(
     for (key, present, allowed) in [
         ("root", raw.root.is_some(), kind == ConnectionKind::File),
         ("token", raw.token.is_some(), kind == ConnectionKind::Http),
-        ("page_size", raw.page_size.is_some(), kind == ConnectionKind::Http),
+        (
+            "page_size",
+            raw.page_size.is_some(),
+            kind == ConnectionKind::Http,
+        ),
         ("url", raw.url.is_some(), kind != ConnectionKind::File),
     ] {
         if present && !allowed {
             diags.error_at(
                 src,
                 raw.kind.span(),
-                format!("`{key}` does not apply to a `{}` connection (`{name}`)", raw.kind.get_ref()),
+                format!(
+                    "`{key}` does not apply to a `{}` connection (`{name}`)",
+                    raw.kind.get_ref()
+                ),
                 Some(format!("remove `{key}`")),
             );
         }
@@ -557,7 +595,11 @@ fn load_connection(
         root: raw.root.as_ref().map(|v| EnvValue::new(src, v)),
         token: raw.token.as_ref().map(|v| EnvValue::new(src, v)),
         page_size: raw.page_size.as_ref().map(|p| *p.get_ref()).unwrap_or(1000),
-        timeout_secs: raw.timeout_secs.as_ref().map(|p| *p.get_ref()).unwrap_or(60),
+        timeout_secs: raw
+            .timeout_secs
+            .as_ref()
+            .map(|p| *p.get_ref())
+            .unwrap_or(60),
         position: src.line_col(c.span().start),
         env_values,
     })

@@ -48,7 +48,12 @@ pub fn parse<T: DeserializeOwned>(
             None => "remove it; the keys are listed in the project's interface documentation"
                 .to_string(),
         };
-        diags.error_at(src, span, format!("unknown key `{key}` {where_}"), Some(help));
+        diags.error_at(
+            src,
+            span,
+            format!("unknown key `{key}` {where_}"),
+            Some(help),
+        );
     }
     match result {
         Ok(v) => Some(v),
@@ -85,12 +90,15 @@ fn segments(path: &serde_ignored::Path<'_>) -> Vec<Segment> {
         }
         Path::Map { parent, key } => {
             let mut v = segments(parent);
-            v.push(Segment::Key(key.clone()));
+            // `Spanned<T>` wraps its value in a private field: not a key of the document.
+            if !key.starts_with("$__serde_spanned_private") {
+                v.push(Segment::Key(key.clone()));
+            }
             v
         }
-        Path::Some { parent } | Path::NewtypeStruct { parent } | Path::NewtypeVariant { parent } => {
-            segments(parent)
-        }
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => segments(parent),
     }
 }
 

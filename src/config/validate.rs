@@ -57,19 +57,29 @@ pub(crate) fn pipelines(
             src,
             raw.catch_up.as_ref(),
             "catch-up policy",
-            &[("latest", CatchUp::Latest), ("all", CatchUp::All), ("none", CatchUp::None)],
+            &[
+                ("latest", CatchUp::Latest),
+                ("all", CatchUp::All),
+                ("none", CatchUp::None),
+            ],
             CatchUp::Latest,
             diags,
         );
         let job = match raw.kind.get_ref().as_str() {
             "extract" => extract(root, settings, schemas, src, raw, diags).map(|(e, conn)| {
                 used_connections.insert(conn);
-                let line = src.line_col(raw.dataset.as_ref().map(|d| d.span().start).unwrap_or(0)).0;
+                let line = src
+                    .line_col(raw.dataset.as_ref().map(|d| d.span().start).unwrap_or(0))
+                    .0;
                 if let Some((file, first)) = producers.get(&e.dataset) {
                     diags.error_at(
                         src,
                         raw.dataset.as_ref().map(|d| d.span()).unwrap_or(0..0),
-                        format!("dataset `{}` is already produced by {}:{first}", e.dataset, file.display()),
+                        format!(
+                            "dataset `{}` is already produced by {}:{first}",
+                            e.dataset,
+                            file.display()
+                        ),
                         Some("one extract pipeline per dataset: remove one of them".into()),
                     );
                 } else {
@@ -86,15 +96,23 @@ pub(crate) fn pipelines(
                             diags.error_at(
                                 src,
                                 f.span(),
-                                format!("report table `{t}` is already defined at {}:{first}", file.display()),
-                                Some("a SQL file's name is its table's name: rename one file".into()),
+                                format!(
+                                    "report table `{t}` is already defined at {}:{first}",
+                                    file.display()
+                                ),
+                                Some(
+                                    "a SQL file's name is its table's name: rename one file".into(),
+                                ),
                             );
                         } else if schemas.contains_key(&t) {
                             diags.error_at(
                                 src,
                                 f.span(),
                                 format!("report table `{t}` has the name of a dataset"),
-                                Some("rename the SQL file: tables and datasets share one namespace".into()),
+                                Some(
+                                    "rename the SQL file: tables and datasets share one namespace"
+                                        .into(),
+                                ),
                             );
                         } else {
                             tables.insert(t, (src.path.clone(), line));
@@ -145,7 +163,9 @@ pub(crate) fn pipelines(
                 src,
                 d.span(),
                 format!("this job needs dataset `{ds}`, which no extract pipeline produces"),
-                Some(format!("add `pipelines/{ds}.toml` with `kind = \"extract\"` and `dataset = \"{ds}\"`")),
+                Some(format!(
+                    "add `pipelines/{ds}.toml` with `kind = \"extract\"` and `dataset = \"{ds}\"`"
+                )),
             );
         }
     }
@@ -166,17 +186,52 @@ fn extract(
     diags: &mut Diagnostics,
 ) -> Option<(ExtractJob, String)> {
     let what = "an extract job";
-    not_for(src, raw.title.as_ref().map(|v| v.span()), "title", what, diags);
+    not_for(
+        src,
+        raw.title.as_ref().map(|v| v.span()),
+        "title",
+        what,
+        diags,
+    );
     not_for(src, raw.sql.as_ref().map(|v| v.span()), "sql", what, diags);
-    not_for(src, raw.template.as_ref().map(|v| v.span()), "template", what, diags);
-    not_for(src, raw.period.as_ref().map(|v| v.span()), "period", what, diags);
-    not_for(src, raw.period_rule.as_ref().map(|v| v.span()), "period_rule", what, diags);
-    not_for(src, raw.needs.as_ref().map(|v| v.span()), "needs", what, diags);
+    not_for(
+        src,
+        raw.template.as_ref().map(|v| v.span()),
+        "template",
+        what,
+        diags,
+    );
+    not_for(
+        src,
+        raw.period.as_ref().map(|v| v.span()),
+        "period",
+        what,
+        diags,
+    );
+    not_for(
+        src,
+        raw.period_rule.as_ref().map(|v| v.span()),
+        "period_rule",
+        what,
+        diags,
+    );
+    not_for(
+        src,
+        raw.needs.as_ref().map(|v| v.span()),
+        "needs",
+        what,
+        diags,
+    );
     not_for(src, raw.to.as_ref().map(|v| v.span()), "to", what, diags);
     not_for(src, raw.cc.first().map(|v| v.span()), "cc", what, diags);
 
     let Some(ds) = &raw.dataset else {
-        diags.error_at(src, raw.kind.span(), "an extract job needs `dataset`", Some("name a dataset of `schemas/`".into()));
+        diags.error_at(
+            src,
+            raw.kind.span(),
+            "an extract job needs `dataset`",
+            Some("name a dataset of `schemas/`".into()),
+        );
         return None;
     };
     let schema = match schemas.get(ds.get_ref()) {
@@ -187,13 +242,21 @@ fn extract(
                 src,
                 ds.span(),
                 format!("unknown dataset `{}`", ds.get_ref()),
-                Some(format!("{}; datasets are the files of `schemas/`", suggest(ds.get_ref(), &names))),
+                Some(format!(
+                    "{}; datasets are the files of `schemas/`",
+                    suggest(ds.get_ref(), &names)
+                )),
             );
             None
         }
     };
     let Some(cn) = &raw.connection else {
-        diags.error_at(src, raw.kind.span(), "an extract job needs `connection`", Some("name a `[connections.NAME]` of parstat.toml".into()));
+        diags.error_at(
+            src,
+            raw.kind.span(),
+            "an extract job needs `connection`",
+            Some("name a `[connections.NAME]` of parstat.toml".into()),
+        );
         return None;
     };
     let conn = match settings.connections.get(cn.get_ref()) {
@@ -204,7 +267,10 @@ fn extract(
                 src,
                 cn.span(),
                 format!("unknown connection `{}`", cn.get_ref()),
-                Some(format!("{}; connections are `[connections.NAME]` tables of parstat.toml", suggest(cn.get_ref(), &names))),
+                Some(format!(
+                    "{}; connections are `[connections.NAME]` tables of parstat.toml",
+                    suggest(cn.get_ref(), &names)
+                )),
             );
             return None;
         }
@@ -214,35 +280,87 @@ fn extract(
         src,
         raw.mode.as_ref(),
         "mode",
-        &[("merge", Mode::Merge), ("replace", Mode::Replace), ("append", Mode::Append)],
+        &[
+            ("merge", Mode::Merge),
+            ("replace", Mode::Replace),
+            ("append", Mode::Append),
+        ],
         Mode::Merge,
         diags,
     );
 
     let source = match conn.kind {
         ConnectionKind::Postgres | ConnectionKind::Mysql => {
-            for (k, v) in [("path", &raw.path), ("format", &raw.format), ("endpoint", &raw.endpoint), ("sheet", &raw.sheet)] {
-                not_for(src, v.as_ref().map(|v| v.span()), k, "a database connection", diags);
+            for (k, v) in [
+                ("path", &raw.path),
+                ("format", &raw.format),
+                ("endpoint", &raw.endpoint),
+                ("sheet", &raw.sheet),
+            ] {
+                not_for(
+                    src,
+                    v.as_ref().map(|v| v.span()),
+                    k,
+                    "a database connection",
+                    diags,
+                );
             }
             match &raw.query {
                 None => {
-                    diags.error_at(src, cn.span(), format!("connection `{}` is a database: the job needs `query`", cn.get_ref()), Some("write the SELECT that returns the dataset's columns".into()));
+                    diags.error_at(
+                        src,
+                        cn.span(),
+                        format!(
+                            "connection `{}` is a database: the job needs `query`",
+                            cn.get_ref()
+                        ),
+                        Some("write the SELECT that returns the dataset's columns".into()),
+                    );
                     None
                 }
                 Some(q) => {
-                    if mode == Mode::Merge && schema.is_some_and(|s| s.watermark.is_some()) && !q.get_ref().contains("$watermark") {
-                        diags.warning_at(src, q.span(), "the query does not use `$watermark`: every run reads the whole table", Some("add `WHERE updated_at >= $watermark` for incremental runs".into()));
+                    if mode == Mode::Merge
+                        && schema.is_some_and(|s| s.watermark.is_some())
+                        && !q.get_ref().contains("$watermark")
+                    {
+                        diags.warning_at(
+                            src,
+                            q.span(),
+                            "the query does not use `$watermark`: every run reads the whole table",
+                            Some(
+                                "add `WHERE updated_at >= $watermark` for incremental runs".into(),
+                            ),
+                        );
                     }
-                    Some(SourceSpec::Query { query: q.get_ref().clone() })
+                    Some(SourceSpec::Query {
+                        query: q.get_ref().clone(),
+                    })
                 }
             }
         }
         ConnectionKind::File => {
-            not_for(src, raw.query.as_ref().map(|v| v.span()), "query", "a file connection", diags);
-            not_for(src, raw.endpoint.as_ref().map(|v| v.span()), "endpoint", "a file connection", diags);
+            not_for(
+                src,
+                raw.query.as_ref().map(|v| v.span()),
+                "query",
+                "a file connection",
+                diags,
+            );
+            not_for(
+                src,
+                raw.endpoint.as_ref().map(|v| v.span()),
+                "endpoint",
+                "a file connection",
+                diags,
+            );
             let format = match &raw.format {
                 None => {
-                    diags.error_at(src, cn.span(), "a file source needs `format`", Some("one of `csv`, `ndjson`, `xlsx`".into()));
+                    diags.error_at(
+                        src,
+                        cn.span(),
+                        "a file source needs `format`",
+                        Some("one of `csv`, `ndjson`, `xlsx`".into()),
+                    );
                     None
                 }
                 Some(f) => match f.get_ref().as_str() {
@@ -250,28 +368,58 @@ fn extract(
                     "ndjson" | "jsonl" => Some(FileFormat::Ndjson),
                     "xlsx" => Some(FileFormat::Xlsx),
                     other => {
-                        diags.error_at(src, f.span(), format!("unknown file format `{other}`"), Some(suggest(other, &["csv", "ndjson", "xlsx"])));
+                        diags.error_at(
+                            src,
+                            f.span(),
+                            format!("unknown file format `{other}`"),
+                            Some(suggest(other, &["csv", "ndjson", "xlsx"])),
+                        );
                         None
                     }
                 },
             };
             if format != Some(FileFormat::Xlsx) {
-                not_for(src, raw.sheet.as_ref().map(|v| v.span()), "sheet", "this format", diags);
+                not_for(
+                    src,
+                    raw.sheet.as_ref().map(|v| v.span()),
+                    "sheet",
+                    "this format",
+                    diags,
+                );
             }
             if format != Some(FileFormat::Csv) {
-                not_for(src, raw.delimiter.as_ref().map(|v| v.span()), "delimiter", "this format", diags);
+                not_for(
+                    src,
+                    raw.delimiter.as_ref().map(|v| v.span()),
+                    "delimiter",
+                    "this format",
+                    diags,
+                );
             }
             let delimiter = match &raw.delimiter {
                 Some(d) if d.get_ref().len() == 1 => d.get_ref().as_bytes()[0],
                 Some(d) => {
-                    diags.error_at(src, d.span(), "delimiter must be one ASCII character", Some("for example `;`".into()));
+                    diags.error_at(
+                        src,
+                        d.span(),
+                        "delimiter must be one ASCII character",
+                        Some("for example `;`".into()),
+                    );
                     b','
                 }
                 None => b',',
             };
             match (&raw.path, format) {
                 (None, _) => {
-                    diags.error_at(src, cn.span(), "a file source needs `path`", Some("a glob under the connection's root, e.g. `motcua/hoso_*.ndjson`".into()));
+                    diags.error_at(
+                        src,
+                        cn.span(),
+                        "a file source needs `path`",
+                        Some(
+                            "a glob under the connection's root, e.g. `motcua/hoso_*.ndjson`"
+                                .into(),
+                        ),
+                    );
                     None
                 }
                 (Some(p), Some(format)) => {
@@ -288,8 +436,19 @@ fn extract(
             }
         }
         ConnectionKind::Http => {
-            for (k, v) in [("path", &raw.path), ("format", &raw.format), ("query", &raw.query), ("sheet", &raw.sheet)] {
-                not_for(src, v.as_ref().map(|v| v.span()), k, "an http connection", diags);
+            for (k, v) in [
+                ("path", &raw.path),
+                ("format", &raw.format),
+                ("query", &raw.query),
+                ("sheet", &raw.sheet),
+            ] {
+                not_for(
+                    src,
+                    v.as_ref().map(|v| v.span()),
+                    k,
+                    "an http connection",
+                    diags,
+                );
             }
             match &raw.endpoint {
                 None => {
@@ -304,20 +463,39 @@ fn extract(
         }
     };
 
-    let columns = schema.map(|s| column_map(src, raw, s, conn.kind, diags)).unwrap_or_default();
-    let formats = schema.map(|s| formats(src, raw, s, diags)).unwrap_or_default();
-    let values = schema.map(|s| values(src, raw, s, diags)).unwrap_or_default();
+    let columns = schema
+        .map(|s| column_map(src, raw, s, conn.kind, diags))
+        .unwrap_or_default();
+    let formats = schema
+        .map(|s| formats(src, raw, s, diags))
+        .unwrap_or_default();
+    let values = schema
+        .map(|s| values(src, raw, s, diags))
+        .unwrap_or_default();
 
-    let overlap_minutes = raw.overlap_minutes.as_ref().map(|o| *o.get_ref()).unwrap_or(60);
+    let overlap_minutes = raw
+        .overlap_minutes
+        .as_ref()
+        .map(|o| *o.get_ref())
+        .unwrap_or(60);
     if let Some(o) = &raw.overlap_minutes {
         if *o.get_ref() < 0 {
             diags.error_at(src, o.span(), "overlap_minutes must not be negative", None);
         }
     }
-    let quarantine_max_share = raw.quarantine_max_share.as_ref().map(|q| *q.get_ref()).unwrap_or(0.05);
+    let quarantine_max_share = raw
+        .quarantine_max_share
+        .as_ref()
+        .map(|q| *q.get_ref())
+        .unwrap_or(0.05);
     if let Some(q) = &raw.quarantine_max_share {
         if !(0.0..=1.0).contains(q.get_ref()) {
-            diags.error_at(src, q.span(), "quarantine_max_share is a share between 0 and 1", Some("for example 0.05 for 5%".into()));
+            diags.error_at(
+                src,
+                q.span(),
+                "quarantine_max_share is a share between 0 and 1",
+                Some("for example 0.05 for 5%".into()),
+            );
         }
     }
     let source = source?;
@@ -339,7 +517,13 @@ fn extract(
 }
 
 /// A glob that matches no file is a warning: the data may simply not be there yet.
-fn check_glob(root: &Path, conn: &settings::Connection, src: &Source, p: &Spanned<String>, diags: &mut Diagnostics) {
+fn check_glob(
+    root: &Path,
+    conn: &settings::Connection,
+    src: &Source,
+    p: &Spanned<String>,
+    diags: &mut Diagnostics,
+) {
     let base = match &conn.root {
         None => root.to_path_buf(),
         Some(r) => match r.resolve() {
@@ -349,13 +533,22 @@ fn check_glob(root: &Path, conn: &settings::Connection, src: &Source, p: &Spanne
     };
     let pattern = base.join(p.get_ref());
     match glob::glob(&pattern.to_string_lossy()) {
-        Err(e) => diags.error_at(src, p.span(), format!("invalid glob `{}`: {}", p.get_ref(), e.msg), None),
+        Err(e) => diags.error_at(
+            src,
+            p.span(),
+            format!("invalid glob `{}`: {}", p.get_ref(), e.msg),
+            None,
+        ),
         Ok(mut paths) => {
             if paths.next().is_none() {
                 diags.warning_at(
                     src,
                     p.span(),
-                    format!("no file matches `{}` under `{}`", p.get_ref(), base.display()),
+                    format!(
+                        "no file matches `{}` under `{}`",
+                        p.get_ref(),
+                        base.display()
+                    ),
                     Some("for the demo, generate the files with `parstat demo --data-only`".into()),
                 );
             }
@@ -363,7 +556,13 @@ fn check_glob(root: &Path, conn: &settings::Connection, src: &Source, p: &Spanne
     }
 }
 
-fn column_map(src: &Source, raw: &RawPipeline, schema: &Schema, kind: ConnectionKind, diags: &mut Diagnostics) -> BTreeMap<String, SourceExpr> {
+fn column_map(
+    src: &Source,
+    raw: &RawPipeline,
+    schema: &Schema,
+    kind: ConnectionKind,
+    diags: &mut Diagnostics,
+) -> BTreeMap<String, SourceExpr> {
     let names: Vec<&str> = schema.columns.iter().map(|c| c.name.as_str()).collect();
     let mut out = BTreeMap::new();
     let Some(map) = &raw.columns else {
@@ -371,8 +570,18 @@ fn column_map(src: &Source, raw: &RawPipeline, schema: &Schema, kind: Connection
             diags.error_at(
                 src,
                 raw.kind.span(),
-                format!("a {} source needs a `[columns]` table", if kind == ConnectionKind::File { "file" } else { "http" }),
-                Some("map each dataset column to its source field: `dossier_code = \"MaHoSo\"`".into()),
+                format!(
+                    "a {} source needs a `[columns]` table",
+                    if kind == ConnectionKind::File {
+                        "file"
+                    } else {
+                        "http"
+                    }
+                ),
+                Some(
+                    "map each dataset column to its source field: `dossier_code = \"MaHoSo\"`"
+                        .into(),
+                ),
             );
         }
         return out;
@@ -405,27 +614,44 @@ fn column_map(src: &Source, raw: &RawPipeline, schema: &Schema, kind: Connection
             diags.error_at(
                 src,
                 map.span(),
-                format!("required column `{}` of dataset `{}` is not mapped", c.name, schema.name),
-                Some(format!("add `{} = \"<source field>\"` to `[columns]`", c.name)),
+                format!(
+                    "required column `{}` of dataset `{}` is not mapped",
+                    c.name, schema.name
+                ),
+                Some(format!(
+                    "add `{} = \"<source field>\"` to `[columns]`",
+                    c.name
+                )),
             );
         }
     }
     out
 }
 
-fn formats(src: &Source, raw: &RawPipeline, schema: &Schema, diags: &mut Diagnostics) -> BTreeMap<String, String> {
+fn formats(
+    src: &Source,
+    raw: &RawPipeline,
+    schema: &Schema,
+    diags: &mut Diagnostics,
+) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     let Some(map) = &raw.formats else { return out };
     let names: Vec<&str> = schema.columns.iter().map(|c| c.name.as_str()).collect();
     for (col, f) in map.get_ref() {
         match schema.column(col) {
-            None => diags.error_at(src, f.span(), format!("`{col}` is not a column of dataset `{}`", schema.name), Some(suggest(col, &names))),
-            Some(c) if !matches!(c.data_type, DataType::Timestamp(..) | DataType::Date32) => diags.error_at(
+            None => diags.error_at(
                 src,
                 f.span(),
-                format!("column `{col}` is not a date or time: it takes no format"),
-                None,
+                format!("`{col}` is not a column of dataset `{}`", schema.name),
+                Some(suggest(col, &names)),
             ),
+            Some(c) if !matches!(c.data_type, DataType::Timestamp(..) | DataType::Date32) => diags
+                .error_at(
+                    src,
+                    f.span(),
+                    format!("column `{col}` is not a date or time: it takes no format"),
+                    None,
+                ),
             Some(_) if !valid_time_format(f.get_ref()) => diags.error_at(
                 src,
                 f.span(),
@@ -440,13 +666,23 @@ fn formats(src: &Source, raw: &RawPipeline, schema: &Schema, diags: &mut Diagnos
     out
 }
 
-fn values(src: &Source, raw: &RawPipeline, schema: &Schema, diags: &mut Diagnostics) -> BTreeMap<String, BTreeMap<String, toml::Value>> {
+fn values(
+    src: &Source,
+    raw: &RawPipeline,
+    schema: &Schema,
+    diags: &mut Diagnostics,
+) -> BTreeMap<String, BTreeMap<String, toml::Value>> {
     let mut out = BTreeMap::new();
     let Some(map) = &raw.values else { return out };
     let names: Vec<&str> = schema.columns.iter().map(|c| c.name.as_str()).collect();
     for (col, table) in map.get_ref() {
         let Some(c) = schema.column(col) else {
-            diags.error_at(src, table.span(), format!("`{col}` is not a column of dataset `{}`", schema.name), Some(suggest(col, &names)));
+            diags.error_at(
+                src,
+                table.span(),
+                format!("`{col}` is not a column of dataset `{}`", schema.name),
+                Some(suggest(col, &names)),
+            );
             continue;
         };
         let mut m = BTreeMap::new();
@@ -454,8 +690,14 @@ fn values(src: &Source, raw: &RawPipeline, schema: &Schema, diags: &mut Diagnost
             let v = to.get_ref();
             let fits = match (&c.data_type, v) {
                 (DataType::Boolean, toml::Value::Boolean(_)) => true,
-                (DataType::Utf8, toml::Value::String(s)) => c.allowed.as_ref().is_none_or(|a| a.contains(&AllowedValue::Text(s.clone()))),
-                (t, toml::Value::Integer(i)) if t.is_integer() => c.allowed.as_ref().is_none_or(|a| a.contains(&AllowedValue::Int(*i))),
+                (DataType::Utf8, toml::Value::String(s)) => c
+                    .allowed
+                    .as_ref()
+                    .is_none_or(|a| a.contains(&AllowedValue::Text(s.clone()))),
+                (t, toml::Value::Integer(i)) if t.is_integer() => c
+                    .allowed
+                    .as_ref()
+                    .is_none_or(|a| a.contains(&AllowedValue::Int(*i))),
                 _ => false,
             };
             if !fits {
@@ -471,7 +713,10 @@ fn values(src: &Source, raw: &RawPipeline, schema: &Schema, diags: &mut Diagnost
                 diags.error_at(
                     src,
                     to.span(),
-                    format!("`{from}` maps to {v}, which column `{col}` ({}) does not accept", c.type_name),
+                    format!(
+                        "`{from}` maps to {v}, which column `{col}` ({}) does not accept",
+                        c.type_name
+                    ),
                     Some(match allowed {
                         Some(a) => format!("allowed values: {a}"),
                         None => format!("write a value of type {}", c.type_name),
@@ -486,7 +731,13 @@ fn values(src: &Source, raw: &RawPipeline, schema: &Schema, diags: &mut Diagnost
     out
 }
 
-fn report(root: &Path, schemas: &BTreeMap<String, Schema>, src: &Source, raw: &RawPipeline, diags: &mut Diagnostics) -> Option<ReportJob> {
+fn report(
+    root: &Path,
+    schemas: &BTreeMap<String, Schema>,
+    src: &Source,
+    raw: &RawPipeline,
+    diags: &mut Diagnostics,
+) -> Option<ReportJob> {
     let what = "a report job";
     for (k, v) in [
         ("dataset", &raw.dataset),
@@ -499,7 +750,13 @@ fn report(root: &Path, schemas: &BTreeMap<String, Schema>, src: &Source, raw: &R
     ] {
         not_for(src, v.as_ref().map(|v| v.span()), k, what, diags);
     }
-    not_for(src, raw.columns.as_ref().map(|v| v.span()), "columns", what, diags);
+    not_for(
+        src,
+        raw.columns.as_ref().map(|v| v.span()),
+        "columns",
+        what,
+        diags,
+    );
     let _ = schemas;
     let before = diags.error_count();
     let title = match &raw.title {
@@ -511,17 +768,42 @@ fn report(root: &Path, schemas: &BTreeMap<String, Schema>, src: &Source, raw: &R
     };
     let mut sql = Vec::new();
     match &raw.sql {
-        None => diags.error_at(src, raw.kind.span(), "a report needs `sql`", Some("list its SQL files: `sql = [\"sql/par/dossier_monthly.sql\"]`".into())),
-        Some(list) if list.get_ref().is_empty() => diags.error_at(src, list.span(), "a report needs at least one SQL file", None),
+        None => diags.error_at(
+            src,
+            raw.kind.span(),
+            "a report needs `sql`",
+            Some("list its SQL files: `sql = [\"sql/par/dossier_monthly.sql\"]`".into()),
+        ),
+        Some(list) if list.get_ref().is_empty() => diags.error_at(
+            src,
+            list.span(),
+            "a report needs at least one SQL file",
+            None,
+        ),
         Some(list) => {
             for f in list.get_ref() {
                 let p = PathBuf::from(f.get_ref());
                 if p.extension().is_none_or(|e| e != "sql") {
-                    diags.error_at(src, f.span(), format!("`{}` is not a `.sql` file", f.get_ref()), None);
+                    diags.error_at(
+                        src,
+                        f.span(),
+                        format!("`{}` is not a `.sql` file", f.get_ref()),
+                        None,
+                    );
                 } else if !root.join(&p).is_file() {
-                    diags.error_at(src, f.span(), format!("SQL file `{}` not found", f.get_ref()), Some("paths are relative to the project folder".into()));
+                    diags.error_at(
+                        src,
+                        f.span(),
+                        format!("SQL file `{}` not found", f.get_ref()),
+                        Some("paths are relative to the project folder".into()),
+                    );
                 } else if !is_identifier(&table_name(&p)) {
-                    diags.error_at(src, f.span(), format!("table name `{}` is not an identifier", table_name(&p)), Some("name SQL files with lower-case letters, digits and `_`".into()));
+                    diags.error_at(
+                        src,
+                        f.span(),
+                        format!("table name `{}` is not an identifier", table_name(&p)),
+                        Some("name SQL files with lower-case letters, digits and `_`".into()),
+                    );
                 }
                 sql.push(p);
             }
@@ -529,13 +811,23 @@ fn report(root: &Path, schemas: &BTreeMap<String, Schema>, src: &Source, raw: &R
     }
     let template = match &raw.template {
         None => {
-            diags.error_at(src, raw.kind.span(), "a report needs `template`", Some("for example `template = \"reports/monthly_par.html\"`".into()));
+            diags.error_at(
+                src,
+                raw.kind.span(),
+                "a report needs `template`",
+                Some("for example `template = \"reports/monthly_par.html\"`".into()),
+            );
             PathBuf::new()
         }
         Some(t) => {
             let p = PathBuf::from(t.get_ref());
             if !root.join(&p).is_file() {
-                diags.error_at(src, t.span(), format!("template `{}` not found", t.get_ref()), Some("paths are relative to the project folder".into()));
+                diags.error_at(
+                    src,
+                    t.span(),
+                    format!("template `{}` not found", t.get_ref()),
+                    Some("paths are relative to the project folder".into()),
+                );
             }
             p
         }
@@ -544,7 +836,10 @@ fn report(root: &Path, schemas: &BTreeMap<String, Schema>, src: &Source, raw: &R
         src,
         raw.period.as_ref(),
         "period",
-        &[("previous_month", PeriodChoice::PreviousMonth), ("current_month", PeriodChoice::CurrentMonth)],
+        &[
+            ("previous_month", PeriodChoice::PreviousMonth),
+            ("current_month", PeriodChoice::CurrentMonth),
+        ],
         PeriodChoice::PreviousMonth,
         diags,
     );
@@ -552,18 +847,35 @@ fn report(root: &Path, schemas: &BTreeMap<String, Schema>, src: &Source, raw: &R
         src,
         raw.period_rule.as_ref(),
         "period rule",
-        &[("calendar", PeriodRule::Calendar), ("decree09", PeriodRule::Decree09)],
+        &[
+            ("calendar", PeriodRule::Calendar),
+            ("decree09", PeriodRule::Decree09),
+        ],
         PeriodRule::Calendar,
         diags,
     );
     let mut to = Vec::new();
     match &raw.to {
-        None => diags.error_at(src, raw.kind.span(), "a report needs recipients in `to`", Some("`to = [\"chu-tich@example.gov.vn\"]`".into())),
-        Some(list) if list.get_ref().is_empty() => diags.error_at(src, list.span(), "`to` is empty", Some("name at least one recipient".into())),
+        None => diags.error_at(
+            src,
+            raw.kind.span(),
+            "a report needs recipients in `to`",
+            Some("`to = [\"chu-tich@example.gov.vn\"]`".into()),
+        ),
+        Some(list) if list.get_ref().is_empty() => diags.error_at(
+            src,
+            list.span(),
+            "`to` is empty",
+            Some("name at least one recipient".into()),
+        ),
         Some(list) => to = addresses(src, list.get_ref(), diags),
     }
     let cc = addresses(src, &raw.cc, diags);
-    let needs = raw.needs.as_ref().map(|n| n.get_ref().iter().map(|d| d.get_ref().clone()).collect()).unwrap_or_default();
+    let needs = raw
+        .needs
+        .as_ref()
+        .map(|n| n.get_ref().iter().map(|d| d.get_ref().clone()).collect())
+        .unwrap_or_default();
     (diags.error_count() == before).then_some(ReportJob {
         title,
         sql,
@@ -581,11 +893,24 @@ fn addresses(src: &Source, list: &[Spanned<String>], diags: &mut Diagnostics) ->
     let mut out = Vec::new();
     for a in list {
         let s = a.get_ref().trim();
-        let ok = s.split_once('@').is_some_and(|(l, d)| !l.is_empty() && d.contains('.')) && !s.contains(' ');
+        let ok = s
+            .split_once('@')
+            .is_some_and(|(l, d)| !l.is_empty() && d.contains('.'))
+            && !s.contains(' ');
         if !ok && !env::has_reference(s) {
-            diags.error_at(src, a.span(), format!("`{s}` is not an email address"), Some("write `name@domain`".into()));
+            diags.error_at(
+                src,
+                a.span(),
+                format!("`{s}` is not an email address"),
+                Some("write `name@domain`".into()),
+            );
         } else if !seen.insert(s.to_lowercase()) {
-            diags.error_at(src, a.span(), format!("duplicate recipient `{s}`"), Some("each recipient gets one message: list them once".into()));
+            diags.error_at(
+                src,
+                a.span(),
+                format!("duplicate recipient `{s}`"),
+                Some("each recipient gets one message: list them once".into()),
+            );
         } else {
             out.push(s.to_string());
         }

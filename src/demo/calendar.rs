@@ -56,18 +56,25 @@ fn hung_kings(year: i32) -> Option<NaiveDate> {
 
 pub fn is_holiday(d: NaiveDate) -> bool {
     let (m, day) = (d.month(), d.day());
-    if (m, day) == (1, 1) || (m, day) == (4, 30) || (m, day) == (5, 1) || (m == 9 && (day == 1 || day == 2)) {
+    if (m, day) == (1, 1)
+        || (m, day) == (4, 30)
+        || (m, day) == (5, 1)
+        || (m == 9 && (day == 1 || day == 2))
+    {
         return true;
     }
     if hung_kings(d.year()) == Some(d) {
         return true;
     }
     // Tết may fall in late January of the same year: check this year's and next year's.
-    [tet(d.year()), tet(d.year() + 1)].into_iter().flatten().any(|t| {
-        let from = t - Duration::days(2);
-        let to = t + Duration::days(4);
-        d >= from && d <= to
-    })
+    [tet(d.year()), tet(d.year() + 1)]
+        .into_iter()
+        .flatten()
+        .any(|t| {
+            let from = t - Duration::days(2);
+            let to = t + Duration::days(4);
+            d >= from && d <= to
+        })
 }
 
 pub fn is_working_day(d: NaiveDate) -> bool {

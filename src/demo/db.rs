@@ -10,7 +10,13 @@ use super::dossier::{BadKind, Catalogue, Dossier, DossierGen};
 use super::{DemoError, DemoOptions};
 
 /// Tables are replaced whole on every load: the demo database belongs to the demo.
-const TABLES: &[&str] = &["danh_gia_hai_long", "ho_so", "thu_tuc", "linh_vuc", "don_vi"];
+const TABLES: &[&str] = &[
+    "danh_gia_hai_long",
+    "ho_so",
+    "thu_tuc",
+    "linh_vuc",
+    "don_vi",
+];
 
 fn pg_ddl(schema: &str) -> String {
     let mut s = format!("CREATE SCHEMA IF NOT EXISTS {schema};\n");
@@ -38,7 +44,10 @@ CREATE TABLE {schema}.danh_gia_hai_long (ma_ho_so text NOT NULL, thoi_gian times
 }
 
 fn mysql_ddl() -> Vec<String> {
-    let mut v: Vec<String> = TABLES.iter().map(|t| format!("DROP TABLE IF EXISTS {t}")).collect();
+    let mut v: Vec<String> = TABLES
+        .iter()
+        .map(|t| format!("DROP TABLE IF EXISTS {t}"))
+        .collect();
     v.push("CREATE TABLE don_vi (ma_don_vi VARCHAR(40) PRIMARY KEY, ten_don_vi VARCHAR(255) NOT NULL, cap_don_vi VARCHAR(10) NOT NULL, ma_dia_ban VARCHAR(10), hieu_luc_tu DATE, hieu_luc_den DATE) CHARACTER SET utf8mb4".into());
     v.push("CREATE TABLE linh_vuc (ma_linh_vuc VARCHAR(20) PRIMARY KEY, ten_linh_vuc VARCHAR(255) NOT NULL) CHARACTER SET utf8mb4".into());
     v.push("CREATE TABLE thu_tuc (ma_thu_tuc VARCHAR(40) PRIMARY KEY, ten_thu_tuc VARCHAR(500) NOT NULL, ma_linh_vuc VARCHAR(20) NOT NULL, muc_do TINYINT NOT NULL, so_ngay_giai_quyet SMALLINT, le_phi BIGINT NOT NULL) CHARACTER SET utf8mb4".into());
@@ -60,7 +69,9 @@ fn mysql_ddl() -> Vec<String> {
 /// characters in a UTF-8 database, so such rows carry a damaged name instead.
 fn stored_name(d: &Dossier) -> std::borrow::Cow<'_, str> {
     if d.bad == Some(BadKind::BrokenEncoding) {
-        String::from_utf8_lossy(b"Nguy\xe1n V\xe3n").into_owned().into()
+        String::from_utf8_lossy(b"Nguy\xe1n V\xe3n")
+            .into_owned()
+            .into()
     } else {
         d.applicant.name.as_str().into()
     }
@@ -99,36 +110,90 @@ fn copy_line(out: &mut String, fields: &[Option<&str>]) {
 }
 
 fn db_err(target: &str) -> impl Fn(String) -> DemoError + '_ {
-    move |message| DemoError::Database { target: target.to_string(), message }
+    move |message| DemoError::Database {
+        target: target.to_string(),
+        message,
+    }
 }
 
 /// Loads the demo's dossiers and votes into PostgreSQL schema `schema`; returns rows loaded.
-pub async fn load_postgres(url: &str, schema: &str, opts: &DemoOptions) -> Result<(u64, u64), DemoError> {
+pub async fn load_postgres(
+    url: &str,
+    schema: &str,
+    opts: &DemoOptions,
+) -> Result<(u64, u64), DemoError> {
     let err = db_err("PostgreSQL");
-    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.map_err(|e| err(e.to_string()))?;
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .map_err(|e| err(e.to_string()))?;
     let conn_task = tokio::spawn(conn);
-    client.batch_execute(&pg_ddl(schema)).await.map_err(|e| err(e.to_string()))?;
+    client
+        .batch_execute(&pg_ddl(schema))
+        .await
+        .map_err(|e| err(e.to_string()))?;
     let cat = Catalogue::new();
 
     let mut buf = String::new();
     for a in &cat.agencies {
         let from = a.from.map(|d| d.to_string());
         let until = a.until.map(|d| d.to_string());
-        copy_line(&mut buf, &[Some(&a.code), Some(&a.name), Some(a.level.source_code()), a.area_code.as_deref(), from.as_deref(), until.as_deref()]);
+        copy_line(
+            &mut buf,
+            &[
+                Some(&a.code),
+                Some(&a.name),
+                Some(a.level.source_code()),
+                a.area_code.as_deref(),
+                from.as_deref(),
+                until.as_deref(),
+            ],
+        );
     }
-    pg_copy(&client, &format!("COPY {schema}.don_vi FROM STDIN"), std::mem::take(&mut buf)).await.map_err(&err)?;
-    let mut fields: Vec<(&str, &str)> = cat.procedures.iter().map(|p| (p.field_code, p.field_name)).collect();
+    pg_copy(
+        &client,
+        &format!("COPY {schema}.don_vi FROM STDIN"),
+        std::mem::take(&mut buf),
+    )
+    .await
+    .map_err(&err)?;
+    let mut fields: Vec<(&str, &str)> = cat
+        .procedures
+        .iter()
+        .map(|p| (p.field_code, p.field_name))
+        .collect();
     fields.sort();
     fields.dedup_by_key(|f| f.0);
     for (c, n) in fields {
         copy_line(&mut buf, &[Some(c), Some(n)]);
     }
-    pg_copy(&client, &format!("COPY {schema}.linh_vuc FROM STDIN"), std::mem::take(&mut buf)).await.map_err(&err)?;
+    pg_copy(
+        &client,
+        &format!("COPY {schema}.linh_vuc FROM STDIN"),
+        std::mem::take(&mut buf),
+    )
+    .await
+    .map_err(&err)?;
     for p in &cat.procedures {
         let days = p.days.map(|d| d.to_string());
-        copy_line(&mut buf, &[Some(&p.code), Some(p.name), Some(p.field_code), Some(&p.service_level.to_string()), days.as_deref(), Some(&p.fee_vnd.to_string())]);
+        copy_line(
+            &mut buf,
+            &[
+                Some(&p.code),
+                Some(p.name),
+                Some(p.field_code),
+                Some(&p.service_level.to_string()),
+                days.as_deref(),
+                Some(&p.fee_vnd.to_string()),
+            ],
+        );
     }
-    pg_copy(&client, &format!("COPY {schema}.thu_tuc FROM STDIN"), std::mem::take(&mut buf)).await.map_err(&err)?;
+    pg_copy(
+        &client,
+        &format!("COPY {schema}.thu_tuc FROM STDIN"),
+        std::mem::take(&mut buf),
+    )
+    .await
+    .map_err(&err)?;
 
     let sink = client
         .copy_in::<_, bytes::Bytes>(&format!("COPY {schema}.ho_so FROM STDIN"))
@@ -137,7 +202,14 @@ pub async fn load_postgres(url: &str, schema: &str, opts: &DemoOptions) -> Resul
     futures_util::pin_mut!(sink);
     let mut votes = String::new();
     let (mut rows, mut vote_rows) = (0u64, 0u64);
-    for d in DossierGen::new(&cat, opts.seed, opts.dossiers, opts.until_day(), opts.as_of(), opts.bad_rows) {
+    for d in DossierGen::new(
+        &cat,
+        opts.seed,
+        opts.dossiers,
+        opts.until_day(),
+        opts.as_of(),
+        opts.bad_rows,
+    ) {
         let name = stored_name(&d);
         let s = |v: &dyn ToString| v.to_string();
         copy_line(
@@ -168,20 +240,42 @@ pub async fn load_postgres(url: &str, schema: &str, opts: &DemoOptions) -> Resul
         );
         rows += 1;
         if let Some((at, level)) = d.vote {
-            copy_line(&mut votes, &[Some(&d.code), ts(Some(at)).as_deref(), Some(&level.to_string())]);
+            copy_line(
+                &mut votes,
+                &[
+                    Some(&d.code),
+                    ts(Some(at)).as_deref(),
+                    Some(&level.to_string()),
+                ],
+            );
             vote_rows += 1;
         }
         if buf.len() > 1 << 20 {
-            sink.send(bytes::Bytes::from(std::mem::take(&mut buf))).await.map_err(|e| err(e.to_string()))?;
+            sink.send(bytes::Bytes::from(std::mem::take(&mut buf)))
+                .await
+                .map_err(|e| err(e.to_string()))?;
         }
     }
     if !buf.is_empty() {
-        sink.send(bytes::Bytes::from(std::mem::take(&mut buf))).await.map_err(|e| err(e.to_string()))?;
+        sink.send(bytes::Bytes::from(std::mem::take(&mut buf)))
+            .await
+            .map_err(|e| err(e.to_string()))?;
     }
-    sink.as_mut().finish().await.map_err(|e| err(e.to_string()))?;
-    pg_copy(&client, &format!("COPY {schema}.danh_gia_hai_long FROM STDIN"), votes).await.map_err(&err)?;
+    sink.as_mut()
+        .finish()
+        .await
+        .map_err(|e| err(e.to_string()))?;
+    pg_copy(
+        &client,
+        &format!("COPY {schema}.danh_gia_hai_long FROM STDIN"),
+        votes,
+    )
+    .await
+    .map_err(&err)?;
     client
-        .batch_execute(&format!("CREATE INDEX ON {schema}.ho_so (ngay_cap_nhat); ANALYZE {schema}.ho_so;"))
+        .batch_execute(&format!(
+            "CREATE INDEX ON {schema}.ho_so (ngay_cap_nhat); ANALYZE {schema}.ho_so;"
+        ))
         .await
         .map_err(|e| err(e.to_string()))?;
     drop(client);
@@ -190,9 +284,14 @@ pub async fn load_postgres(url: &str, schema: &str, opts: &DemoOptions) -> Resul
 }
 
 async fn pg_copy(client: &tokio_postgres::Client, sql: &str, data: String) -> Result<(), String> {
-    let sink = client.copy_in::<_, bytes::Bytes>(sql).await.map_err(|e| e.to_string())?;
+    let sink = client
+        .copy_in::<_, bytes::Bytes>(sql)
+        .await
+        .map_err(|e| e.to_string())?;
     futures_util::pin_mut!(sink);
-    sink.send(bytes::Bytes::from(data)).await.map_err(|e| e.to_string())?;
+    sink.send(bytes::Bytes::from(data))
+        .await
+        .map_err(|e| e.to_string())?;
     sink.as_mut().finish().await.map_err(|e| e.to_string())?;
     Ok(())
 }
@@ -201,9 +300,13 @@ async fn pg_copy(client: &tokio_postgres::Client, sql: &str, data: String) -> Re
 pub async fn load_mysql(url: &str, opts: &DemoOptions) -> Result<(u64, u64), DemoError> {
     let err = db_err("MariaDB/MySQL");
     let my_opts = mysql_async::Opts::from_url(url).map_err(|e| err(e.to_string()))?;
-    let mut conn = mysql_async::Conn::new(my_opts).await.map_err(|e| err(e.to_string()))?;
+    let mut conn = mysql_async::Conn::new(my_opts)
+        .await
+        .map_err(|e| err(e.to_string()))?;
     for stmt in mysql_ddl() {
-        conn.query_drop(stmt).await.map_err(|e| err(e.to_string()))?;
+        conn.query_drop(stmt)
+            .await
+            .map_err(|e| err(e.to_string()))?;
     }
     let cat = Catalogue::new();
     use mysql_async::Value as V;
@@ -211,24 +314,67 @@ pub async fn load_mysql(url: &str, opts: &DemoOptions) -> Result<(u64, u64), Dem
     let agencies: Vec<Vec<V>> = cat
         .agencies
         .iter()
-        .map(|a| vec![V::from(&a.code), V::from(&a.name), V::from(a.level.source_code()), opt_s(a.area_code.clone()), opt_s(a.from.map(|d| d.to_string())), opt_s(a.until.map(|d| d.to_string()))])
+        .map(|a| {
+            vec![
+                V::from(&a.code),
+                V::from(&a.name),
+                V::from(a.level.source_code()),
+                opt_s(a.area_code.clone()),
+                opt_s(a.from.map(|d| d.to_string())),
+                opt_s(a.until.map(|d| d.to_string())),
+            ]
+        })
         .collect();
-    insert_rows(&mut conn, "don_vi", 6, agencies).await.map_err(&err)?;
-    let mut fields: Vec<(&str, &str)> = cat.procedures.iter().map(|p| (p.field_code, p.field_name)).collect();
+    insert_rows(&mut conn, "don_vi", 6, agencies)
+        .await
+        .map_err(&err)?;
+    let mut fields: Vec<(&str, &str)> = cat
+        .procedures
+        .iter()
+        .map(|p| (p.field_code, p.field_name))
+        .collect();
     fields.sort();
     fields.dedup_by_key(|f| f.0);
-    insert_rows(&mut conn, "linh_vuc", 2, fields.into_iter().map(|(c, n)| vec![V::from(c), V::from(n)]).collect()).await.map_err(&err)?;
+    insert_rows(
+        &mut conn,
+        "linh_vuc",
+        2,
+        fields
+            .into_iter()
+            .map(|(c, n)| vec![V::from(c), V::from(n)])
+            .collect(),
+    )
+    .await
+    .map_err(&err)?;
     let procs = cat
         .procedures
         .iter()
-        .map(|p| vec![V::from(&p.code), V::from(p.name), V::from(p.field_code), V::from(p.service_level), p.days.map(V::from).unwrap_or(V::NULL), V::from(p.fee_vnd)])
+        .map(|p| {
+            vec![
+                V::from(&p.code),
+                V::from(p.name),
+                V::from(p.field_code),
+                V::from(p.service_level),
+                p.days.map(V::from).unwrap_or(V::NULL),
+                V::from(p.fee_vnd),
+            ]
+        })
         .collect();
-    insert_rows(&mut conn, "thu_tuc", 6, procs).await.map_err(&err)?;
+    insert_rows(&mut conn, "thu_tuc", 6, procs)
+        .await
+        .map_err(&err)?;
 
     let (mut rows, mut vote_rows) = (0u64, 0u64);
     let mut batch: Vec<Vec<V>> = Vec::with_capacity(1000);
     let mut votes: Vec<Vec<V>> = Vec::new();
-    for d in DossierGen::new(&cat, opts.seed, opts.dossiers, opts.until_day(), opts.as_of(), opts.bad_rows) {
+    for d in DossierGen::new(
+        &cat,
+        opts.seed,
+        opts.dossiers,
+        opts.until_day(),
+        opts.as_of(),
+        opts.bad_rows,
+    ) {
         let name = stored_name(&d);
         batch.push(vec![
             V::from(&d.code),
@@ -259,25 +405,46 @@ pub async fn load_mysql(url: &str, opts: &DemoOptions) -> Result<(u64, u64), Dem
             vote_rows += 1;
         }
         if batch.len() == 1000 {
-            insert_rows(&mut conn, "ho_so", 21, std::mem::take(&mut batch)).await.map_err(&err)?;
+            insert_rows(&mut conn, "ho_so", 21, std::mem::take(&mut batch))
+                .await
+                .map_err(&err)?;
         }
         if votes.len() == 2000 {
-            insert_rows(&mut conn, "danh_gia_hai_long", 3, std::mem::take(&mut votes)).await.map_err(&err)?;
+            insert_rows(
+                &mut conn,
+                "danh_gia_hai_long",
+                3,
+                std::mem::take(&mut votes),
+            )
+            .await
+            .map_err(&err)?;
         }
     }
-    insert_rows(&mut conn, "ho_so", 21, batch).await.map_err(&err)?;
-    insert_rows(&mut conn, "danh_gia_hai_long", 3, votes).await.map_err(&err)?;
+    insert_rows(&mut conn, "ho_so", 21, batch)
+        .await
+        .map_err(&err)?;
+    insert_rows(&mut conn, "danh_gia_hai_long", 3, votes)
+        .await
+        .map_err(&err)?;
     conn.disconnect().await.map_err(|e| err(e.to_string()))?;
     Ok((rows, vote_rows))
 }
 
 /// One multi-row INSERT with bound parameters (never values pasted into SQL).
-async fn insert_rows(conn: &mut mysql_async::Conn, table: &str, width: usize, rows: Vec<Vec<mysql_async::Value>>) -> Result<(), String> {
+async fn insert_rows(
+    conn: &mut mysql_async::Conn,
+    table: &str,
+    width: usize,
+    rows: Vec<Vec<mysql_async::Value>>,
+) -> Result<(), String> {
     if rows.is_empty() {
         return Ok(());
     }
     let one = format!("({})", vec!["?"; width].join(","));
-    let sql = format!("INSERT INTO {table} VALUES {}", vec![one.as_str(); rows.len()].join(","));
+    let sql = format!(
+        "INSERT INTO {table} VALUES {}",
+        vec![one.as_str(); rows.len()].join(",")
+    );
     let params: Vec<mysql_async::Value> = rows.into_iter().flatten().collect();
     conn.exec_drop(sql, params).await.map_err(|e| e.to_string())
 }

@@ -42,6 +42,8 @@ impl BadKind {
 /// one-stop-shop system stores them.
 pub struct Dossier {
     pub code: String,
+    /// The day it was received (kept even when a bad row loses `received_at`).
+    pub day: NaiveDate,
     pub procedure: usize,
     pub agency: usize,
     pub channel: u8,
@@ -102,8 +104,12 @@ fn years_in(d: NaiveDate) -> f64 {
 /// Share of online dossiers among procedures that allow it: about 10% in 2019, over 60% in 2026.
 fn online_share(d: NaiveDate) -> f64 {
     let t = (years_in(d) / 7.8).clamp(0.0, 1.0);
-    let jump = if d >= province::reorganisation() { 0.05 } else { 0.0 };
-    (0.10 + 0.55 * t.powf(1.25) + jump).min(0.9)
+    let jump = if d >= province::reorganisation() {
+        0.05
+    } else {
+        0.0
+    };
+    (0.06 + 0.57 * t.powf(1.25) + jump).min(0.9)
 }
 
 /// How many dossiers each day receives: exactly `total` over the days, by weights.
@@ -114,7 +120,11 @@ fn day_counts(days: &[NaiveDate], total: u64) -> Vec<u64> {
             let growth = 1.0 + 0.08 * years_in(d);
             let base = if is_working_day(d) { 1.0 } else { 0.07 };
             // Month ends are busy: people finish paperwork before the month closes.
-            let month_end = if (d + Duration::days(1)).day() == 1 { 1.2 } else { 1.0 };
+            let month_end = if (d + Duration::days(1)).day() == 1 {
+                1.2
+            } else {
+                1.0
+            };
             base * growth * month_end
         })
         .collect();
@@ -138,7 +148,12 @@ fn day_counts(days: &[NaiveDate], total: u64) -> Vec<u64> {
         let edge = d.day() == 1 || (d + Duration::days(1)).day() == 1;
         if edge && counts[i] < 2 {
             let need = 2 - counts[i];
-            if let Some((j, _)) = counts.iter().enumerate().filter(|(j, c)| **c >= need + 2 && *j != i).max_by_key(|(_, c)| **c) {
+            if let Some((j, _)) = counts
+                .iter()
+                .enumerate()
+                .filter(|(j, c)| **c >= need + 2 && *j != i)
+                .max_by_key(|(_, c)| **c)
+            {
                 counts[j] -= need;
                 counts[i] += need;
             }
@@ -191,7 +206,14 @@ fn pick(rng: &mut impl Rng, cum: &[(f64, usize)]) -> usize {
 }
 
 impl<'a> DossierGen<'a> {
-    pub fn new(cat: &'a Catalogue, seed: u64, total: u64, until: NaiveDate, as_of: NaiveDateTime, bad_rows: f64) -> Self {
+    pub fn new(
+        cat: &'a Catalogue,
+        seed: u64,
+        total: u64,
+        until: NaiveDate,
+        as_of: NaiveDateTime,
+        bad_rows: f64,
+    ) -> Self {
         let mut days = Vec::new();
         let mut d = first_day();
         while d <= until {
@@ -205,20 +227,49 @@ impl<'a> DossierGen<'a> {
             (Handler::District, true) => p.weight * 1.1,
             _ => p.weight,
         };
-        let proc_cum = [false, true].map(|after| cumulative(cat.procedures.iter().enumerate().map(|(i, p)| (era_weight(p, after), i))));
+        let proc_cum = [false, true].map(|after| {
+            cumulative(
+                cat.procedures
+                    .iter()
+                    .enumerate()
+                    .map(|(i, p)| (era_weight(p, after), i)),
+            )
+        });
         let online_cum = [false, true].map(|after| {
-            cumulative(cat.procedures.iter().enumerate().filter(|(_, p)| p.service_level >= 3).map(|(i, p)| (era_weight(p, after), i)))
+            cumulative(
+                cat.procedures
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, p)| p.service_level >= 3)
+                    .map(|(i, p)| (era_weight(p, after), i)),
+            )
         });
         let mut departments = std::collections::HashMap::new();
         for (i, a) in cat.agencies.iter().enumerate() {
             if a.level == Level::Province {
-                if let Some(nn) = province::DEPARTMENTS.iter().find(|(nn, _)| province::department_code(nn) == a.code) {
+                if let Some(nn) = province::DEPARTMENTS
+                    .iter()
+                    .find(|(nn, _)| province::department_code(nn) == a.code)
+                {
                     departments.insert(nn.0, i);
                 }
             }
         }
         let sel = |level: Level, after: bool| {
-            cumulative(cat.agencies.iter().enumerate().filter(|(_, a)| a.level == level && a.active_on(if after { reorg } else { reorg - Duration::days(1) })).map(|(i, a)| (a.weight, i)))
+            cumulative(
+                cat.agencies
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, a)| {
+                        a.level == level
+                            && a.active_on(if after {
+                                reorg
+                            } else {
+                                reorg - Duration::days(1)
+                            })
+                    })
+                    .map(|(i, a)| (a.weight, i)),
+            )
         };
         let agencies_by = AgencyIndex {
             departments,
@@ -284,7 +335,11 @@ impl<'a> DossierGen<'a> {
 
         // Non-working days and the midnight edges only see online dossiers received by the system.
         let auto_online = !working || edge;
-        let pi = if auto_online { pick(&mut self.rng, &self.online_cum[after]) } else { pick(&mut self.rng, &self.proc_cum[after]) };
+        let pi = if auto_online {
+            pick(&mut self.rng, &self.online_cum[after])
+        } else {
+            pick(&mut self.rng, &self.proc_cum[after])
+        };
         let p = &cat.procedures[pi];
         let ai = self.agency_for(p, day);
         let agency = &cat.agencies[ai];
@@ -292,7 +347,14 @@ impl<'a> DossierGen<'a> {
         let channel = if auto_online {
             2
         } else {
-            let share = online_share(day) * if p.service_level == 4 { 1.2 } else if p.service_level == 3 { 0.75 } else { 0.0 };
+            let share = online_share(day)
+                * if p.service_level == 4 {
+                    1.2
+                } else if p.service_level == 3 {
+                    0.75
+                } else {
+                    0.0
+                };
             let x = self.rng.random::<f64>();
             if x < share.min(0.97) {
                 2
@@ -315,14 +377,21 @@ impl<'a> DossierGen<'a> {
             self.working_time(day)
         };
         let submitted = match channel {
-            2 if !auto_online && self.rng.random_bool(0.7) => Some(received - Duration::minutes(self.rng.random_range(5..2_160))),
+            2 if !auto_online && self.rng.random_bool(0.7) => {
+                Some(received - Duration::minutes(self.rng.random_range(5..2_160)))
+            }
             3 => Some(received - Duration::days(self.rng.random_range(2..5))),
             1 if self.rng.random_bool(0.03) => None,
             _ => Some(received),
         };
 
         // Work starts the day of receipt during office hours, else the next working day.
-        let start_day = if working && received.time() < NaiveTime::from_hms_opt(16, 30, 0).expect("valid") { day } else { next_working_day(day + Duration::days(1)) };
+        let start_day =
+            if working && received.time() < NaiveTime::from_hms_opt(16, 30, 0).expect("valid") {
+                day
+            } else {
+                next_working_day(day + Duration::days(1))
+            };
         let mut supplements = Vec::new();
         let supp_p = if p.field_code == "DD" { 0.15 } else { 0.06 };
         let mut pause_days = 0u32;
@@ -344,13 +413,24 @@ impl<'a> DossierGen<'a> {
 
         let applicant_type;
         let commune_name = agency.name.trim_start_matches("UBND ").to_string();
-        let business_field = matches!(p.field_code, "DKKD" | "DT" | "ATTP" | "KDXD" | "LT" | "QLCL") && !p.name.contains("hộ kinh doanh");
+        let business_field = matches!(
+            p.field_code,
+            "DKKD" | "DT" | "ATTP" | "KDXD" | "LT" | "QLCL"
+        ) && !p.name.contains("hộ kinh doanh");
         let applicant = if business_field && self.rng.random_bool(0.85) {
             applicant_type = 2;
             people::business(&mut self.rng, &commune_name)
         } else {
             let x = self.rng.random::<f64>();
-            applicant_type = if x < 0.92 { 1 } else if x < 0.96 { 2 } else if x < 0.98 { 3 } else { 4 };
+            applicant_type = if x < 0.92 {
+                1
+            } else if x < 0.96 {
+                2
+            } else if x < 0.98 {
+                3
+            } else {
+                4
+            };
             if applicant_type == 2 {
                 people::business(&mut self.rng, &commune_name)
             } else {
@@ -363,14 +443,17 @@ impl<'a> DossierGen<'a> {
         let x = self.rng.random::<f64>();
         let finish_of = |rng: &mut ChaCha8Rng, d: NaiveDate| -> NaiveDateTime {
             if d == day && received.time() < NaiveTime::from_hms_opt(16, 30, 0).expect("valid") {
-                received + Duration::minutes(rng.random_range(5..150))
+                // Same-day work happens in office hours, even for a dossier received at night.
+                received.max(at(day, 7, 30, 0)) + Duration::minutes(rng.random_range(5..150))
             } else {
                 let m = rng.random_range(0..570u32);
                 at(d, 7 + (30 + m) / 60, (30 + m) % 60, rng.random_range(0..60))
             }
         };
         let last_supplied = supplements.last().and_then(|s| s.1);
-        let earliest_day = last_supplied.map(|s| add_working_days(s.date(), 1)).unwrap_or(start_day);
+        let earliest_day = last_supplied
+            .map(|s| add_working_days(s.date(), 1))
+            .unwrap_or(start_day);
         let (mut status, mut finished) = if x < 0.008 {
             (3u8, None)
         } else if x < 0.011 {
@@ -379,7 +462,9 @@ impl<'a> DossierGen<'a> {
             // Stuck: never finished, so pending past due once the due date passes.
             (if supplements.is_empty() { 4 } else { 5 }, None)
         } else if x < 0.029 {
-            let end = due_day.unwrap_or(add_working_days(start_day, 5)).max(earliest_day);
+            let end = due_day
+                .unwrap_or(add_working_days(start_day, 5))
+                .max(earliest_day);
             let span = working_days_between(earliest_day, end);
             let d = add_working_days(earliest_day, self.rng.random_range(0..=span));
             (7, Some(finish_of(&mut self.rng, d)))
@@ -389,7 +474,11 @@ impl<'a> DossierGen<'a> {
                 Some(due_d) => {
                     let y = self.rng.random::<f64>();
                     if y < late_p {
-                        let extra = if self.rng.random_bool(0.7) { self.rng.random_range(1..4) } else { self.rng.random_range(4..15) };
+                        let extra = if self.rng.random_bool(0.7) {
+                            self.rng.random_range(1..4)
+                        } else {
+                            self.rng.random_range(4..15)
+                        };
                         add_working_days(due_d, extra)
                     } else if y < late_p + 0.62 && due_d > earliest_day {
                         let span = working_days_between(earliest_day, due_d).saturating_sub(1);
@@ -399,7 +488,10 @@ impl<'a> DossierGen<'a> {
                     }
                 }
             };
-            (10, Some(finish_of(&mut self.rng, d).max(received + Duration::minutes(1))))
+            (
+                10,
+                Some(finish_of(&mut self.rng, d).max(received + Duration::minutes(1))),
+            )
         };
         let mut returned = None;
         if let Some(f) = finished {
@@ -413,7 +505,13 @@ impl<'a> DossierGen<'a> {
                     4
                 };
             } else if status == 10 {
-                let r = f + Duration::hours(self.rng.random_range(0..72));
+                // Results are handed over at the counter in office hours, or sent at once online.
+                let r = if channel == 2 && self.rng.random_bool(0.5) {
+                    f + Duration::minutes(self.rng.random_range(1..30))
+                } else {
+                    let day = add_working_days(f.date(), self.rng.random_range(0..3));
+                    self.working_time(day).max(f + Duration::minutes(5))
+                };
                 if r < self.as_of && self.rng.random_bool(0.92) {
                     returned = Some(r);
                 } else {
@@ -432,17 +530,40 @@ impl<'a> DossierGen<'a> {
         }
         supplements.retain(|s| s.0 < self.as_of);
         // Online dossiers of the last days may still wait to be accepted.
-        if channel == 2 && finished.is_none() && (self.as_of - received) < Duration::days(3) && self.rng.random_bool(0.2) {
+        if channel == 2
+            && finished.is_none()
+            && (self.as_of - received) < Duration::days(3)
+            && self.rng.random_bool(0.2)
+        {
             status = 1;
         }
 
-        let paid_online = if p.fee_vnd > 0 && channel == 2 && self.rng.random_bool((0.05 + 0.6 * (t / 7.8)).min(0.9)) { self.rng.random_range(1..=2u8) } else { 0 };
-        let digitized_p = if day.year() < 2022 { 0.0 } else { (0.15 + 0.7 * ((t - 3.0) / 4.8)).clamp(0.0, 0.85) };
+        let paid_online = if p.fee_vnd > 0
+            && channel == 2
+            && self.rng.random_bool((0.05 + 0.6 * (t / 7.8)).min(0.9))
+        {
+            self.rng.random_range(1..=2u8)
+        } else {
+            0
+        };
+        let digitized_p = if day.year() < 2022 {
+            0.0
+        } else {
+            (0.15 + 0.7 * ((t - 3.0) / 4.8)).clamp(0.0, 0.85)
+        };
         let digitized = self.rng.random_bool(digitized_p);
-        let vneid_verified = channel == 2 && day >= NaiveDate::from_ymd_opt(2022, 7, 1).expect("valid") && self.rng.random_bool((0.2 + 0.7 * ((t - 3.5) / 4.3)).clamp(0.0, 0.92));
+        let vneid_verified = channel == 2
+            && day >= NaiveDate::from_ymd_opt(2022, 7, 1).expect("valid")
+            && self
+                .rng
+                .random_bool((0.2 + 0.7 * ((t - 3.5) / 4.3)).clamp(0.0, 0.92));
 
         let mut latest = received;
-        for v in [finished, returned].into_iter().flatten().chain(supplements.iter().flat_map(|s| [Some(s.0), s.1]).flatten()) {
+        for v in [finished, returned]
+            .into_iter()
+            .flatten()
+            .chain(supplements.iter().flat_map(|s| [Some(s.0), s.1]).flatten())
+        {
             latest = latest.max(v);
         }
         let updated_at = if finished.is_some() || status == 3 || status == 8 {
@@ -460,7 +581,15 @@ impl<'a> DossierGen<'a> {
                 let late = due.zip(finished).is_some_and(|(d, f)| f.date() > d.date());
                 let y = self.rng.random::<f64>();
                 let level = if late {
-                    if y < 0.2 { 1 } else if y < 0.55 { 2 } else if y < 0.8 { 3 } else { 4 }
+                    if y < 0.2 {
+                        1
+                    } else if y < 0.55 {
+                        2
+                    } else if y < 0.8 {
+                        3
+                    } else {
+                        4
+                    }
                 } else if y < 0.55 {
                     1
                 } else if y < 0.93 {
@@ -481,6 +610,7 @@ impl<'a> DossierGen<'a> {
 
         let mut d = Dossier {
             code,
+            day,
             procedure: pi,
             agency: ai,
             channel,
@@ -576,9 +706,19 @@ mod tests {
         for d in DossierGen::new(&cat, 7, 3_000, until, as_of, 0.0) {
             n += 1;
             let r = d.received_at.unwrap();
-            assert_eq!(d.finished_at.is_some(), matches!(d.status, 7 | 9 | 10), "{}", d.code);
+            assert_eq!(
+                d.finished_at.is_some(),
+                matches!(d.status, 7 | 9 | 10),
+                "{}",
+                d.code
+            );
             assert!(d.finished_at.is_none_or(|f| f >= r), "{}", d.code);
-            assert!(d.due_at.is_none_or(|f| f >= r), "{} due {:?} received {r}", d.code, d.due_at);
+            assert!(
+                d.due_at.is_none_or(|f| f >= r),
+                "{} due {:?} received {r}",
+                d.code,
+                d.due_at
+            );
             assert!(d.updated_at < as_of && d.updated_at >= r);
             let level = cat.agencies[d.agency].level;
             if r.date() >= province::reorganisation() {

@@ -74,11 +74,16 @@ pub struct Project {
 impl Project {
     /// The project's latest event dated before `cutoff` (highest version), if any.
     pub fn latest_before(&self, cutoff: NaiveDate) -> Option<&Event> {
-        self.events.iter().filter(|e| e.date < cutoff).max_by_key(|e| e.version)
+        self.events
+            .iter()
+            .filter(|e| e.date < cutoff)
+            .max_by_key(|e| e.version)
     }
 
     pub fn valid_at(&self, cutoff: NaiveDate) -> Option<i128> {
-        self.latest_before(cutoff).filter(|e| !e.kind.ends()).map(|e| e.capital_vnd)
+        self.latest_before(cutoff)
+            .filter(|e| !e.kind.ends())
+            .map(|e| e.capital_vnd)
     }
 }
 
@@ -112,9 +117,21 @@ const ZONES: &[(&str, u16)] = &[
 const FDI_COUNTRIES: &[&str] = &["TW", "KR", "JP", "CN", "SG", "TH", "US", "MY"];
 
 const NAME_PARTS: &[&str] = &[
-    "Nhà máy", "Khu du lịch sinh thái", "Trang trại chăn nuôi", "Cửa hàng xăng dầu", "Khu đô thị",
-    "Nhà máy chế biến gỗ", "Trung tâm thương mại", "Khách sạn", "Bệnh viện đa khoa", "Kho bãi logistics",
-    "Nhà máy may", "Cảng cạn", "Nhà máy điện mặt trời", "Trường mầm non tư thục", "Khu nuôi trồng thủy sản",
+    "Nhà máy",
+    "Khu du lịch sinh thái",
+    "Trang trại chăn nuôi",
+    "Cửa hàng xăng dầu",
+    "Khu đô thị",
+    "Nhà máy chế biến gỗ",
+    "Trung tâm thương mại",
+    "Khách sạn",
+    "Bệnh viện đa khoa",
+    "Kho bãi logistics",
+    "Nhà máy may",
+    "Cảng cạn",
+    "Nhà máy điện mặt trời",
+    "Trường mầm non tư thục",
+    "Khu nuôi trồng thủy sản",
 ];
 
 /// VND per USD by year, for FDI projects' USD capital.
@@ -148,21 +165,44 @@ fn round_million(v: f64) -> i128 {
 
 fn make_project(rng: &mut ChaCha8Rng, seq: usize, start: NaiveDate, end: NaiveDate) -> Project {
     let fdi = rng.random_bool(0.09);
-    let zone = if rng.random_bool(if fdi { 0.7 } else { 0.2 }) { Some(ZONES[rng.random_range(0..ZONES.len())]) } else { None };
+    let zone = if rng.random_bool(if fdi { 0.7 } else { 0.2 }) {
+        Some(ZONES[rng.random_range(0..ZONES.len())])
+    } else {
+        None
+    };
     let ezone = zone.is_some_and(|z| z.0.starts_with("Khu kinh tế"));
     let mut acc = 0.0;
     let x: f64 = rng.random::<f64>() * SECTORS.iter().map(|s| s.2).sum::<f64>();
-    let sector = SECTORS.iter().find(|s| {
-        acc += s.2;
-        x < acc
-    }).unwrap_or(&SECTORS[2]);
-    let district = zone.map(|z| z.1).unwrap_or(DISTRICTS[rng.random_range(0..DISTRICTS.len())].0);
+    let sector = SECTORS
+        .iter()
+        .find(|s| {
+            acc += s.2;
+            x < acc
+        })
+        .unwrap_or(&SECTORS[2]);
+    let district = zone
+        .map(|z| z.1)
+        .unwrap_or(DISTRICTS[rng.random_range(0..DISTRICTS.len())].0);
     // Billion VND: small projects dominate the count, large ones the capital.
-    let bn = if fdi { lognormal(rng, 420.0, 1.2) } else { lognormal(rng, 45.0, 1.35) };
+    let bn = if fdi {
+        lognormal(rng, 420.0, 1.2)
+    } else {
+        lognormal(rng, 45.0, 1.35)
+    };
     let capital = round_million(bn * 1e9);
     let name_part = NAME_PARTS[rng.random_range(0..NAME_PARTS.len())];
-    let place = DISTRICTS.iter().find(|d| d.0 == district).map(|d| d.1).unwrap_or("Hà Tĩnh");
-    let mut events = vec![Event { version: 0, kind: EventType::New, date: start, capital_vnd: capital, change_vnd: capital }];
+    let place = DISTRICTS
+        .iter()
+        .find(|d| d.0 == district)
+        .map(|d| d.1)
+        .unwrap_or("Hà Tĩnh");
+    let mut events = vec![Event {
+        version: 0,
+        kind: EventType::New,
+        date: start,
+        capital_vnd: capital,
+        change_vnd: capital,
+    }];
     let mut cap = capital;
     let mut date = start;
     // Later certificates: changes of capital, amendments, and sometimes the end.
@@ -175,36 +215,88 @@ fn make_project(rng: &mut ChaCha8Rng, seq: usize, start: NaiveDate, end: NaiveDa
         let (kind, change) = if x < 0.45 {
             (EventType::Amendment, 0)
         } else if x < 0.85 {
-            (EventType::CapitalIncrease, round_million(cap as f64 * rng.random_range(0.1..0.8)))
+            (
+                EventType::CapitalIncrease,
+                round_million(cap as f64 * rng.random_range(0.1..0.8)),
+            )
         } else {
-            (EventType::CapitalDecrease, -round_million(cap as f64 * rng.random_range(0.05..0.4)))
+            (
+                EventType::CapitalDecrease,
+                -round_million(cap as f64 * rng.random_range(0.05..0.4)),
+            )
         };
         cap += change;
-        events.push(Event { version: events.len() as u16, kind, date, capital_vnd: cap, change_vnd: change });
+        events.push(Event {
+            version: events.len() as u16,
+            kind,
+            date,
+            capital_vnd: cap,
+            change_vnd: change,
+        });
     }
     if rng.random_bool(0.13) {
-        let d = random_date(rng, date + Duration::days(180), date + Duration::days(2_500));
+        let d = random_date(
+            rng,
+            date + Duration::days(180),
+            date + Duration::days(2_500),
+        );
         if d < end {
-            let kind = if rng.random_bool(0.7) { EventType::Terminated } else { EventType::Revoked };
-            events.push(Event { version: events.len() as u16, kind, date: d, capital_vnd: cap, change_vnd: 0 });
+            let kind = if rng.random_bool(0.7) {
+                EventType::Terminated
+            } else {
+                EventType::Revoked
+            };
+            events.push(Event {
+                version: events.len() as u16,
+                kind,
+                date: d,
+                capital_vnd: cap,
+                change_vnd: 0,
+            });
         }
     }
     let investor = if fdi {
-        format!("{} {} Co., Ltd", ["Hoa", "Dae", "Nippon", "Sino", "Asia", "Pacific"][rng.random_range(0..6)], ["Steel", "Energy", "Textile", "Logistics", "Agro", "Tech"][rng.random_range(0..6)])
+        format!(
+            "{} {} Co., Ltd",
+            ["Hoa", "Dae", "Nippon", "Sino", "Asia", "Pacific"][rng.random_range(0..6)],
+            ["Steel", "Energy", "Textile", "Logistics", "Agro", "Tech"][rng.random_range(0..6)]
+        )
     } else {
-        format!("Công ty {} {}", ["TNHH", "Cổ phần"][rng.random_range(0..2)], ["Hồng Lam", "Sông La", "Thiên Cầm", "Hoành Sơn", "Trà Sơn", "Kỳ Lĩnh", "Phú Gia", "Đại Thành", "Hải Phát"][rng.random_range(0..9)])
+        format!(
+            "Công ty {} {}",
+            ["TNHH", "Cổ phần"][rng.random_range(0..2)],
+            [
+                "Hồng Lam",
+                "Sông La",
+                "Thiên Cầm",
+                "Hoành Sơn",
+                "Trà Sơn",
+                "Kỳ Lĩnh",
+                "Phú Gia",
+                "Đại Thành",
+                "Hải Phát"
+            ][rng.random_range(0..9)]
+        )
     };
     Project {
         code: format!("28{:08}", (seq as u64 * 7_919 + 1_234_567) % 100_000_000),
         name: format!("{name_part} {} tại {place}", seq),
         investor,
-        country: if fdi { FDI_COUNTRIES[rng.random_range(0..FDI_COUNTRIES.len())] } else { "VN" },
+        country: if fdi {
+            FDI_COUNTRIES[rng.random_range(0..FDI_COUNTRIES.len())]
+        } else {
+            "VN"
+        },
         fdi,
         ezone,
         sector: (sector.0, sector.1),
         district,
         zone: zone.map(|z| z.0),
-        land_ha: if rng.random_bool(0.8) { Some((lognormal(rng, 2.0, 1.0) * 100.0).round() / 100.0) } else { None },
+        land_ha: if rng.random_bool(0.8) {
+            Some((lognormal(rng, 2.0, 1.0) * 100.0).round() / 100.0)
+        } else {
+            None
+        },
         events,
         build_months: rng.random_range(18..72),
     }
@@ -215,10 +307,34 @@ fn make_project(rng: &mut ChaCha8Rng, seq: usize, start: NaiveDate, end: NaiveDa
 fn anchor_project(end: NaiveDate) -> Project {
     let d = |y, m, dd| NaiveDate::from_ymd_opt(y, m, dd).expect("valid date");
     let mut events = vec![
-        Event { version: 0, kind: EventType::New, date: d(2008, 6, 12), capital_vnd: 0, change_vnd: 0 },
-        Event { version: 1, kind: EventType::CapitalIncrease, date: d(2015, 3, 20), capital_vnd: 0, change_vnd: 45_000_000_000_000 },
-        Event { version: 2, kind: EventType::Amendment, date: d(2019, 9, 5), capital_vnd: 0, change_vnd: 0 },
-        Event { version: 3, kind: EventType::CapitalIncrease, date: d(2023, 5, 16), capital_vnd: 0, change_vnd: 12_000_000_000_000 },
+        Event {
+            version: 0,
+            kind: EventType::New,
+            date: d(2008, 6, 12),
+            capital_vnd: 0,
+            change_vnd: 0,
+        },
+        Event {
+            version: 1,
+            kind: EventType::CapitalIncrease,
+            date: d(2015, 3, 20),
+            capital_vnd: 0,
+            change_vnd: 45_000_000_000_000,
+        },
+        Event {
+            version: 2,
+            kind: EventType::Amendment,
+            date: d(2019, 9, 5),
+            capital_vnd: 0,
+            change_vnd: 0,
+        },
+        Event {
+            version: 3,
+            kind: EventType::CapitalIncrease,
+            date: d(2023, 5, 16),
+            capital_vnd: 0,
+            change_vnd: 12_000_000_000_000,
+        },
     ];
     events.retain(|e| e.date < end);
     Project {
@@ -269,9 +385,17 @@ pub fn projects(seed: u64, until: NaiveDate) -> Vec<Project> {
     }
     // Calibrate: the anchor's first capital makes the valid total exactly the published one.
     let others: i128 = out.iter().filter_map(|p| p.valid_at(cutoff)).sum();
-    let increments: i128 = anchor.events.iter().filter(|e| e.date < cutoff).map(|e| e.change_vnd).sum();
+    let increments: i128 = anchor
+        .events
+        .iter()
+        .filter(|e| e.date < cutoff)
+        .map(|e| e.change_vnd)
+        .sum();
     let first_capital = CALIBRATION_CAPITAL_VND - others - increments;
-    assert!(first_capital > 0, "calibration leaves the anchor project a positive capital");
+    assert!(
+        first_capital > 0,
+        "calibration leaves the anchor project a positive capital"
+    );
     let mut cap = 0;
     for e in anchor.events.iter_mut() {
         if e.version == 0 {
@@ -308,15 +432,19 @@ pub fn area_code(p: &Project, on: NaiveDate, new_communes: &[province::Commune])
 pub fn disbursements(p: &Project, until: NaiveDate) -> Vec<(NaiveDate, i128)> {
     let mut out = Vec::new();
     let start = p.events[0].date;
-    let mut q = NaiveDate::from_ymd_opt(start.year(), ((start.month() - 1) / 3 + 1) * 3, 1).expect("valid date");
+    let mut q = NaiveDate::from_ymd_opt(start.year(), ((start.month() - 1) / 3 + 1) * 3, 1)
+        .expect("valid date");
     let mut last = 0i128;
     while q <= until {
         let month_end = q;
-        let Some(e) = p.latest_before(month_end + Duration::days(31)) else { break };
+        let Some(e) = p.latest_before(month_end + Duration::days(31)) else {
+            break;
+        };
         if e.kind.ends() {
             break;
         }
-        let months = ((q.year() - start.year()) * 12 + q.month() as i32 - start.month() as i32).max(0) as f64;
+        let months = ((q.year() - start.year()) * 12 + q.month() as i32 - start.month() as i32)
+            .max(0) as f64;
         let progress = (months / p.build_months as f64).min(1.0).powf(1.3) * 0.92;
         let value = ((e.capital_vnd as f64 * progress) / 1e6).round() as i128 * 1_000_000;
         last = last.max(value);

@@ -64,13 +64,19 @@ impl DemoOptions {
     /// Last day of the `until` month.
     pub fn until_day(&self) -> NaiveDate {
         let (y, m) = self.until;
-        let next = if m == 12 { NaiveDate::from_ymd_opt(y + 1, 1, 1) } else { NaiveDate::from_ymd_opt(y, m + 1, 1) };
+        let next = if m == 12 {
+            NaiveDate::from_ymd_opt(y + 1, 1, 1)
+        } else {
+            NaiveDate::from_ymd_opt(y, m + 1, 1)
+        };
         next.expect("valid month") - Duration::days(1)
     }
 
     /// The export's moment: local midnight after the last day.
     pub fn as_of(&self) -> NaiveDateTime {
-        (self.until_day() + Duration::days(1)).and_hms_opt(0, 0, 0).expect("valid time")
+        (self.until_day() + Duration::days(1))
+            .and_hms_opt(0, 0, 0)
+            .expect("valid time")
     }
 
     /// Latest rating year whose results are published (in May of the next year).
@@ -180,11 +186,22 @@ const BROKEN_BYTES: &[u8] = b"Th\xf7 t\xf5c";
 fn write_sync_record(out: &mut Vec<u8>, cat: &Catalogue, d: &Dossier) -> serde_json::Result<()> {
     let p = &cat.procedures[d.procedure];
     let a = &cat.agencies[d.agency];
-    let fees = if d.fee_vnd > 0 { vec![Fee { ten_phi_le_phi: "Lệ phí giải quyết thủ tục", gia: d.fee_vnd }] } else { Vec::new() };
+    let fees = if d.fee_vnd > 0 {
+        vec![Fee {
+            ten_phi_le_phi: "Lệ phí giải quyết thủ tục",
+            gia: d.fee_vnd,
+        }]
+    } else {
+        Vec::new()
+    };
     let rec = SyncRecord {
         ma_ho_so: &d.code,
         ma_tthc: &p.code,
-        ten_tthc: if d.bad == Some(BadKind::BrokenEncoding) { BROKEN_MARKER } else { p.name },
+        ten_tthc: if d.bad == Some(BadKind::BrokenEncoding) {
+            BROKEN_MARKER
+        } else {
+            p.name
+        },
         ma_linh_vuc: p.field_code,
         ten_linh_vuc: p.field_name,
         ma_don_vi_xu_ly: &a.code,
@@ -204,7 +221,14 @@ fn write_sync_record(out: &mut Vec<u8>, cat: &Catalogue, d: &Dossier) -> serde_j
         ngay_hen_tra: d.due_at.map(compact),
         ngay_ket_thuc_xu_ly: d.finished_at.map(compact),
         ngay_tra: d.returned_at.map(compact),
-        danh_sach_ho_so_bo_sung: d.supplements.iter().map(|s| Supplement { ngay_yeu_cau: compact(s.0), ngay_bo_sung: s.1.map(compact) }).collect(),
+        danh_sach_ho_so_bo_sung: d
+            .supplements
+            .iter()
+            .map(|s| Supplement {
+                ngay_yeu_cau: compact(s.0),
+                ngay_bo_sung: s.1.map(compact),
+            })
+            .collect(),
         danh_sach_le_phi: fees,
         duoc_thanh_toan_truc_tuyen: d.paid_online,
         ho_so_co_thanh_phan_so_hoa: d.digitized as u8,
@@ -264,7 +288,10 @@ pub fn generate_files(opts: &DemoOptions, out: &Path) -> Result<Manifest, DemoEr
         return Err(DemoError::BadShare(opts.bad_rows));
     }
     if opts.until < (2019, 1) {
-        return Err(DemoError::TooEarly(format!("{}-{:02}", opts.until.0, opts.until.1)));
+        return Err(DemoError::TooEarly(format!(
+            "{}-{:02}",
+            opts.until.0, opts.until.1
+        )));
     }
     let tmp = out.with_extension("partial");
     if tmp.exists() {
@@ -283,9 +310,26 @@ pub fn generate_files(opts: &DemoOptions, out: &Path) -> Result<Manifest, DemoEr
     write_investment(opts, &tmp, &mut manifest)?;
     let rows = rating::rows(opts.seed, opts.last_rating_year());
     let path = tmp.join(RATINGS_FILE);
-    rating::write_xlsx(&rows, &path).map_err(|source| DemoError::Xlsx { path: path.clone(), source })?;
-    manifest.datasets.insert("rating".into(), DatasetCount { rows: rows.len() as u64, bad: BTreeMap::new() });
-    manifest.files.insert(RATINGS_FILE.into(), rows.len() as u64);
+    let published = opts.until_day();
+    let published = (
+        published.year() as u16,
+        published.month() as u8,
+        published.day() as u8,
+    );
+    rating::write_xlsx(&rows, &path, published).map_err(|source| DemoError::Xlsx {
+        path: path.clone(),
+        source,
+    })?;
+    manifest.datasets.insert(
+        "rating".into(),
+        DatasetCount {
+            rows: rows.len() as u64,
+            bad: BTreeMap::new(),
+        },
+    );
+    manifest
+        .files
+        .insert(RATINGS_FILE.into(), rows.len() as u64);
     if let Some(r) = rating::PAR_HISTORY.iter().find(|r| r.0 == 2019) {
         manifest.facts.par_2019_score = r.1;
         manifest.facts.par_2019_rank = r.2;
@@ -295,7 +339,10 @@ pub fn generate_files(opts: &DemoOptions, out: &Path) -> Result<Manifest, DemoEr
     }
     let mpath = tmp.join("manifest.json");
     let f = File::create(&mpath).map_err(io(&mpath))?;
-    serde_json::to_writer_pretty(BufWriter::new(f), &manifest).map_err(|e| DemoError::Io { path: mpath.clone(), source: e.into() })?;
+    serde_json::to_writer_pretty(BufWriter::new(f), &manifest).map_err(|e| DemoError::Io {
+        path: mpath.clone(),
+        source: e.into(),
+    })?;
 
     if out.exists() {
         std::fs::remove_dir_all(out).map_err(io(out))?;
@@ -304,22 +351,37 @@ pub fn generate_files(opts: &DemoOptions, out: &Path) -> Result<Manifest, DemoEr
     Ok(manifest)
 }
 
-fn write_dossiers(opts: &DemoOptions, dir: &Path, manifest: &mut Manifest) -> Result<(), DemoError> {
+fn write_dossiers(
+    opts: &DemoOptions,
+    dir: &Path,
+    manifest: &mut Manifest,
+) -> Result<(), DemoError> {
     let cat = Catalogue::new();
-    let mut gen = DossierGen::new(&cat, opts.seed, opts.dossiers, opts.until_day(), opts.as_of(), opts.bad_rows);
+    let mut gen = DossierGen::new(
+        &cat,
+        opts.seed,
+        opts.dossiers,
+        opts.until_day(),
+        opts.as_of(),
+        opts.bad_rows,
+    );
     let pb = progress_bar(opts.progress, gen.day_count() as u64, "dossiers");
     let vpath = dir.join(VOTES_FILE);
-    let mut votes = csv::Writer::from_writer(BufWriter::new(File::create(&vpath).map_err(io(&vpath))?));
+    let mut votes =
+        csv::Writer::from_writer(BufWriter::new(File::create(&vpath).map_err(io(&vpath))?));
     let csv_err = |path: &Path| {
         let path = path.to_path_buf();
         move |source| DemoError::Csv { path, source }
     };
-    votes.write_record(["MaHoSo", "ThoiGianDanhGia", "MucDoHaiLong"]).map_err(csv_err(&vpath))?;
+    votes
+        .write_record(["MaHoSo", "ThoiGianDanhGia", "MucDoHaiLong"])
+        .map_err(csv_err(&vpath))?;
     let mut vote_count = DatasetCount::default();
     let mut count = DatasetCount::default();
     let mut current: Option<(String, BufWriter<File>, PathBuf, u64)> = None;
     let mut line = Vec::with_capacity(2048);
-    let mut vote_rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(opts.seed ^ 0x7075);
+    let mut vote_rng =
+        <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(opts.seed ^ 0x7075);
     let mut last_day = 0;
     while let Some(d) = gen.next() {
         if gen.current_day_index() != last_day {
@@ -327,12 +389,14 @@ fn write_dossiers(opts: &DemoOptions, dir: &Path, manifest: &mut Manifest) -> Re
             last_day = gen.current_day_index();
         }
         // Files by month of receipt, as the nightly export batches them.
-        let day = d.received_at.unwrap_or(d.updated_at).date();
+        let day = d.day;
         let month = format!("{}{:02}", day.year(), day.month());
         if current.as_ref().is_none_or(|c| c.0 != month) {
             if let Some((m, mut w, p, n)) = current.take() {
                 w.flush().map_err(io(&p))?;
-                manifest.files.insert(format!("{DOSSIER_DIR}/hoso_{m}.ndjson"), n);
+                manifest
+                    .files
+                    .insert(format!("{DOSSIER_DIR}/hoso_{m}.ndjson"), n);
             }
             let p = dir.join(format!("{DOSSIER_DIR}/hoso_{month}.ndjson"));
             let f = File::create(&p).map_err(io(&p))?;
@@ -340,7 +404,10 @@ fn write_dossiers(opts: &DemoOptions, dir: &Path, manifest: &mut Manifest) -> Re
         }
         let (_, w, p, n) = current.as_mut().expect("opened above");
         line.clear();
-        write_sync_record(&mut line, &cat, &d).map_err(|e| DemoError::Io { path: p.clone(), source: e.into() })?;
+        write_sync_record(&mut line, &cat, &d).map_err(|e| DemoError::Io {
+            path: p.clone(),
+            source: e.into(),
+        })?;
         w.write_all(&line).map_err(io(p))?;
         *n += 1;
         count.rows += 1;
@@ -348,42 +415,75 @@ fn write_dossiers(opts: &DemoOptions, dir: &Path, manifest: &mut Manifest) -> Re
             *count.bad.entry(b.name().to_string()).or_default() += 1;
         }
         if let Some((at, level)) = d.vote {
-            let label = VOTE_LEVELS.iter().find(|v| v.0 == level).map(|v| v.1).unwrap_or("Hài lòng");
+            let label = VOTE_LEVELS
+                .iter()
+                .find(|v| v.0 == level)
+                .map(|v| v.1)
+                .unwrap_or("Hài lòng");
             let mut time = at.format("%d/%m/%Y %H:%M:%S").to_string();
             let mut label = label.to_string();
             // Votes have bad rows of their own: a missing time, a level the kiosk never offered.
-            if opts.bad_rows > 0.0 && rand::Rng::random_bool(&mut vote_rng, opts.bad_rows.min(1.0)) {
+            if opts.bad_rows > 0.0 && rand::Rng::random_bool(&mut vote_rng, opts.bad_rows.min(1.0))
+            {
                 if rand::Rng::random_bool(&mut vote_rng, 0.5) {
                     time.clear();
-                    *vote_count.bad.entry(BadKind::MissingDate.name().into()).or_default() += 1;
+                    *vote_count
+                        .bad
+                        .entry(BadKind::MissingDate.name().into())
+                        .or_default() += 1;
                 } else {
                     label = "Rất tốt".into();
                     *vote_count.bad.entry("unknown_level".into()).or_default() += 1;
                 }
             }
-            votes.write_record([d.code.as_str(), &time, &label]).map_err(csv_err(&vpath))?;
+            votes
+                .write_record([d.code.as_str(), &time, &label])
+                .map_err(csv_err(&vpath))?;
             vote_count.rows += 1;
         }
     }
     if let Some((m, mut w, p, n)) = current.take() {
         w.flush().map_err(io(&p))?;
-        manifest.files.insert(format!("{DOSSIER_DIR}/hoso_{m}.ndjson"), n);
+        manifest
+            .files
+            .insert(format!("{DOSSIER_DIR}/hoso_{m}.ndjson"), n);
     }
     votes.flush().map_err(io(&vpath))?;
     pb.finish_and_clear();
     manifest.files.insert(VOTES_FILE.into(), vote_count.rows);
     manifest.datasets.insert("dossier".into(), count);
-    manifest.datasets.insert("satisfaction_vote".into(), vote_count);
+    manifest
+        .datasets
+        .insert("satisfaction_vote".into(), vote_count);
     Ok(())
 }
 
 pub const EVENT_HEADERS: &[&str] = &[
-    "MaDuAn", "LanCap", "LoaiSuKien", "NgayCap", "TenDuAn", "NhaDauTu", "QuocTichNDT", "NguonVon",
-    "CoQuanCap", "VonDangKyVND", "VonThayDoiVND", "VonDangKyUSD", "MaNganh", "TenNganh", "MaDiaBan",
-    "KhuKinhTe", "DienTichHa", "NgayCapNhat",
+    "MaDuAn",
+    "LanCap",
+    "LoaiSuKien",
+    "NgayCap",
+    "TenDuAn",
+    "NhaDauTu",
+    "QuocTichNDT",
+    "NguonVon",
+    "CoQuanCap",
+    "VonDangKyVND",
+    "VonThayDoiVND",
+    "VonDangKyUSD",
+    "MaNganh",
+    "TenNganh",
+    "MaDiaBan",
+    "KhuKinhTe",
+    "DienTichHa",
+    "NgayCapNhat",
 ];
 
-fn write_investment(opts: &DemoOptions, dir: &Path, manifest: &mut Manifest) -> Result<(), DemoError> {
+fn write_investment(
+    opts: &DemoOptions,
+    dir: &Path,
+    manifest: &mut Manifest,
+) -> Result<(), DemoError> {
     let until = opts.until_day();
     let projects = investment::projects(opts.seed, until);
     let new_communes = province::new_communes(&province::old_communes());
@@ -397,8 +497,11 @@ fn write_investment(opts: &DemoOptions, dir: &Path, manifest: &mut Manifest) -> 
     let mut events = 0u64;
     for p in &projects {
         for e in &p.events {
-            let usd = investment::usd_cents(p, e).map(|c| format!("{}.{:02}", c / 100, c % 100)).unwrap_or_default();
-            let updated = e.date.and_hms_opt(16, 0, 0).expect("valid") + Duration::minutes(e.version as i64 * 7 + 3);
+            let usd = investment::usd_cents(p, e)
+                .map(|c| format!("{}.{:02}", c / 100, c % 100))
+                .unwrap_or_default();
+            let updated = e.date.and_hms_opt(16, 0, 0).expect("valid")
+                + Duration::minutes(e.version as i64 * 7 + 3);
             w.write_record([
                 p.code.as_str(),
                 &e.version.to_string(),
@@ -426,16 +529,22 @@ fn write_investment(opts: &DemoOptions, dir: &Path, manifest: &mut Manifest) -> 
     w.flush().map_err(io(&epath))?;
     let dpath = dir.join(DISBURSEMENTS_FILE);
     let mut w = csv::Writer::from_writer(BufWriter::new(File::create(&dpath).map_err(io(&dpath))?));
-    w.write_record(["MaDuAn", "KyBaoCao", "VonGiaiNganLuyKeVND", "NgayCapNhat"]).map_err(csv_err(&dpath))?;
+    w.write_record(["MaDuAn", "KyBaoCao", "VonGiaiNganLuyKeVND", "NgayCapNhat"])
+        .map_err(csv_err(&dpath))?;
     let mut disb = 0u64;
     for p in &projects {
         for (month, value) in investment::disbursements(p, until) {
-            let reported = (month + Duration::days(40)).min(opts.as_of().date() - Duration::days(1));
+            let reported =
+                (month + Duration::days(40)).min(opts.as_of().date() - Duration::days(1));
             w.write_record([
                 p.code.as_str(),
                 &month.format("%Y-%m").to_string(),
                 &value.to_string(),
-                &reported.and_hms_opt(9, 30, 0).expect("valid").format("%Y-%m-%d %H:%M:%S").to_string(),
+                &reported
+                    .and_hms_opt(9, 30, 0)
+                    .expect("valid")
+                    .format("%Y-%m-%d %H:%M:%S")
+                    .to_string(),
             ])
             .map_err(csv_err(&dpath))?;
             disb += 1;
@@ -448,7 +557,19 @@ fn write_investment(opts: &DemoOptions, dir: &Path, manifest: &mut Manifest) -> 
     manifest.facts.valid_capital_vnd_2021_10 = valid.iter().sum::<i128>().to_string();
     manifest.files.insert(EVENTS_FILE.into(), events);
     manifest.files.insert(DISBURSEMENTS_FILE.into(), disb);
-    manifest.datasets.insert("investment_event".into(), DatasetCount { rows: events, bad: BTreeMap::new() });
-    manifest.datasets.insert("investment_disbursement".into(), DatasetCount { rows: disb, bad: BTreeMap::new() });
+    manifest.datasets.insert(
+        "investment_event".into(),
+        DatasetCount {
+            rows: events,
+            bad: BTreeMap::new(),
+        },
+    );
+    manifest.datasets.insert(
+        "investment_disbursement".into(),
+        DatasetCount {
+            rows: disb,
+            bad: BTreeMap::new(),
+        },
+    );
     Ok(())
 }

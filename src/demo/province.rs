@@ -97,21 +97,55 @@ const STEMS: &[&str] = &[
 ];
 
 const CITY_WARDS: &[&str] = &[
-    "Bắc Hà", "Nam Hà", "Tân Giang", "Trần Phú", "Hà Huy Tập", "Thạch Linh", "Thạch Quý",
-    "Văn Yên", "Đại Nài", "Nguyễn Du", "Thạch Trung", "Đồng Môn", "Thạch Hạ", "Thạch Hưng",
+    "Bắc Hà",
+    "Nam Hà",
+    "Tân Giang",
+    "Trần Phú",
+    "Hà Huy Tập",
+    "Thạch Linh",
+    "Thạch Quý",
+    "Văn Yên",
+    "Đại Nài",
+    "Nguyễn Du",
+    "Thạch Trung",
+    "Đồng Môn",
+    "Thạch Hạ",
+    "Thạch Hưng",
     "Thạch Bình",
 ];
 
-const HONG_LINH: &[&str] = &["Bắc Hồng", "Nam Hồng", "Trung Lương", "Đức Thuận", "Đậu Liêu"];
+const HONG_LINH: &[&str] = &[
+    "Bắc Hồng",
+    "Nam Hồng",
+    "Trung Lương",
+    "Đức Thuận",
+    "Đậu Liêu",
+];
 
 /// Wards and communes after 2025-07-01 with names of their own (the rest keep a merged
 /// commune's name).
 const NEW_NAMES: &[&str] = &[
-    "Phường Thành Sen", "Phường Trần Phú", "Phường Hà Huy Tập", "Phường Bắc Hồng Lĩnh",
-    "Phường Nam Hồng Lĩnh", "Phường Vũng Áng", "Phường Sông Trí", "Phường Hoành Sơn",
-    "Phường Hải Ninh", "Xã Thạch Hà", "Xã Cẩm Xuyên", "Xã Đức Thọ", "Xã Hương Sơn",
-    "Xã Nghi Xuân", "Xã Can Lộc", "Xã Hương Khê", "Xã Vũ Quang", "Xã Lộc Hà", "Xã Kỳ Anh",
-    "Xã Thiên Cầm", "Xã Tiên Điền",
+    "Phường Thành Sen",
+    "Phường Trần Phú",
+    "Phường Hà Huy Tập",
+    "Phường Bắc Hồng Lĩnh",
+    "Phường Nam Hồng Lĩnh",
+    "Phường Vũng Áng",
+    "Phường Sông Trí",
+    "Phường Hoành Sơn",
+    "Phường Hải Ninh",
+    "Xã Thạch Hà",
+    "Xã Cẩm Xuyên",
+    "Xã Đức Thọ",
+    "Xã Hương Sơn",
+    "Xã Nghi Xuân",
+    "Xã Can Lộc",
+    "Xã Hương Khê",
+    "Xã Vũ Quang",
+    "Xã Lộc Hà",
+    "Xã Kỳ Anh",
+    "Xã Thiên Cầm",
+    "Xã Tiên Điền",
 ];
 
 #[derive(Debug, Clone)]
@@ -130,7 +164,11 @@ pub fn old_communes() -> Vec<Commune> {
             let name = match d {
                 436 => {
                     let w = CITY_WARDS[i % CITY_WARDS.len()];
-                    if i < 10 { format!("Phường {w}") } else { format!("Xã {w}") }
+                    if i < 10 {
+                        format!("Phường {w}")
+                    } else {
+                        format!("Xã {w}")
+                    }
                 }
                 437 => format!("Phường {}", HONG_LINH[i % HONG_LINH.len()]),
                 449 => format!("Phường {} {}", stem, STEMS[i % STEMS.len()]),
@@ -141,15 +179,26 @@ pub fn old_communes() -> Vec<Commune> {
                 _ => {
                     // Skip stems equal to the district stem ("Sơn Sơn").
                     let s = STEMS[(i * 7 + d as usize) % STEMS.len()];
-                    let s = if s == stem { STEMS[(i * 7 + d as usize + 1) % STEMS.len()] } else { s };
+                    let s = if s == stem {
+                        STEMS[(i * 7 + d as usize + 1) % STEMS.len()]
+                    } else {
+                        s
+                    };
                     let mut name = format!("Xã {stem} {s}");
-                    if out.iter().any(|c: &Commune| c.name == name && c.district == d) {
+                    if out
+                        .iter()
+                        .any(|c: &Commune| c.name == name && c.district == d)
+                    {
                         name = format!("Xã {stem} {s} {}", ["Đông", "Tây", "Nam", "Bắc"][i % 4]);
                     }
                     name
                 }
             };
-            out.push(Commune { code: format!("{code:05}"), name, district: d });
+            out.push(Commune {
+                code: format!("{code:05}"),
+                name,
+                district: d,
+            });
             code += 3;
         }
     }
@@ -163,7 +212,12 @@ pub fn new_communes(old: &[Commune]) -> Vec<Commune> {
     // Allocate 69 new units to districts in proportion to their old communes.
     let mut alloc: Vec<(u16, usize)> = DISTRICTS
         .iter()
-        .map(|&(d, _, n, _)| (d, ((n * 69) as f64 / total_old as f64).floor().max(1.0) as usize))
+        .map(|&(d, _, n, _)| {
+            (
+                d,
+                ((n * 69) as f64 / total_old as f64).floor().max(1.0) as usize,
+            )
+        })
         .collect();
     let mut i = 0;
     while alloc.iter().map(|a| a.1).sum::<usize>() < 69 {
@@ -191,7 +245,11 @@ pub fn new_communes(old: &[Commune]) -> Vec<Commune> {
                 }
                 name = format!("{} {suffix}", first.name.replace("Thị trấn", "Xã"));
             }
-            out.push(Commune { code: first.code.clone(), name, district: d });
+            out.push(Commune {
+                code: first.code.clone(),
+                name,
+                district: d,
+            });
         }
     }
     out
@@ -278,65 +336,429 @@ pub struct Procedure {
     pub weight: f64,
 }
 
-type P = (&'static str, &'static str, &'static str, Handler, Option<u32>, u8, i64, f64);
+type P = (
+    &'static str,
+    &'static str,
+    &'static str,
+    Handler,
+    Option<u32>,
+    u8,
+    i64,
+    f64,
+);
 
 const PROCEDURES: &[P] = &[
-    ("Đăng ký khai sinh", "HT", "Hộ tịch", Handler::Commune, Some(1), 4, 0, 9.0),
-    ("Đăng ký kết hôn", "HT", "Hộ tịch", Handler::Commune, Some(1), 3, 0, 3.0),
-    ("Đăng ký khai tử", "HT", "Hộ tịch", Handler::Commune, Some(1), 4, 0, 2.5),
-    ("Cấp bản sao trích lục hộ tịch", "HT", "Hộ tịch", Handler::Commune, Some(1), 4, 8_000, 4.0),
-    ("Xác nhận tình trạng hôn nhân", "HT", "Hộ tịch", Handler::Commune, Some(3), 4, 0, 4.0),
-    ("Chứng thực bản sao từ bản chính", "CT", "Chứng thực", Handler::Commune, Some(0), 3, 2_000, 14.0),
-    ("Chứng thực chữ ký trong giấy tờ, văn bản", "CT", "Chứng thực", Handler::District, Some(0), 3, 10_000, 3.0),
-    ("Đăng ký biến động quyền sử dụng đất", "DD", "Đất đai", Handler::District, Some(10), 3, 50_000, 6.0),
-    ("Cấp Giấy chứng nhận quyền sử dụng đất lần đầu", "DD", "Đất đai", Handler::District, Some(30), 3, 100_000, 3.5),
-    ("Chuyển mục đích sử dụng đất", "DD", "Đất đai", Handler::District, Some(15), 3, 0, 1.5),
-    ("Đăng ký hộ kinh doanh", "DKKD", "Thành lập và hoạt động của hộ kinh doanh", Handler::District, Some(3), 4, 100_000, 2.5),
-    ("Cấp giấy phép xây dựng nhà ở riêng lẻ", "XD", "Hoạt động xây dựng", Handler::District, Some(15), 4, 75_000, 2.0),
-    ("Giải quyết trợ cấp xã hội hàng tháng", "BTXH", "Bảo trợ xã hội", Handler::District, Some(15), 3, 0, 1.5),
-    ("Đăng ký thành lập doanh nghiệp", "DKKD", "Thành lập và hoạt động của doanh nghiệp", Handler::Department("04"), Some(3), 4, 50_000, 3.0),
-    ("Đăng ký thay đổi nội dung đăng ký doanh nghiệp", "DKKD", "Thành lập và hoạt động của doanh nghiệp", Handler::Department("04"), Some(3), 4, 50_000, 3.5),
-    ("Cấp Giấy chứng nhận đăng ký đầu tư", "DT", "Đầu tư tại Việt Nam", Handler::Department("04"), Some(15), 3, 0, 0.3),
-    ("Cấp Giấy chứng nhận đăng ký đầu tư trong khu kinh tế", "DT", "Đầu tư tại Việt Nam", Handler::Department("19"), Some(15), 3, 0, 0.2),
-    ("Cấp giấy phép xây dựng trong khu kinh tế", "XD", "Hoạt động xây dựng", Handler::Department("19"), Some(15), 3, 150_000, 0.3),
-    ("Cấp giấy phép lao động cho người nước ngoài", "VL", "Việc làm", Handler::Department("12"), Some(5), 4, 600_000, 0.6),
-    ("Giải quyết hưởng trợ cấp thất nghiệp", "VL", "Việc làm", Handler::Department("12"), Some(20), 3, 0, 2.0),
-    ("Cấp Phiếu lý lịch tư pháp", "LLTP", "Lý lịch tư pháp", Handler::Department("03"), Some(10), 4, 200_000, 4.0),
-    ("Đổi giấy phép lái xe do ngành Giao thông vận tải cấp", "DB", "Đường bộ", Handler::Department("08"), Some(5), 4, 135_000, 4.5),
-    ("Cấp chứng chỉ hành nghề khám bệnh, chữa bệnh", "KCB", "Khám bệnh, chữa bệnh", Handler::Department("16"), Some(20), 3, 360_000, 0.6),
-    ("Cấp giấy chứng nhận cơ sở đủ điều kiện an toàn thực phẩm", "ATTP", "An toàn thực phẩm", Handler::Department("16"), Some(15), 3, 700_000, 0.5),
-    ("Cấp bản sao văn bằng, chứng chỉ từ sổ gốc", "VBCC", "Văn bằng, chứng chỉ", Handler::Department("15"), None, 4, 0, 0.8),
-    ("Chuyển trường đối với học sinh trung học phổ thông", "GDTrH", "Giáo dục trung học", Handler::Department("15"), Some(3), 4, 0, 0.5),
-    ("Cấp giấy phép bán lẻ sản phẩm rượu", "LT", "Lưu thông hàng hóa trong nước", Handler::Department("06"), Some(10), 4, 1_200_000, 0.4),
-    ("Cấp Giấy chứng nhận cửa hàng đủ điều kiện bán lẻ xăng dầu", "KDXD", "Kinh doanh xăng dầu", Handler::Department("06"), Some(15), 3, 1_200_000, 0.2),
-    ("Cấp giấy chứng nhận cơ sở đủ điều kiện ATTP nông lâm thủy sản", "QLCL", "Quản lý chất lượng nông lâm thủy sản", Handler::Department("07"), Some(15), 3, 700_000, 0.4),
-    ("Cấp giấy phép kinh doanh dịch vụ karaoke", "VH", "Văn hóa cơ sở", Handler::Department("13"), Some(5), 4, 4_000_000, 0.3),
-    ("Cấp giấy phép xuất bản bản tin", "BC", "Báo chí", Handler::Department("11"), Some(10), 4, 0, 0.1),
-    ("Đăng ký kết quả thực hiện nhiệm vụ khoa học và công nghệ", "KHCN", "Hoạt động khoa học và công nghệ", Handler::Department("14"), Some(10), 3, 0, 0.1),
-    ("Xét tặng danh hiệu thi đua, hình thức khen thưởng", "TDKT", "Thi đua, khen thưởng", Handler::Department("02"), Some(20), 3, 0, 0.5),
-    ("Cấp mã số đơn vị có quan hệ với ngân sách", "QLNS", "Quản lý ngân sách", Handler::Department("05"), Some(2), 4, 0, 0.6),
-    ("Cấp giấy phép khai thác, sử dụng nước mặt", "TNN", "Tài nguyên nước", Handler::Department("10"), Some(30), 3, 1_500_000, 0.1),
-    ("Đăng ký biến động đất đai tại Văn phòng đăng ký đất đai tỉnh", "DD", "Đất đai", Handler::Department("10"), Some(10), 3, 50_000, 1.5),
-    ("Giải quyết khiếu nại lần đầu", "KN", "Giải quyết khiếu nại", Handler::Department("18"), Some(30), 2, 0, 0.1),
-    ("Cho phép tổ chức hội nghị, hội thảo quốc tế", "HTQT", "Hợp tác quốc tế", Handler::Department("17"), Some(10), 3, 0, 0.1),
-    ("Tiếp nhận, xử lý văn bản đề nghị của tổ chức, công dân", "HCC", "Hành chính công", Handler::Department("01"), Some(7), 2, 0, 0.2),
+    (
+        "Đăng ký khai sinh",
+        "HT",
+        "Hộ tịch",
+        Handler::Commune,
+        Some(1),
+        4,
+        0,
+        9.0,
+    ),
+    (
+        "Đăng ký kết hôn",
+        "HT",
+        "Hộ tịch",
+        Handler::Commune,
+        Some(1),
+        3,
+        0,
+        3.0,
+    ),
+    (
+        "Đăng ký khai tử",
+        "HT",
+        "Hộ tịch",
+        Handler::Commune,
+        Some(1),
+        4,
+        0,
+        2.5,
+    ),
+    (
+        "Cấp bản sao trích lục hộ tịch",
+        "HT",
+        "Hộ tịch",
+        Handler::Commune,
+        Some(1),
+        4,
+        8_000,
+        4.0,
+    ),
+    (
+        "Xác nhận tình trạng hôn nhân",
+        "HT",
+        "Hộ tịch",
+        Handler::Commune,
+        Some(3),
+        4,
+        0,
+        4.0,
+    ),
+    (
+        "Chứng thực bản sao từ bản chính",
+        "CT",
+        "Chứng thực",
+        Handler::Commune,
+        Some(0),
+        3,
+        2_000,
+        14.0,
+    ),
+    (
+        "Chứng thực chữ ký trong giấy tờ, văn bản",
+        "CT",
+        "Chứng thực",
+        Handler::District,
+        Some(0),
+        3,
+        10_000,
+        3.0,
+    ),
+    (
+        "Đăng ký biến động quyền sử dụng đất",
+        "DD",
+        "Đất đai",
+        Handler::District,
+        Some(10),
+        3,
+        50_000,
+        6.0,
+    ),
+    (
+        "Cấp Giấy chứng nhận quyền sử dụng đất lần đầu",
+        "DD",
+        "Đất đai",
+        Handler::District,
+        Some(30),
+        3,
+        100_000,
+        3.5,
+    ),
+    (
+        "Chuyển mục đích sử dụng đất",
+        "DD",
+        "Đất đai",
+        Handler::District,
+        Some(15),
+        3,
+        0,
+        1.5,
+    ),
+    (
+        "Đăng ký hộ kinh doanh",
+        "DKKD",
+        "Thành lập và hoạt động của hộ kinh doanh",
+        Handler::District,
+        Some(3),
+        4,
+        100_000,
+        2.5,
+    ),
+    (
+        "Cấp giấy phép xây dựng nhà ở riêng lẻ",
+        "XD",
+        "Hoạt động xây dựng",
+        Handler::District,
+        Some(15),
+        4,
+        75_000,
+        2.0,
+    ),
+    (
+        "Giải quyết trợ cấp xã hội hàng tháng",
+        "BTXH",
+        "Bảo trợ xã hội",
+        Handler::District,
+        Some(15),
+        3,
+        0,
+        1.5,
+    ),
+    (
+        "Đăng ký thành lập doanh nghiệp",
+        "DKKD",
+        "Thành lập và hoạt động của doanh nghiệp",
+        Handler::Department("04"),
+        Some(3),
+        4,
+        50_000,
+        3.0,
+    ),
+    (
+        "Đăng ký thay đổi nội dung đăng ký doanh nghiệp",
+        "DKKD",
+        "Thành lập và hoạt động của doanh nghiệp",
+        Handler::Department("04"),
+        Some(3),
+        4,
+        50_000,
+        3.5,
+    ),
+    (
+        "Cấp Giấy chứng nhận đăng ký đầu tư",
+        "DT",
+        "Đầu tư tại Việt Nam",
+        Handler::Department("04"),
+        Some(15),
+        3,
+        0,
+        0.3,
+    ),
+    (
+        "Cấp Giấy chứng nhận đăng ký đầu tư trong khu kinh tế",
+        "DT",
+        "Đầu tư tại Việt Nam",
+        Handler::Department("19"),
+        Some(15),
+        3,
+        0,
+        0.2,
+    ),
+    (
+        "Cấp giấy phép xây dựng trong khu kinh tế",
+        "XD",
+        "Hoạt động xây dựng",
+        Handler::Department("19"),
+        Some(15),
+        3,
+        150_000,
+        0.3,
+    ),
+    (
+        "Cấp giấy phép lao động cho người nước ngoài",
+        "VL",
+        "Việc làm",
+        Handler::Department("12"),
+        Some(5),
+        4,
+        600_000,
+        0.6,
+    ),
+    (
+        "Giải quyết hưởng trợ cấp thất nghiệp",
+        "VL",
+        "Việc làm",
+        Handler::Department("12"),
+        Some(20),
+        3,
+        0,
+        2.0,
+    ),
+    (
+        "Cấp Phiếu lý lịch tư pháp",
+        "LLTP",
+        "Lý lịch tư pháp",
+        Handler::Department("03"),
+        Some(10),
+        4,
+        200_000,
+        4.0,
+    ),
+    (
+        "Đổi giấy phép lái xe do ngành Giao thông vận tải cấp",
+        "DB",
+        "Đường bộ",
+        Handler::Department("08"),
+        Some(5),
+        4,
+        135_000,
+        4.5,
+    ),
+    (
+        "Cấp chứng chỉ hành nghề khám bệnh, chữa bệnh",
+        "KCB",
+        "Khám bệnh, chữa bệnh",
+        Handler::Department("16"),
+        Some(20),
+        3,
+        360_000,
+        0.6,
+    ),
+    (
+        "Cấp giấy chứng nhận cơ sở đủ điều kiện an toàn thực phẩm",
+        "ATTP",
+        "An toàn thực phẩm",
+        Handler::Department("16"),
+        Some(15),
+        3,
+        700_000,
+        0.5,
+    ),
+    (
+        "Cấp bản sao văn bằng, chứng chỉ từ sổ gốc",
+        "VBCC",
+        "Văn bằng, chứng chỉ",
+        Handler::Department("15"),
+        None,
+        4,
+        0,
+        0.8,
+    ),
+    (
+        "Chuyển trường đối với học sinh trung học phổ thông",
+        "GDTrH",
+        "Giáo dục trung học",
+        Handler::Department("15"),
+        Some(3),
+        4,
+        0,
+        0.5,
+    ),
+    (
+        "Cấp giấy phép bán lẻ sản phẩm rượu",
+        "LT",
+        "Lưu thông hàng hóa trong nước",
+        Handler::Department("06"),
+        Some(10),
+        4,
+        1_200_000,
+        0.4,
+    ),
+    (
+        "Cấp Giấy chứng nhận cửa hàng đủ điều kiện bán lẻ xăng dầu",
+        "KDXD",
+        "Kinh doanh xăng dầu",
+        Handler::Department("06"),
+        Some(15),
+        3,
+        1_200_000,
+        0.2,
+    ),
+    (
+        "Cấp giấy chứng nhận cơ sở đủ điều kiện ATTP nông lâm thủy sản",
+        "QLCL",
+        "Quản lý chất lượng nông lâm thủy sản",
+        Handler::Department("07"),
+        Some(15),
+        3,
+        700_000,
+        0.4,
+    ),
+    (
+        "Cấp giấy phép kinh doanh dịch vụ karaoke",
+        "VH",
+        "Văn hóa cơ sở",
+        Handler::Department("13"),
+        Some(5),
+        4,
+        4_000_000,
+        0.3,
+    ),
+    (
+        "Cấp giấy phép xuất bản bản tin",
+        "BC",
+        "Báo chí",
+        Handler::Department("11"),
+        Some(10),
+        4,
+        0,
+        0.1,
+    ),
+    (
+        "Đăng ký kết quả thực hiện nhiệm vụ khoa học và công nghệ",
+        "KHCN",
+        "Hoạt động khoa học và công nghệ",
+        Handler::Department("14"),
+        Some(10),
+        3,
+        0,
+        0.1,
+    ),
+    (
+        "Xét tặng danh hiệu thi đua, hình thức khen thưởng",
+        "TDKT",
+        "Thi đua, khen thưởng",
+        Handler::Department("02"),
+        Some(20),
+        3,
+        0,
+        0.5,
+    ),
+    (
+        "Cấp mã số đơn vị có quan hệ với ngân sách",
+        "QLNS",
+        "Quản lý ngân sách",
+        Handler::Department("05"),
+        Some(2),
+        4,
+        0,
+        0.6,
+    ),
+    (
+        "Cấp giấy phép khai thác, sử dụng nước mặt",
+        "TNN",
+        "Tài nguyên nước",
+        Handler::Department("10"),
+        Some(30),
+        3,
+        1_500_000,
+        0.1,
+    ),
+    (
+        "Đăng ký biến động đất đai tại Văn phòng đăng ký đất đai tỉnh",
+        "DD",
+        "Đất đai",
+        Handler::Department("10"),
+        Some(10),
+        3,
+        50_000,
+        1.5,
+    ),
+    (
+        "Giải quyết khiếu nại lần đầu",
+        "KN",
+        "Giải quyết khiếu nại",
+        Handler::Department("18"),
+        Some(30),
+        2,
+        0,
+        0.1,
+    ),
+    (
+        "Cho phép tổ chức hội nghị, hội thảo quốc tế",
+        "HTQT",
+        "Hợp tác quốc tế",
+        Handler::Department("17"),
+        Some(10),
+        3,
+        0,
+        0.1,
+    ),
+    (
+        "Tiếp nhận, xử lý văn bản đề nghị của tổ chức, công dân",
+        "HCC",
+        "Hành chính công",
+        Handler::Department("01"),
+        Some(7),
+        2,
+        0,
+        0.2,
+    ),
 ];
 
 pub fn procedures() -> Vec<Procedure> {
     PROCEDURES
         .iter()
         .enumerate()
-        .map(|(i, &(name, field_code, field_name, handler, days, service_level, fee, weight))| Procedure {
-            code: format!("1.{:06}.000.00.00.H42", 1000 + i * 137),
-            name,
-            field_code,
-            field_name,
-            handler,
-            days,
-            service_level,
-            fee_vnd: fee,
-            weight,
-        })
+        .map(
+            |(i, &(name, field_code, field_name, handler, days, service_level, fee, weight))| {
+                Procedure {
+                    code: format!("1.{:06}.000.00.00.H42", 1000 + i * 137),
+                    name,
+                    field_code,
+                    field_name,
+                    handler,
+                    days,
+                    service_level,
+                    fee_vnd: fee,
+                    weight,
+                }
+            },
+        )
         .collect()
 }
 
@@ -355,7 +777,8 @@ mod tests {
         names.sort();
         names.dedup();
         assert_eq!(names.len(), 69, "new communes have distinct names");
-        let codes: std::collections::BTreeSet<_> = agencies().iter().map(|a| a.code.clone()).collect();
+        let codes: std::collections::BTreeSet<_> =
+            agencies().iter().map(|a| a.code.clone()).collect();
         assert_eq!(codes.len(), agencies().len(), "agency codes are unique");
     }
 }

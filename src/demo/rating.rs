@@ -146,7 +146,9 @@ pub fn rows(seed: u64, last_year: i16) -> Vec<RatingRow> {
                 criterion_code: format!("LV{}", i + 1),
                 criterion_name: name.to_string(),
                 max_score: Some(max[i]),
-                self_score: (!surveyed).then(|| ((score + rng.random_range(0.0..0.6)) * 100.0).round() / 100.0).map(|v: f64| v.min(max[i])),
+                self_score: (!surveyed)
+                    .then(|| ((score + rng.random_range(0.0..0.6)) * 100.0).round() / 100.0)
+                    .map(|v: f64| v.min(max[i])),
                 appraised_score: (!surveyed).then_some(score),
                 survey_score: surveyed.then_some(score),
                 score,
@@ -158,9 +160,20 @@ pub fn rows(seed: u64, last_year: i16) -> Vec<RatingRow> {
     // SIPAS (from 2017) and the service-quality index of Decision 766 (from 2022).
     for year in 2017..=last_year {
         let t = (year - 2017) as f64;
-        out.push(simple(year, "SIPAS", ((80.5 + 1.4 * t + rng.random_range(-0.8..0.8)) * 100.0).round() / 100.0, rng.random_range(6..20)));
+        out.push(simple(
+            year,
+            "SIPAS",
+            ((80.5 + 1.4 * t + rng.random_range(-0.8..0.8)) * 100.0).round() / 100.0,
+            rng.random_range(6..20),
+        ));
         if year >= 2022 {
-            out.push(simple(year, "QĐ 766", ((78.0 + 2.5 * (year - 2022) as f64 + rng.random_range(-1.0..1.0)) * 100.0).round() / 100.0, rng.random_range(5..25)));
+            out.push(simple(
+                year,
+                "QĐ 766",
+                ((78.0 + 2.5 * (year - 2022) as f64 + rng.random_range(-1.0..1.0)) * 100.0).round()
+                    / 100.0,
+                rng.random_range(5..25),
+            ));
         }
     }
     // The province's own ranking of its units.
@@ -169,18 +182,34 @@ pub fn rows(seed: u64, last_year: i16) -> Vec<RatingRow> {
     for year in 2018..=last_year {
         let mut groups: Vec<(&'static str, Vec<(String, String)>)> = vec![(
             "Sở, ban, ngành",
-            DEPARTMENTS.iter().map(|(nn, name)| (province::department_code(nn), name.to_string())).collect(),
+            DEPARTMENTS
+                .iter()
+                .map(|(nn, name)| (province::department_code(nn), name.to_string()))
+                .collect(),
         )];
         if year < 2025 {
-            groups.push(("Huyện, thị xã, thành phố", DISTRICTS.iter().map(|(d, name, _, _)| (d.to_string(), format!("UBND {name}"))).collect()));
+            groups.push((
+                "Huyện, thị xã, thành phố",
+                DISTRICTS
+                    .iter()
+                    .map(|(d, name, _, _)| (d.to_string(), format!("UBND {name}")))
+                    .collect(),
+            ));
         } else {
-            groups.push(("Xã, phường, thị trấn", new.iter().map(|c| (c.code.clone(), format!("UBND {}", c.name))).collect()));
+            groups.push((
+                "Xã, phường, thị trấn",
+                new.iter()
+                    .map(|c| (c.code.clone(), format!("UBND {}", c.name)))
+                    .collect(),
+            ));
         }
         for (kind, units) in groups {
             let mut scored: Vec<(String, String, f64)> = units
                 .into_iter()
                 .map(|(c, n)| {
-                    let s = ((rng.random_range(72.0..95.0) + (year - 2018) as f64 * 0.4) * 100.0).round() / 100.0;
+                    let s = ((rng.random_range(72.0..95.0) + (year - 2018) as f64 * 0.4) * 100.0)
+                        .round()
+                        / 100.0;
                     (c, n, s.min(99.5))
                 })
                 .collect();
@@ -229,24 +258,69 @@ fn simple(year: i16, label: &'static str, score: f64, rank: u16) -> RatingRow {
 }
 
 pub const HEADERS: &[&str] = &[
-    "Năm", "Chỉ số", "Mã đối tượng", "Tên đối tượng", "Loại đối tượng", "Mã tiêu chí",
-    "Tên tiêu chí", "Điểm tối đa", "Điểm tự đánh giá", "Điểm thẩm định", "Điểm điều tra XHH",
-    "Điểm", "Xếp hạng", "Trên tổng số",
+    "Năm",
+    "Chỉ số",
+    "Mã đối tượng",
+    "Tên đối tượng",
+    "Loại đối tượng",
+    "Mã tiêu chí",
+    "Tên tiêu chí",
+    "Điểm tối đa",
+    "Điểm tự đánh giá",
+    "Điểm thẩm định",
+    "Điểm điều tra XHH",
+    "Điểm",
+    "Xếp hạng",
+    "Trên tổng số",
 ];
 
 /// The row of the header in each sheet (1-based), below the title and the source line.
 pub const HEADER_ROW: u32 = 3;
 
 /// Writes the workbook: one sheet per index, title in row 1, source in row 2, header in row 3.
-pub fn write_xlsx(rows: &[RatingRow], path: &Path) -> Result<(), XlsxError> {
+/// `published` is the workbook's creation date, fixed so that the same seed gives the same file.
+pub fn write_xlsx(
+    rows: &[RatingRow],
+    path: &Path,
+    published: (u16, u8, u8),
+) -> Result<(), XlsxError> {
     let mut wb = Workbook::new();
-    let title = Format::new().set_bold().set_font_size(13).set_align(FormatAlign::Center);
-    let header = Format::new().set_bold().set_text_wrap().set_border(rust_xlsxwriter::FormatBorder::Thin);
+    let created = rust_xlsxwriter::ExcelDateTime::from_ymd(published.0, published.1, published.2)?;
+    wb.set_properties(
+        &rust_xlsxwriter::DocProperties::new()
+            .set_title("Kết quả chỉ số cải cách hành chính")
+            .set_author("Sở Nội vụ tỉnh Hà Tĩnh")
+            .set_creation_datetime(&created),
+    );
+    let title = Format::new()
+        .set_bold()
+        .set_font_size(13)
+        .set_align(FormatAlign::Center);
+    let header = Format::new()
+        .set_bold()
+        .set_text_wrap()
+        .set_border(rust_xlsxwriter::FormatBorder::Thin);
     let sheets: &[(&str, &str, &str)] = &[
-        ("PAR INDEX", "PAR_INDEX", "KẾT QUẢ CHỈ SỐ CẢI CÁCH HÀNH CHÍNH (PAR INDEX) CỦA TỈNH HÀ TĨNH"),
-        ("SIPAS", "SIPAS", "CHỈ SỐ HÀI LÒNG VỀ SỰ PHỤC VỤ HÀNH CHÍNH (SIPAS)"),
-        ("QĐ 766", "QD766", "CHỈ SỐ PHỤC VỤ NGƯỜI DÂN, DOANH NGHIỆP (QUYẾT ĐỊNH 766/QĐ-TTg)"),
-        ("CCHC ĐƠN VỊ", "XEP_HANG_DON_VI", "KẾT QUẢ XÁC ĐỊNH CHỈ SỐ CẢI CÁCH HÀNH CHÍNH CỦA CÁC SỞ, BAN, NGÀNH VÀ ĐỊA PHƯƠNG"),
+        (
+            "PAR INDEX",
+            "PAR_INDEX",
+            "KẾT QUẢ CHỈ SỐ CẢI CÁCH HÀNH CHÍNH (PAR INDEX) CỦA TỈNH HÀ TĨNH",
+        ),
+        (
+            "SIPAS",
+            "SIPAS",
+            "CHỈ SỐ HÀI LÒNG VỀ SỰ PHỤC VỤ HÀNH CHÍNH (SIPAS)",
+        ),
+        (
+            "QĐ 766",
+            "QD766",
+            "CHỈ SỐ PHỤC VỤ NGƯỜI DÂN, DOANH NGHIỆP (QUYẾT ĐỊNH 766/QĐ-TTg)",
+        ),
+        (
+            "CCHC ĐƠN VỊ",
+            "XEP_HANG_DON_VI",
+            "KẾT QUẢ XÁC ĐỊNH CHỈ SỐ CẢI CÁCH HÀNH CHÍNH CỦA CÁC SỞ, BAN, NGÀNH VÀ ĐỊA PHƯƠNG",
+        ),
     ];
     for &(label, sheet_name, heading) in sheets {
         let ws = wb.add_worksheet();
@@ -258,8 +332,7 @@ pub fn write_xlsx(rows: &[RatingRow], path: &Path) -> Result<(), XlsxError> {
         }
         ws.set_column_width(3, 40)?;
         ws.set_column_width(6, 50)?;
-        let mut r = HEADER_ROW;
-        for row in rows.iter().filter(|x| x.index_label == label) {
+        for (r, row) in (HEADER_ROW..).zip(rows.iter().filter(|x| x.index_label == label)) {
             ws.write_number(r, 0, row.year as f64)?;
             ws.write_string(r, 1, row.index_label)?;
             ws.write_string(r, 2, &row.subject_code)?;
@@ -267,7 +340,13 @@ pub fn write_xlsx(rows: &[RatingRow], path: &Path) -> Result<(), XlsxError> {
             ws.write_string(r, 4, row.subject_type)?;
             ws.write_string(r, 5, &row.criterion_code)?;
             ws.write_string(r, 6, &row.criterion_name)?;
-            for (c, v) in [(7, row.max_score), (8, row.self_score), (9, row.appraised_score), (10, row.survey_score), (11, Some(row.score))] {
+            for (c, v) in [
+                (7, row.max_score),
+                (8, row.self_score),
+                (9, row.appraised_score),
+                (10, row.survey_score),
+                (11, Some(row.score)),
+            ] {
                 if let Some(v) = v {
                     ws.write_number(r, c, v)?;
                 }
@@ -278,7 +357,6 @@ pub fn write_xlsx(rows: &[RatingRow], path: &Path) -> Result<(), XlsxError> {
             if let Some(v) = row.rank_of {
                 ws.write_number(r, 13, v as f64)?;
             }
-            r += 1;
         }
     }
     wb.save(path)
@@ -290,16 +368,28 @@ mod tests {
 
     #[test]
     fn areas_add_up_to_the_total_within_their_maxima() {
-        for r in rows(3, 2025).iter().filter(|r| r.index_label == "PAR INDEX") {
+        for r in rows(3, 2025)
+            .iter()
+            .filter(|r| r.index_label == "PAR INDEX")
+        {
             if let (Some(max), "TOTAL") = (r.max_score, r.criterion_code.as_str()) {
                 assert_eq!(max, 100.0);
             }
         }
         let rs = rows(3, 2025);
         for &(year, total, _) in PAR_HISTORY {
-            let sum: f64 = rs.iter().filter(|r| r.year == year && r.index_label == "PAR INDEX" && r.criterion_code != "TOTAL").map(|r| r.score).sum();
+            let sum: f64 = rs
+                .iter()
+                .filter(|r| {
+                    r.year == year && r.index_label == "PAR INDEX" && r.criterion_code != "TOTAL"
+                })
+                .map(|r| r.score)
+                .sum();
             assert!((sum - total).abs() < 1e-6, "{year}: {sum} vs {total}");
-            for r in rs.iter().filter(|r| r.year == year && r.criterion_code.starts_with("LV")) {
+            for r in rs
+                .iter()
+                .filter(|r| r.year == year && r.criterion_code.starts_with("LV"))
+            {
                 assert!(r.score <= r.max_score.unwrap());
             }
         }

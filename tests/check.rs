@@ -1,0 +1,470 @@
+//! `parstat check`: passes on the demo project, and on broken copies of it fails with exit
+//! code 2 and every problem at its exact `file:line:column`.
+
+use crate::util::*;
+
+/// Runs check and returns stderr, asserting the exit code.
+fn check(project: &std::path::Path, code: i32) -> String {
+    let out = parstat(project, &["check"]);
+    let err = stderr(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "stderr:\n{err}\nstdout:\n{}",
+        stdout(&out)
+    );
+    err
+}
+
+fn expect(err: &str, file: &str, at: (usize, usize), message: &str) {
+    let want = format!("{file}:{}:{}: error: {message}", at.0, at.1);
+    assert!(
+        err.lines().any(|l| l.starts_with(&want)),
+        "expected a line starting with\n  {want}\nin:\n{err}"
+    );
+}
+
+#[test]
+fn passes_on_the_demo_project() {
+    let p = project_copy();
+    let out = parstat(p.path(), &["check"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stdout(&out).starts_with("ok: 5 pipelines, 5 datasets checked"),
+        "{}",
+        stdout(&out)
+    );
+    // Without generated data the file globs match nothing: a warning, not an error.
+    assert!(stderr(&out).contains("warning: no file matches `motcua/hoso_*.ndjson`"));
+}
+
+#[test]
+fn unknown_keys_are_all_reported_with_a_suggestion() {
+    let p = project_copy();
+    edit(
+        p.path(),
+        "pipelines/dossier.toml",
+        "schedule = ",
+        "shedule = ",
+    );
+    let text = edit(
+        p.path(),
+        "pipelines/dossier.toml",
+        "overlap_minutes = 60",
+        "overlap_minutes = 60\nquarantine_max = 0.1",
+    );
+    let settings = edit(
+        p.path(),
+        "parstat.toml",
+        "security = \"none\"",
+        "securty = \"none\"",
+    );
+    let err = check(p.path(), 2);
+    expect(
+        &err,
+        "pipelines/dossier.toml",
+        pos(&text, "shedule"),
+        "unknown key `shedule` at the top level",
+    );
+    expect(
+        &err,
+        "pipelines/dossier.toml",
+        pos(&text, "quarantine_max ="),
+        "unknown key `quarantine_max` at the top level",
+    );
+    expect(
+        &err,
+        "parstat.toml",
+        pos(&settings, "securty"),
+        "unknown key `securty` in `mail.smtp`",
+    );
+    assert!(err.contains("help: did you mean `schedule`?"), "{err}");
+    assert!(err.contains("help: did you mean `security`?"), "{err}");
+    assert!(
+        err.contains("help: did you mean `quarantine_max_share`?"),
+        "{err}"
+    );
+}
+
+#[test]
+fn unknown_connection_and_dataset_names() {
+    let p = project_copy();
+    let a = edit(
+        p.path(),
+        "pipelines/rating.toml",
+        "connection = \"exports\"",
+        "connection = \"exprts\"",
+    );
+    let b = edit(
+        p.path(),
+        "pipelines/satisfaction_vote.toml",
+        "dataset = \"satisfaction_vote\"",
+        "dataset = \"satisfaction_votes\"",
+    );
+    let err = check(p.path(), 2);
+    expect(
+        &err,
+        "pipelines/rating.toml",
+        pos(&a, "\"exprts\""),
+        "unknown connection `exprts`",
+    );
+    expect(
+        &err,
+        "pipelines/satisfaction_vote.toml",
+        pos(&b, "\"satisfaction_votes\""),
+        "unknown dataset `satisfaction_votes`",
+    );
+    assert!(err.contains("did you mean `exports`?"), "{err}");
+    assert!(err.contains("did you mean `satisfaction_vote`?"), "{err}");
+}
+
+#[test]
+fn invalid_cron_expressions() {
+    let p = project_copy();
+    let a = edit(
+        p.path(),
+        "pipelines/investment_event.toml",
+        "schedule = \"0 0 2 * * *\"",
+        "schedule = \"0 0 25 * * *\"",
+    );
+    let b = edit(
+        p.path(),
+        "pipelines/investment_disbursement.toml",
+        "schedule = \"0 10 2 * * *\"",
+        "schedule = \"10 2 * * *\"",
+    );
+    let err = check(p.path(), 2);
+    expect(
+        &err,
+        "pipelines/investment_event.toml",
+        pos(&a, "\"0 0 25"),
+        "invalid cron expression `0 0 25 * * *`",
+    );
+    expect(
+        &err,
+        "pipelines/investment_disbursement.toml",
+        pos(&b, "\"10 2"),
+        "invalid cron expression `10 2 * * *`",
+    );
+    assert!(err.contains("help: six fields"), "{err}");
+}
+
+/// Adds a report job with its SQL file and template to a project copy.
+fn add_report(p: &std::path::Path, needs: &str, sql: &[&str]) -> String {
+    std::fs::create_dir_all(p.join("sql/par")).unwrap();
+    std::fs::create_dir_all(p.join("reports")).unwrap();
+    std::fs::write(p.join("sql/par/dossier_monthly.sql"), "SELECT 1 AS x\n").unwrap();
+    std::fs::write(p.join("reports/monthly_par.html"), "<p>{{ title }}</p>\n").unwrap();
+    let list = sql
+        .iter()
+        .map(|s| format!("\"{s}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let text = format!(
+        "kind = \"report\"\ntitle = \"Báo cáo tháng {{{{ period.month }}}}/{{{{ period.year }}}}\"\nsql = [{list}]\ntemplate = \"reports/monthly_par.html\"\nperiod = \"previous_month\"\nperiod_rule = \"decree09\"\nschedule = \"0 0 7 3 * *\"\nneeds = {needs}\nto = [\"chu-tich@example.gov.vn\"]\n"
+    );
+    std::fs::write(p.join("pipelines/monthly_par.toml"), &text).unwrap();
+    text
+}
+
+#[test]
+fn a_valid_report_job_passes() {
+    let p = project_copy();
+    add_report(
+        p.path(),
+        "[\"dossier\", \"satisfaction_vote\", \"rating\"]",
+        &["sql/par/dossier_monthly.sql"],
+    );
+    let out = parstat(p.path(), &["check"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stdout(&out).starts_with("ok: 6 pipelines"),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[test]
+fn a_job_that_needs_a_dataset_nothing_produces() {
+    let p = project_copy();
+    std::fs::remove_file(p.path().join("pipelines/rating.toml")).unwrap();
+    let text = add_report(
+        p.path(),
+        "[\"dossier\", \"rating\", \"ratings\"]",
+        &["sql/par/dossier_monthly.sql"],
+    );
+    let err = check(p.path(), 2);
+    expect(
+        &err,
+        "pipelines/monthly_par.toml",
+        pos(&text, "\"rating\""),
+        "this job needs dataset `rating`, which no extract pipeline produces",
+    );
+    expect(
+        &err,
+        "pipelines/monthly_par.toml",
+        pos(&text, "\"ratings\""),
+        "unknown dataset `ratings` in `needs`",
+    );
+    assert!(err.contains("help: add `pipelines/rating.toml`"), "{err}");
+}
+
+#[test]
+fn missing_files() {
+    let p = project_copy();
+    let text = add_report(
+        p.path(),
+        "[\"dossier\"]",
+        &["sql/par/dossier_monthly.sql", "sql/par/missing.sql"],
+    );
+    std::fs::remove_file(p.path().join("reports/monthly_par.html")).unwrap();
+    let err = check(p.path(), 2);
+    expect(
+        &err,
+        "pipelines/monthly_par.toml",
+        pos(&text, "\"sql/par/missing.sql\""),
+        "SQL file `sql/par/missing.sql` not found",
+    );
+    expect(
+        &err,
+        "pipelines/monthly_par.toml",
+        pos(&text, "\"reports/monthly_par.html\""),
+        "template `reports/monthly_par.html` not found",
+    );
+
+    let q = project_copy();
+    std::fs::remove_file(q.path().join("parstat.toml")).unwrap();
+    let err = check(q.path(), 2);
+    assert!(err.contains("parstat.toml: error: file not found"), "{err}");
+}
+
+#[test]
+fn duplicate_names() {
+    let p = project_copy();
+    // A second extract for the same dataset.
+    let original =
+        std::fs::read_to_string(p.path().join("pipelines/investment_event.toml")).unwrap();
+    std::fs::write(
+        p.path().join("pipelines/investment_event_ezone.toml"),
+        &original,
+    )
+    .unwrap();
+    // A column defined twice.
+    let schema = edit(
+        p.path(),
+        "schemas/satisfaction_vote.toml",
+        "[[columns]]\nname = \"level\"",
+        "[[columns]]\nname = \"voted_at\"\ntype = \"Timestamp\"\nnullable = false\nlabel = \"Lần nữa\"\n\n[[columns]]\nname = \"level\"",
+    );
+    // Two SQL files with one table name.
+    let text = add_report(
+        p.path(),
+        "[\"dossier\"]",
+        &[
+            "sql/par/dossier_monthly.sql",
+            "sql/other/dossier_monthly.sql",
+        ],
+    );
+    std::fs::create_dir_all(p.path().join("sql/other")).unwrap();
+    std::fs::write(
+        p.path().join("sql/other/dossier_monthly.sql"),
+        "SELECT 2 AS y\n",
+    )
+    .unwrap();
+    let err = check(p.path(), 2);
+    expect(
+        &err,
+        "pipelines/investment_event_ezone.toml",
+        pos(&original, "\"investment_event\""),
+        &format!(
+            "dataset `investment_event` is already produced by pipelines/investment_event.toml:{}",
+            pos(&original, "\"investment_event\"").0
+        ),
+    );
+    // The second definition's name value, after `name = `.
+    let second = schema
+        .match_indices("name = \"voted_at\"")
+        .nth(1)
+        .unwrap()
+        .0;
+    let dup_line = schema[..second].matches('\n').count() + 1;
+    expect(
+        &err,
+        "schemas/satisfaction_vote.toml",
+        (dup_line, 8),
+        "duplicate column `voted_at`",
+    );
+    expect(
+        &err,
+        "pipelines/monthly_par.toml",
+        pos(&text, "\"sql/other/dossier_monthly.sql\""),
+        "report table `dossier_monthly` is already defined at pipelines/monthly_par.toml:3",
+    );
+}
+
+#[test]
+fn unset_environment_variables_are_named_where_needed() {
+    let p = project_copy();
+    // With the outbox transport the SMTP variables are not needed: no error.
+    let out = parstat(p.path(), &["check"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    // With SMTP they are.
+    let settings = edit(
+        p.path(),
+        "parstat.toml",
+        "transport = \"outbox\"",
+        "transport = \"smtp\"",
+    );
+    let err = check(p.path(), 2);
+    let user = pos(&settings, "${PARSTAT_SMTP_USER}");
+    expect(
+        &err,
+        "parstat.toml",
+        user,
+        "environment variable `PARSTAT_SMTP_USER` is not set",
+    );
+    expect(
+        &err,
+        "parstat.toml",
+        pos(&settings, "${PARSTAT_SMTP_PASSWORD}"),
+        "environment variable `PARSTAT_SMTP_PASSWORD` is not set",
+    );
+    assert!(
+        err.contains("help: set it before running parstat: `export PARSTAT_SMTP_USER=...`"),
+        "{err}"
+    );
+    // Set, they pass; and the secret's value never appears in the output.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_parstat"))
+        .args(["--project"])
+        .arg(p.path())
+        .arg("check")
+        .env("PARSTAT_SMTP_USER", "ioc")
+        .env("PARSTAT_SMTP_PASSWORD", "s3cr3t-Pa55")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("s3cr3t-Pa55") && !stdout(&out).contains("s3cr3t-Pa55"));
+}
+
+#[test]
+fn an_unset_variable_of_a_used_connection() {
+    let p = project_copy();
+    let settings = edit(
+        p.path(),
+        "parstat.toml",
+        "[connections.exports]",
+        "[connections.motcua]\nkind = \"postgres\"\nurl = \"${MOTCUA_DATABASE_URL}\"\n\n[connections.exports]",
+    );
+    // Defined but unused: fine.
+    check(p.path(), 0);
+    std::fs::write(
+        p.path().join("pipelines/dossier_db.toml"),
+        "kind = \"extract\"\ndataset = \"investment_disbursement\"\nconnection = \"motcua\"\nquery = \"SELECT * FROM giai_ngan WHERE updated_at >= $watermark\"\n",
+    )
+    .unwrap();
+    std::fs::remove_file(p.path().join("pipelines/investment_disbursement.toml")).unwrap();
+    let err = check(p.path(), 2);
+    expect(
+        &err,
+        "parstat.toml",
+        pos(&settings, "${MOTCUA_DATABASE_URL}"),
+        "environment variable `MOTCUA_DATABASE_URL` is not set",
+    );
+    assert!(
+        err.contains("connection `motcua` is used by a pipeline"),
+        "{err}"
+    );
+}
+
+#[test]
+fn secrets_written_in_files_are_refused() {
+    let p = project_copy();
+    let settings = edit(
+        p.path(),
+        "parstat.toml",
+        "password = \"${PARSTAT_SMTP_PASSWORD}\"",
+        "password = \"hunter2\"",
+    );
+    let err = check(p.path(), 2);
+    expect(
+        &err,
+        "parstat.toml",
+        pos(&settings, "\"hunter2\""),
+        "the SMTP password is written in the file",
+    );
+}
+
+#[test]
+fn schema_errors_and_syntax_errors_are_positioned() {
+    let p = project_copy();
+    let schema = edit(
+        p.path(),
+        "schemas/rating.toml",
+        "type = \"Int16\"",
+        "type = \"Int61\"",
+    );
+    let schema2 = edit(
+        p.path(),
+        "schemas/investment_disbursement.toml",
+        "primary_key = [\"project_code\", \"report_month\"]",
+        "primary_key = [\"project_code\", \"report_mnth\"]",
+    );
+    let broken = edit(
+        p.path(),
+        "pipelines/satisfaction_vote.toml",
+        "mode = \"append\"",
+        "mode = \"append",
+    );
+    let err = check(p.path(), 2);
+    expect(
+        &err,
+        "schemas/rating.toml",
+        pos(&schema, "\"Int61\""),
+        "unknown type `Int61` for column `year`",
+    );
+    expect(
+        &err,
+        "schemas/investment_disbursement.toml",
+        pos(&schema2, "\"report_mnth\""),
+        "primary key column `report_mnth` is not a column",
+    );
+    let (line, _) = pos(&broken, "mode = \"append");
+    assert!(
+        err.lines().any(
+            |l| l.starts_with(&format!("pipelines/satisfaction_vote.toml:{line}:"))
+                && l.contains("error: invalid TOML")
+        ),
+        "{err}"
+    );
+    assert!(err.contains("did you mean `Int16`?"), "{err}");
+}
+
+#[test]
+fn value_mappings_must_fit_the_schema() {
+    let p = project_copy();
+    let text = edit(
+        p.path(),
+        "pipelines/investment_event.toml",
+        "THU_HOI = \"revoked\"",
+        "THU_HOI = \"revokd\"",
+    );
+    let text2 = edit(
+        p.path(),
+        "pipelines/dossier.toml",
+        "received_at = \"%Y%m%d%H%M%S\"",
+        "received_at = \"%Y%m%d%Q\"",
+    );
+    let err = check(p.path(), 2);
+    expect(
+        &err,
+        "pipelines/investment_event.toml",
+        pos(&text, "\"revokd\""),
+        "`THU_HOI` maps to \"revokd\", which column `event_type` (Utf8) does not accept",
+    );
+    expect(
+        &err,
+        "pipelines/dossier.toml",
+        pos(&text2, "\"%Y%m%d%Q\""),
+        "invalid time format `%Y%m%d%Q`",
+    );
+}

@@ -1,0 +1,6 @@
+//! Integration tests, compiled as one binary: each module drives the real `parstat` binary
+//! or the library against real files, PostgreSQL and MariaDB.
+
+mod check;
+mod demo;
+mod util;

@@ -1,0 +1,76 @@
+//! Helpers: a temporary copy of the demo project, running the binary, positions in text.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The repository's own project folder (parstat.toml, pipelines/, schemas/, sql/, reports/).
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), &target).unwrap();
+        }
+    }
+}
+
+/// A temporary copy of the demo project's configuration (no generated data).
+pub fn project_copy() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(repo().join("parstat.toml"), dir.path().join("parstat.toml")).unwrap();
+    for sub in ["pipelines", "schemas", "sql", "reports"] {
+        copy_dir(&repo().join(sub), &dir.path().join(sub));
+    }
+    dir
+}
+
+pub fn parstat(project: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_parstat"))
+        .arg("--project")
+        .arg(project)
+        .args(args)
+        .env_remove("PARSTAT_SMTP_USER")
+        .env_remove("PARSTAT_SMTP_PASSWORD")
+        .env_remove("MOTCUA_DATABASE_URL")
+        .output()
+        .expect("run parstat")
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// 1-based line and column (in characters) of the first occurrence of `needle` in `text`.
+pub fn pos(text: &str, needle: &str) -> (usize, usize) {
+    let at = text
+        .find(needle)
+        .unwrap_or_else(|| panic!("{needle:?} not in text"));
+    let before = &text[..at];
+    let line = before.matches('\n').count() + 1;
+    let col = before[before.rfind('\n').map(|i| i + 1).unwrap_or(0)..]
+        .chars()
+        .count()
+        + 1;
+    (line, col)
+}
+
+/// Replaces `from` by `to` in a project file (which must contain it) and returns the new text.
+pub fn edit(project: &Path, file: &str, from: &str, to: &str) -> String {
+    let p = project.join(file);
+    let text = std::fs::read_to_string(&p).unwrap();
+    assert!(text.contains(from), "{file} does not contain {from:?}");
+    let new = text.replacen(from, to, 1);
+    std::fs::write(&p, &new).unwrap();
+    new
+}
