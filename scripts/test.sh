@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# The whole test suite on a fresh machine: installs and starts what the tests need, then runs
+# formatting, lint and every test. CI (.ci/run) calls exactly this script.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/parstat-target}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+log() { printf '==> %s\n' "$*" >&2; }
+
+# The Rust toolchain's formatter and linter.
+if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
+    log "installing rustfmt and clippy"
+    rustup component add rustfmt clippy
+fi
+
+# PostgreSQL and MariaDB run on every developer and CI machine; start them if they stopped.
+if ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
+    log "starting PostgreSQL"
+    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start || true
+fi
+if ! mariadb-admin -h 127.0.0.1 -u root status >/dev/null 2>&1; then
+    log "starting MariaDB"
+    start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd || true
+fi
+for _ in $(seq 1 30); do
+    if pg_isready -q -h 127.0.0.1 -p 5432 && mariadb-admin -h 127.0.0.1 -u root status >/dev/null 2>&1; then
+        break
+    fi
+    sleep 1
+done
+pg_isready -h 127.0.0.1 -p 5432 >/dev/null || { echo "PostgreSQL is not reachable at 127.0.0.1:5432" >&2; exit 1; }
+mariadb-admin -h 127.0.0.1 -u root status >/dev/null || { echo "MariaDB is not reachable at 127.0.0.1:3306" >&2; exit 1; }
+
+log "cargo fmt --check"
+cargo fmt --check
+log "cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets -- -D warnings
+log "cargo test"
+cargo test --all-targets
