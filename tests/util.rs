@@ -26,7 +26,9 @@ pub fn project_copy() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     std::fs::copy(repo().join("parstat.toml"), dir.path().join("parstat.toml")).unwrap();
     for sub in ["pipelines", "schemas", "sql", "reports"] {
-        copy_dir(&repo().join(sub), &dir.path().join(sub));
+        if repo().join(sub).is_dir() {
+            copy_dir(&repo().join(sub), &dir.path().join(sub));
+        }
     }
     dir
 }
