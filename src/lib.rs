@@ -6,3 +6,5 @@
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod extract;
+pub mod warehouse;

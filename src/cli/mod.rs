@@ -3,6 +3,7 @@
 
 mod check;
 mod demo;
+mod extract;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -34,6 +35,8 @@ pub enum Command {
     Demo(demo::DemoArgs),
     /// Validate parstat.toml, pipelines/ and schemas/; no job runs.
     Check,
+    /// Move datasets from their sources into the warehouse.
+    Extract(extract::ExtractArgs),
 }
 
 /// Exit codes of the interface.
@@ -70,9 +73,11 @@ impl<E: Into<anyhow::Error>> From<E> for Failure {
 
 fn init_logging(verbose: u8, quiet: bool) {
     let default = match (quiet, verbose) {
-        (true, _) => "error",
-        (_, 0) => "warn,parstat=info",
-        (_, 1) => "info",
+        (true, _) => "error,deltalake_core=off,buoyant_kernel=off",
+        // delta-rs (and its kernel) logs an ERROR when it opens a table that does not exist yet (every first
+        // run); its real failures reach us as errors, reported with their context.
+        (_, 0) => "warn,parstat=info,deltalake_core=off,buoyant_kernel=off",
+        (_, 1) => "info,deltalake_core=off,buoyant_kernel=off",
         (_, 2) => "debug",
         _ => "trace",
     };
@@ -118,5 +123,21 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Demo(args) => demo::run(&cli.project, args).await,
         Command::Check => check::run(&cli.project),
+        Command::Extract(args) => extract::run(&cli.project, args).await,
     }
+}
+
+/// Loads the project, printing every diagnostic; configuration errors exit with code 2.
+pub fn load_project(dir: &std::path::Path) -> Result<crate::config::Project, Failure> {
+    let loaded = crate::config::load(dir);
+    for d in &loaded.diagnostics {
+        if d.severity == crate::config::Severity::Error {
+            eprintln!("{d}");
+        }
+    }
+    loaded.project.ok_or_else(|| {
+        Failure::usage(anyhow::anyhow!(
+            "the project configuration has errors; run `parstat check`"
+        ))
+    })
 }

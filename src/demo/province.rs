@@ -450,7 +450,7 @@ const PROCEDURES: &[P] = &[
     ),
     (
         "Đăng ký hộ kinh doanh",
-        "DKKD",
+        "HKD",
         "Thành lập và hoạt động của hộ kinh doanh",
         Handler::District,
         Some(3),

@@ -1,0 +1,88 @@
+//! A source value before it is typed: what a CSV field, a JSON value, a spreadsheet cell or a
+//! database column gives the extractor, converted to the dataset column's Arrow type by
+//! `convert`.
+
+use chrono::{NaiveDate, NaiveDateTime};
+use std::fmt;
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Cell {
+    Null,
+    Text(String),
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+    /// A time without offset: local time of the project's zone (database `timestamp`).
+    Local(NaiveDateTime),
+    /// An instant, microseconds since the epoch, UTC (database `timestamptz`).
+    Instant(i64),
+    Date(NaiveDate),
+    /// Unscaled value and scale (database NUMERIC).
+    Decimal(i128, i8),
+}
+
+impl Cell {
+    pub fn is_null(&self) -> bool {
+        matches!(self, Cell::Null) || matches!(self, Cell::Text(s) if s.trim().is_empty())
+    }
+
+    /// The value as text, for value mappings and for the quarantine's copy of the row.
+    pub fn text(&self) -> Option<String> {
+        match self {
+            Cell::Null => None,
+            Cell::Text(s) => Some(s.clone()),
+            Cell::Int(i) => Some(i.to_string()),
+            Cell::Float(f) => Some(if f.fract() == 0.0 && f.abs() < 1e15 {
+                format!("{}", *f as i64)
+            } else {
+                f.to_string()
+            }),
+            Cell::Bool(b) => Some(b.to_string()),
+            Cell::Local(t) => Some(t.format("%Y-%m-%dT%H:%M:%S%.f").to_string()),
+            Cell::Instant(us) => {
+                chrono::DateTime::from_timestamp_micros(*us).map(|t| t.to_rfc3339())
+            }
+            Cell::Date(d) => Some(d.to_string()),
+            Cell::Decimal(v, s) => Some(decimal_text(*v, *s)),
+        }
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            Cell::Null => serde_json::Value::Null,
+            Cell::Int(i) => (*i).into(),
+            Cell::Float(f) => serde_json::Number::from_f64(*f)
+                .map(Into::into)
+                .unwrap_or(serde_json::Value::Null),
+            Cell::Bool(b) => (*b).into(),
+            other => other
+                .text()
+                .map(Into::into)
+                .unwrap_or(serde_json::Value::Null),
+        }
+    }
+}
+
+impl fmt::Display for Cell {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.text() {
+            Some(t) => write!(f, "{t:?}"),
+            None => f.write_str("null"),
+        }
+    }
+}
+
+pub fn decimal_text(v: i128, scale: i8) -> String {
+    if scale <= 0 {
+        return (v * 10i128.pow((-scale) as u32)).to_string();
+    }
+    let s = scale as u32;
+    let p = 10i128.pow(s);
+    let sign = if v < 0 { "-" } else { "" };
+    format!(
+        "{sign}{}.{:0width$}",
+        (v / p).abs(),
+        (v % p).abs(),
+        width = s as usize
+    )
+}

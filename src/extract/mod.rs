@@ -1,0 +1,685 @@
+//! Extraction: each dataset from where the province keeps it (PostgreSQL, MariaDB, files, a
+//! sync API) into its warehouse table, validated row by row against `schemas/`, personal data
+//! hashed or dropped, bad rows quarantined, and the watermark committed with the data.
+
+pub mod cell;
+pub mod convert;
+pub mod file;
+pub mod mysql;
+pub mod pii;
+pub mod postgres;
+mod rules;
+
+use arrow::array::RecordBatch;
+use chrono::{DateTime, Duration, TimeZone};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Instant;
+use tokio::sync::mpsc;
+
+use crate::config::pipeline::{ExtractJob, Mode, SourceSpec};
+use crate::config::schema::{Personal, Schema};
+use crate::config::settings::ConnectionKind;
+use crate::config::{Pipeline, Project};
+use crate::warehouse::quarantine::{self, Rejected};
+use crate::warehouse::{self, Warehouse, WarehouseError, WriteMode};
+use cell::Cell;
+use convert::{RowPlan, Typed};
+use pii::Hasher;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExtractError {
+    #[error("{0}")]
+    Config(String),
+    #[error("{0}")]
+    Source(String),
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Pii(#[from] pii::PiiError),
+    #[error(transparent)]
+    Warehouse(#[from] WarehouseError),
+    #[error("{share:.1}% of the rows of {what} are invalid, above the {max:.1}% allowed (`quarantine_max_share`); nothing of it was stored. First reasons: {examples}")]
+    TooManyInvalid {
+        what: String,
+        share: f64,
+        max: f64,
+        examples: String,
+    },
+}
+
+impl ExtractError {
+    pub fn io(path: &Path, source: std::io::Error) -> Self {
+        ExtractError::Io {
+            path: path.display().to_string(),
+            source,
+        }
+    }
+}
+
+/// Hands rows from an async source to the writer in chunks, announcing the columns first.
+pub(crate) struct RowSink {
+    tx: mpsc::Sender<Msg>,
+    buf: Vec<RawRow>,
+}
+
+const SEND_ROWS: usize = 50_000;
+
+impl RowSink {
+    fn new(tx: mpsc::Sender<Msg>) -> Self {
+        RowSink {
+            tx,
+            buf: Vec::with_capacity(SEND_ROWS),
+        }
+    }
+
+    pub(crate) async fn columns(&mut self, names: Vec<String>) -> Result<(), ExtractError> {
+        self.tx
+            .send(Msg::Columns(names))
+            .await
+            .map_err(|_| stopped())
+    }
+
+    pub(crate) async fn push(&mut self, row: RawRow) -> Result<(), ExtractError> {
+        self.buf.push(row);
+        if self.buf.len() >= SEND_ROWS {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<(), ExtractError> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let rows = std::mem::replace(&mut self.buf, Vec::with_capacity(SEND_ROWS));
+        self.tx.send(Msg::Rows(rows)).await.map_err(|_| stopped())
+    }
+}
+
+fn stopped() -> ExtractError {
+    ExtractError::Source("the writer stopped".into())
+}
+
+/// One source row: cells in the order of the source's column names, or why it is unreadable.
+#[derive(Debug)]
+pub struct RawRow {
+    pub position: String,
+    pub cells: Vec<Cell>,
+    /// Problems found while reading (broken encoding, bad JSON): the row goes to quarantine.
+    pub errors: Vec<String>,
+}
+
+enum Msg {
+    /// The names of the cells that follow, in dataset-column terms.
+    Columns(Vec<String>),
+    Rows(Vec<RawRow>),
+    /// A file is complete: mark it as loaded (its content fingerprint) with the commit.
+    FileDone {
+        rel: String,
+        fingerprint: i64,
+        bytes: u64,
+    },
+    FileSkipped,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ExtractOptions {
+    /// Reload everything: files already loaded and rows older than the watermark.
+    pub full: bool,
+    pub progress: bool,
+    /// Rows per commit.
+    pub chunk_rows: usize,
+}
+
+/// What one extract did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Summary {
+    pub pipeline: String,
+    pub dataset: String,
+    pub run_id: String,
+    pub rows_read: u64,
+    pub rows_written: u64,
+    pub rows_quarantined: u64,
+    pub files_loaded: u64,
+    pub files_skipped: u64,
+    pub bytes_read: u64,
+    pub seconds: f64,
+    /// The new watermark (highest `updated_at` loaded), RFC 3339 in the project's zone.
+    pub watermark: Option<String>,
+    pub table_version: Option<u64>,
+}
+
+pub fn watermark_id(pipeline: &str) -> String {
+    format!("parstat.watermark.{pipeline}")
+}
+
+pub fn file_id(pipeline: &str, rel: &str) -> String {
+    format!("parstat.file.{pipeline}.{rel}")
+}
+
+const CHUNK_ROWS: usize = 200_000;
+
+/// Runs one extract pipeline.
+pub async fn run(
+    project: &Project,
+    pipeline: &Pipeline,
+    opts: &ExtractOptions,
+) -> Result<Summary, ExtractError> {
+    let started = Instant::now();
+    let job = pipeline
+        .as_extract()
+        .ok_or_else(|| {
+            ExtractError::Config(format!("`{}` is not an extract pipeline", pipeline.name))
+        })?
+        .clone();
+    let schema = project
+        .schemas
+        .get(&job.dataset)
+        .ok_or_else(|| ExtractError::Config(format!("unknown dataset `{}`", job.dataset)))?
+        .clone();
+    let tz = project.settings.timezone;
+    let hashed: Vec<String> = schema
+        .columns
+        .iter()
+        .filter(|c| c.personal == Some(Personal::Hash))
+        .map(|c| c.name.clone())
+        .collect();
+    let hasher = Hasher::from_env(&schema.name, &hashed)?;
+    let wh = Warehouse::new(&project.root, &project.settings.warehouse_url)?;
+    let mut table = wh.open(&schema.name).await?;
+    let run_id = uuid::Uuid::now_v7().to_string();
+    let previous = if opts.full {
+        None
+    } else {
+        warehouse::app_version(&table, &watermark_id(&pipeline.name)).await?
+    };
+    let conn = project
+        .settings
+        .connections
+        .get(&job.connection)
+        .ok_or_else(|| ExtractError::Config(format!("unknown connection `{}`", job.connection)))?
+        .clone();
+
+    // The source runs in its own task and hands rows over in chunks; the writer below types,
+    // validates and commits them. A bounded channel keeps memory bounded.
+    let (tx, mut rx) = mpsc::channel::<Msg>(2);
+    let chunk = if opts.chunk_rows == 0 {
+        CHUNK_ROWS
+    } else {
+        opts.chunk_rows
+    };
+    let producer = spawn_source(
+        project,
+        pipeline,
+        &job,
+        &conn,
+        &table_marks(&table, pipeline, &job, project, opts).await?,
+        previous,
+        tz,
+        chunk,
+        tx,
+    )?;
+
+    let mut summary = Summary {
+        pipeline: pipeline.name.clone(),
+        dataset: schema.name.clone(),
+        run_id: run_id.clone(),
+        ..Default::default()
+    };
+    let mut plan: Option<(RowPlan, Vec<String>)> = None;
+    let personal: BTreeMap<String, Personal> = schema
+        .columns
+        .iter()
+        .filter_map(|c| c.personal.map(|p| (c.name.clone(), p)))
+        .collect();
+    let mut pending_rows: Vec<RawRow> = Vec::new();
+    let mut pending_files: Vec<(String, i64)> = Vec::new();
+    let mut max_updated: Option<i64> = previous;
+    let bar = progress(opts.progress, &pipeline.name);
+    let replace = job.mode == Mode::Replace;
+    let mut replace_batches: Vec<RecordBatch> = Vec::new();
+
+    loop {
+        let msg = rx.recv().await;
+        let last = msg.is_none();
+        match msg {
+            Some(Msg::Columns(names)) => {
+                if let Some(missing) = missing_required(&schema, &names) {
+                    drop(rx);
+                    let _ = producer.await;
+                    return Err(ExtractError::Source(missing));
+                }
+                plan = Some((
+                    RowPlan::new(&schema, &job, &names, tz, hasher.clone()),
+                    names,
+                ));
+            }
+            Some(Msg::Rows(rows)) => {
+                summary.rows_read += rows.len() as u64;
+                bar.inc(rows.len() as u64);
+                pending_rows.extend(rows);
+            }
+            Some(Msg::FileDone {
+                rel,
+                fingerprint,
+                bytes,
+            }) => {
+                summary.files_loaded += 1;
+                summary.bytes_read += bytes;
+                pending_files.push((rel, fingerprint));
+            }
+            Some(Msg::FileSkipped) => summary.files_skipped += 1,
+            None => {}
+        }
+        // Commit every `chunk` rows (small files share a commit, each marked as loaded in it)
+        // and at the end, which also carries the watermark.
+        let flush = last || pending_rows.len() >= chunk;
+        let nothing = pending_rows.is_empty()
+            && pending_files.is_empty()
+            && !(last && max_updated != previous);
+        if !flush || nothing {
+            if last {
+                break;
+            }
+            continue;
+        }
+        let Some((plan, names)) = &plan else {
+            if last {
+                break;
+            }
+            continue;
+        };
+        let rows = std::mem::take(&mut pending_rows);
+        let (batch, rejected) = validate(plan, names, &personal, &schema, rows)?;
+        let what = match pending_files.last() {
+            Some(f) => format!("the batch ending with {}", f.0),
+            None => format!("the batch read by `{}`", pipeline.name),
+        };
+        let total = batch.num_rows() + rejected.len();
+        if total > 0 {
+            let share = rejected.len() as f64 / total as f64;
+            if share > job.quarantine_max_share {
+                drop(rx);
+                let _ = producer.await;
+                let examples = rejected
+                    .iter()
+                    .take(3)
+                    .map(|r| format!("{}: {}", r.position, r.reasons.join(", ")))
+                    .collect::<Vec<_>>()
+                    .join(" | ");
+                return Err(ExtractError::TooManyInvalid {
+                    what,
+                    share: share * 100.0,
+                    max: job.quarantine_max_share * 100.0,
+                    examples,
+                });
+            }
+        }
+        if let Some(w) = schema
+            .watermark
+            .as_deref()
+            .and_then(|w| max_micros(&batch, w))
+        {
+            max_updated = Some(max_updated.map_or(w, |m| m.max(w)));
+        }
+        summary.rows_quarantined += rejected.len() as u64;
+        quarantine::store(&wh, &pipeline.name, &schema.name, &run_id, &rejected).await?;
+        let batch = if replace {
+            // The whole table is replaced at once, at the end.
+            replace_batches.push(batch);
+            if !last {
+                continue;
+            }
+            arrow::compute::concat_batches(&plan.schema, &replace_batches)
+                .map_err(|e| ExtractError::Source(e.to_string()))?
+        } else {
+            batch
+        };
+        let batch = warehouse::dedup(&batch, &schema.primary_key, schema.watermark.as_deref())
+            .map_err(|e| ExtractError::Source(e.to_string()))?;
+        summary.rows_written += batch.num_rows() as u64;
+        // The watermark moves only with the last commit of a run: a crash before it leaves
+        // the old watermark, and the rerun's merge makes rows already stored count once.
+        let mut txns: Vec<(String, i64)> = pending_files
+            .drain(..)
+            .map(|(rel, fp)| (file_id(&pipeline.name, &rel), fp))
+            .collect();
+        if last {
+            if let Some(w) = max_updated {
+                txns.push((watermark_id(&pipeline.name), w));
+            }
+        }
+        let meta = vec![
+            (
+                "parstat.run_id".to_string(),
+                serde_json::Value::from(run_id.clone()),
+            ),
+            ("parstat.pipeline".to_string(), pipeline.name.clone().into()),
+        ];
+        let mode = match job.mode {
+            Mode::Merge => WriteMode::Merge {
+                key: &schema.primary_key,
+                order: schema.watermark.as_deref(),
+            },
+            Mode::Append => WriteMode::InsertNew {
+                key: &schema.primary_key,
+            },
+            Mode::Replace => WriteMode::Replace,
+        };
+        if table.version().is_none() && batch.num_rows() == 0 && !last {
+            continue;
+        }
+        table = warehouse::write(
+            table,
+            &schema.name,
+            batch,
+            schema.partition.as_ref().map(|p| p.column.as_str()),
+            mode,
+            warehouse::commit_properties(meta, txns),
+        )
+        .await?;
+        if last {
+            break;
+        }
+    }
+    bar.finish_and_clear();
+    match producer.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(e),
+        Err(e) => {
+            return Err(ExtractError::Source(format!(
+                "the source task stopped: {e}"
+            )))
+        }
+    }
+    summary.seconds = started.elapsed().as_secs_f64();
+    summary.watermark = max_updated
+        .and_then(DateTime::from_timestamp_micros)
+        .map(|t| t.with_timezone(&tz).to_rfc3339());
+    summary.table_version = table.version();
+    Ok(summary)
+}
+
+/// The required dataset columns the source does not provide, as an error message.
+fn missing_required(schema: &Schema, names: &[String]) -> Option<String> {
+    let missing: Vec<&str> = schema
+        .columns
+        .iter()
+        .filter(|c| !c.nullable && !names.contains(&c.name))
+        .map(|c| c.name.as_str())
+        .collect();
+    let unexpected: Vec<&str> = names
+        .iter()
+        .filter(|n| schema.column(n).is_none())
+        .map(|s| s.as_str())
+        .collect();
+    if missing.is_empty() && unexpected.is_empty() {
+        return None;
+    }
+    let mut m = format!(
+        "the source's columns do not match dataset `{}`",
+        schema.name
+    );
+    if !missing.is_empty() {
+        m.push_str(&format!("; missing: {}", missing.join(", ")));
+    }
+    if !unexpected.is_empty() {
+        m.push_str(&format!("; unexpected: {}", unexpected.join(", ")));
+    }
+    m.push_str(
+        ". Name the query's columns as the dataset's (`SELECT ma_ho_so AS dossier_code, ...`)",
+    );
+    Some(m)
+}
+
+fn max_micros(batch: &RecordBatch, column: &str) -> Option<i64> {
+    let c = batch.column_by_name(column)?;
+    let a = c
+        .as_any()
+        .downcast_ref::<arrow::array::TimestampMicrosecondArray>()?;
+    arrow::compute::max(a)
+}
+
+/// Types and validates rows: the valid ones as a batch, the rest with their reasons.
+fn validate(
+    plan: &RowPlan,
+    names: &[String],
+    personal: &BTreeMap<String, Personal>,
+    schema: &Schema,
+    rows: Vec<RawRow>,
+) -> Result<(RecordBatch, Vec<Rejected>), ExtractError> {
+    let mut builders = plan.builders(rows.len());
+    let mut typed: Vec<Typed> = Vec::with_capacity(plan.columns.len() + 1);
+    let mut rejected = Vec::new();
+    let mut kept_rows: Vec<(String, Vec<Cell>)> = Vec::with_capacity(rows.len());
+    for r in rows {
+        let mut reasons = r.errors;
+        if let Err(e) = plan.type_row(&r.cells, &mut typed) {
+            reasons.extend(e);
+        }
+        if reasons.is_empty() {
+            for (b, v) in builders.iter_mut().zip(&typed) {
+                b.push(v);
+            }
+            kept_rows.push((r.position, r.cells));
+        } else {
+            rejected.push(Rejected {
+                row_json: plan.safe_json(names, &r.cells, personal).to_string(),
+                position: r.position,
+                reasons,
+            });
+        }
+    }
+    let batch = plan
+        .finish(&mut builders)
+        .map_err(|e| ExtractError::Source(e.to_string()))?;
+    // Row rules of the schema, evaluated on the typed batch.
+    let failures = rules::evaluate(schema, &batch)?;
+    if failures.iter().all(|f| f.is_empty()) {
+        return Ok((batch, rejected));
+    }
+    let mut keep = vec![true; batch.num_rows()];
+    let mut why: BTreeMap<usize, Vec<String>> = BTreeMap::new();
+    for (rule, rows) in schema.rules.iter().zip(&failures) {
+        for &i in rows {
+            keep[i] = false;
+            why.entry(i)
+                .or_default()
+                .push(format!("rule {}: {}", rule.name, rule.message));
+        }
+    }
+    for (i, reasons) in why {
+        let (position, cells) = &kept_rows[i];
+        rejected.push(Rejected {
+            position: position.clone(),
+            row_json: plan.safe_json(names, cells, personal).to_string(),
+            reasons,
+        });
+    }
+    let mask = arrow::array::BooleanArray::from(keep);
+    let batch = arrow::compute::filter_record_batch(&batch, &mask)
+        .map_err(|e| ExtractError::Source(e.to_string()))?;
+    Ok((batch, rejected))
+}
+
+fn progress(enabled: bool, name: &str) -> indicatif::ProgressBar {
+    if !enabled {
+        return indicatif::ProgressBar::hidden();
+    }
+    let pb = indicatif::ProgressBar::new_spinner();
+    pb.set_style(
+        indicatif::ProgressStyle::with_template("{msg:>20} {spinner} {human_pos} rows ({per_sec})")
+            .expect("valid template"),
+    );
+    pb.set_message(name.to_string());
+    pb
+}
+
+/// Fingerprints of files already loaded, read from the table's transactions.
+async fn table_marks(
+    table: &deltalake::DeltaTable,
+    pipeline: &Pipeline,
+    job: &ExtractJob,
+    project: &Project,
+    opts: &ExtractOptions,
+) -> Result<BTreeMap<String, i64>, ExtractError> {
+    let mut out = BTreeMap::new();
+    if opts.full {
+        return Ok(out);
+    }
+    if let SourceSpec::Files { path, .. } = &job.source {
+        let root = file_root(project, job)?;
+        for (_, rel) in file::matching_files(&root, path)? {
+            if let Some(v) = warehouse::app_version(table, &file_id(&pipeline.name, &rel)).await? {
+                out.insert(rel, v);
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn file_root(project: &Project, job: &ExtractJob) -> Result<std::path::PathBuf, ExtractError> {
+    let conn = &project.settings.connections[&job.connection];
+    Ok(match &conn.root {
+        None => project.root.clone(),
+        Some(r) => project.root.join(
+            r.resolve()
+                .map_err(|e| ExtractError::Config(e.to_string()))?
+                .expose(),
+        ),
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn spawn_source(
+    project: &Project,
+    pipeline: &Pipeline,
+    job: &ExtractJob,
+    conn: &crate::config::settings::Connection,
+    loaded: &BTreeMap<String, i64>,
+    watermark: Option<i64>,
+    tz: chrono_tz::Tz,
+    chunk: usize,
+    tx: mpsc::Sender<Msg>,
+) -> Result<tokio::task::JoinHandle<Result<(), ExtractError>>, ExtractError> {
+    // Rows updated since the watermark minus the overlap; everything on a first or full run.
+    let since_local = watermark
+        .map(|w| {
+            w - Duration::minutes(job.overlap_minutes)
+                .num_microseconds()
+                .unwrap_or(0)
+        })
+        .and_then(DateTime::from_timestamp_micros)
+        .map(|t| tz.from_utc_datetime(&t.naive_utc()).naive_local())
+        .unwrap_or_else(|| {
+            chrono::NaiveDate::from_ymd_opt(1900, 1, 1)
+                .expect("valid")
+                .and_hms_opt(0, 0, 0)
+                .expect("valid")
+        });
+    let _ = pipeline;
+    match (&job.source, conn.kind) {
+        (
+            SourceSpec::Files {
+                path,
+                format,
+                sheet,
+                header_row,
+                delimiter,
+            },
+            ConnectionKind::File,
+        ) => {
+            let root = file_root(project, job)?;
+            let files = file::matching_files(&root, path)?;
+            let columns: Vec<String> = job.columns.keys().cloned().collect();
+            let (job, loaded, format, sheet, header_row, delimiter) = (
+                job.clone(),
+                loaded.clone(),
+                *format,
+                sheet.clone(),
+                *header_row,
+                *delimiter,
+            );
+            Ok(tokio::task::spawn_blocking(move || {
+                tx.blocking_send(Msg::Columns(columns.clone())).ok();
+                for (path, rel) in files {
+                    let fp = file::fingerprint(&path)?;
+                    if loaded.get(&rel) == Some(&fp) {
+                        tx.blocking_send(Msg::FileSkipped).ok();
+                        continue;
+                    }
+                    let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+                    let mut buf: Vec<RawRow> = Vec::with_capacity(chunk.min(50_000));
+                    let mut send = |r: RawRow| -> Result<(), ExtractError> {
+                        buf.push(r);
+                        if buf.len() >= 50_000 {
+                            tx.blocking_send(Msg::Rows(std::mem::take(&mut buf)))
+                                .map_err(|_| ExtractError::Source("the writer stopped".into()))?;
+                        }
+                        Ok(())
+                    };
+                    file::read_file(
+                        &path,
+                        &rel,
+                        &job,
+                        &columns,
+                        format,
+                        sheet.as_deref(),
+                        header_row,
+                        delimiter,
+                        &mut send,
+                    )?;
+                    if !buf.is_empty() {
+                        tx.blocking_send(Msg::Rows(buf))
+                            .map_err(|_| ExtractError::Source("the writer stopped".into()))?;
+                    }
+                    tx.blocking_send(Msg::FileDone {
+                        rel,
+                        fingerprint: fp,
+                        bytes,
+                    })
+                    .map_err(|_| ExtractError::Source("the writer stopped".into()))?;
+                }
+                Ok(())
+            }))
+        }
+        (
+            SourceSpec::Query { query },
+            kind @ (ConnectionKind::Postgres | ConnectionKind::Mysql),
+        ) => {
+            let url = conn
+                .url
+                .as_ref()
+                .ok_or_else(|| {
+                    ExtractError::Config(format!("connection `{}` has no url", conn.name))
+                })?
+                .resolve()
+                .map_err(|e| ExtractError::Config(e.to_string()))?;
+            let query = query.clone();
+            Ok(tokio::spawn(async move {
+                let mut sink = RowSink::new(tx);
+                match kind {
+                    ConnectionKind::Postgres => {
+                        let q =
+                            query.replace("$watermark", &postgres::watermark_literal(since_local));
+                        postgres::stream(url.expose(), &q, &mut sink).await?
+                    }
+                    _ => mysql::stream(url.expose(), &query, since_local, &mut sink).await?,
+                }
+                sink.flush().await
+            }))
+        }
+        (SourceSpec::Http { .. }, ConnectionKind::Http) => Err(ExtractError::Config(format!(
+            "pipeline `{}`: the http source is not available yet",
+            pipeline.name
+        ))),
+        _ => Err(ExtractError::Config(format!(
+            "pipeline `{}` does not fit connection `{}`",
+            pipeline.name, conn.name
+        ))),
+    }
+}

@@ -1,0 +1,351 @@
+//! The warehouse: one Delta Lake table per dataset (and the quarantine) under the
+//! `[warehouse] url`, a local folder by default or `s3://` through the same code; writes that
+//! carry their watermark in the same atomic commit as their data.
+
+use arrow::array::{Array, ArrayRef, RecordBatch};
+use arrow::compute::cast;
+use arrow::datatypes::{DataType, Schema as ArrowSchema};
+use arrow::row::{RowConverter, SortField};
+use deltalake::kernel::transaction::CommitProperties;
+use deltalake::kernel::Transaction;
+use deltalake::protocol::SaveMode;
+use deltalake::DeltaTable;
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use url::Url;
+
+pub mod quarantine;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WarehouseError {
+    #[error("warehouse url `{url}`: {message}")]
+    Url { url: String, message: String },
+    #[error("table `{table}`: {source}")]
+    Delta {
+        table: String,
+        #[source]
+        source: Box<deltalake::DeltaTableError>,
+    },
+    #[error("table `{table}`: {message}")]
+    Data { table: String, message: String },
+}
+
+/// Where the tables live.
+#[derive(Debug, Clone)]
+pub struct Warehouse {
+    base: Url,
+}
+
+impl Warehouse {
+    /// `url` as written in parstat.toml: a folder (relative to the project), `file://` or `s3://`.
+    pub fn new(project_root: &Path, url: &str) -> Result<Warehouse, WarehouseError> {
+        let bad = |message: String| WarehouseError::Url {
+            url: url.to_string(),
+            message,
+        };
+        let base = if url.contains("://") {
+            let mut u = Url::parse(url).map_err(|e| bad(e.to_string()))?;
+            if !u.path().ends_with('/') {
+                u.set_path(&format!("{}/", u.path()));
+            }
+            u
+        } else {
+            let path = project_root.join(url);
+            std::fs::create_dir_all(&path)
+                .map_err(|e| bad(format!("cannot create {}: {e}", path.display())))?;
+            let abs = path.canonicalize().map_err(|e| bad(e.to_string()))?;
+            Url::from_directory_path(&abs)
+                .map_err(|_| bad(format!("{} is not an absolute folder", abs.display())))?
+        };
+        if base.scheme() == "file" {
+            if let Ok(p) = base.to_file_path() {
+                std::fs::create_dir_all(&p)
+                    .map_err(|e| bad(format!("cannot create {}: {e}", p.display())))?;
+            }
+        }
+        Ok(Warehouse { base })
+    }
+
+    pub fn table_url(&self, name: &str) -> Url {
+        self.base
+            .join(&format!("{name}/"))
+            .expect("a table name is a valid path segment")
+    }
+
+    /// The table, loaded if it exists, uninitialised (version `None`) if not.
+    pub async fn open(&self, name: &str) -> Result<DeltaTable, WarehouseError> {
+        let url = self.table_url(name);
+        // A local table's folder must exist before delta-rs opens it (object stores need none).
+        if let Ok(p) = url.to_file_path() {
+            std::fs::create_dir_all(&p).map_err(|e| WarehouseError::Url {
+                url: url.to_string(),
+                message: format!("cannot create {}: {e}", p.display()),
+            })?;
+        }
+        DeltaTable::try_from_url(url)
+            .await
+            .map_err(|source| WarehouseError::Delta {
+                table: name.to_string(),
+                source: Box::new(source),
+            })
+    }
+}
+
+/// The version of an application transaction recorded in the table (our watermarks and
+/// loaded-file marks), `None` for a new table or an unknown id.
+pub async fn app_version(table: &DeltaTable, app_id: &str) -> Result<Option<i64>, WarehouseError> {
+    if table.version().is_none() {
+        return Ok(None);
+    }
+    let state = table.snapshot().map_err(|source| WarehouseError::Delta {
+        table: app_id.to_string(),
+        source: Box::new(source),
+    })?;
+    state
+        .transaction_version(table.log_store().as_ref(), app_id)
+        .await
+        .map_err(|source| WarehouseError::Delta {
+            table: app_id.to_string(),
+            source: Box::new(source),
+        })
+}
+
+/// Commit properties: run metadata plus application transactions (watermark, loaded files).
+pub fn commit_properties(
+    metadata: Vec<(String, serde_json::Value)>,
+    txns: Vec<(String, i64)>,
+) -> CommitProperties {
+    CommitProperties::default()
+        .with_metadata(metadata)
+        .with_application_transactions(
+            txns.into_iter()
+                .map(|(id, v)| Transaction::new(id, v))
+                .collect(),
+        )
+}
+
+/// Delta has no unsigned integers: UInt8/16/32 are stored as the next wider signed type.
+pub fn to_delta(batch: &RecordBatch) -> Result<RecordBatch, arrow::error::ArrowError> {
+    let schema = delta_schema(batch.schema().as_ref());
+    let cols: Vec<ArrayRef> = batch
+        .columns()
+        .iter()
+        .zip(schema.fields())
+        .map(|(c, f)| {
+            if c.data_type() == f.data_type() {
+                Ok(c.clone())
+            } else {
+                cast(c, f.data_type())
+            }
+        })
+        .collect::<Result<_, _>>()?;
+    RecordBatch::try_new(Arc::new(schema), cols)
+}
+
+pub fn delta_schema(schema: &ArrowSchema) -> ArrowSchema {
+    ArrowSchema::new(
+        schema
+            .fields()
+            .iter()
+            .map(|f| {
+                let t = match f.data_type() {
+                    DataType::UInt8 => DataType::Int16,
+                    DataType::UInt16 => DataType::Int32,
+                    DataType::UInt32 => DataType::Int64,
+                    t => t.clone(),
+                };
+                f.as_ref().clone().with_data_type(t)
+            })
+            .collect::<Vec<_>>(),
+    )
+}
+
+/// Keeps one row per primary key: the one with the greatest `order` value (the newest
+/// `updated_at`), the last one read on ties. A merge must not see a key twice.
+pub fn dedup(
+    batch: &RecordBatch,
+    key: &[String],
+    order: Option<&str>,
+) -> Result<RecordBatch, arrow::error::ArrowError> {
+    let idx: Vec<usize> = key
+        .iter()
+        .map(|k| batch.schema().index_of(k))
+        .collect::<Result<_, _>>()?;
+    let conv = RowConverter::new(
+        idx.iter()
+            .map(|i| SortField::new(batch.column(*i).data_type().clone()))
+            .collect(),
+    )?;
+    let rows = conv.convert_columns(
+        &idx.iter()
+            .map(|i| batch.column(*i).clone())
+            .collect::<Vec<_>>(),
+    )?;
+    let order_col = match order {
+        Some(o) => Some(cast(
+            batch.column(batch.schema().index_of(o)?),
+            &DataType::Int64,
+        )?),
+        None => None,
+    };
+    let order_val = |i: usize| -> i64 {
+        order_col
+            .as_ref()
+            .and_then(|c| c.as_any().downcast_ref::<arrow::array::Int64Array>())
+            .map(|a| if a.is_null(i) { i64::MIN } else { a.value(i) })
+            .unwrap_or(0)
+    };
+    let mut best: HashMap<&[u8], usize> = HashMap::with_capacity(batch.num_rows());
+    for i in 0..batch.num_rows() {
+        let k = rows.row(i).data();
+        match best.get(k) {
+            Some(&j) if order_val(j) > order_val(i) => {}
+            _ => {
+                best.insert(k, i);
+            }
+        }
+    }
+    if best.len() == batch.num_rows() {
+        return Ok(batch.clone());
+    }
+    let mut keep: Vec<u32> = best.values().map(|i| *i as u32).collect();
+    keep.sort_unstable();
+    let indices = arrow::array::UInt32Array::from(keep);
+    let cols = batch
+        .columns()
+        .iter()
+        .map(|c| arrow::compute::take(c, &indices, None))
+        .collect::<Result<Vec<_>, _>>()?;
+    RecordBatch::try_new(batch.schema(), cols)
+}
+
+/// How a batch joins the table.
+pub enum WriteMode<'a> {
+    /// Upsert by key; a stored row is replaced when the incoming `order` is newer or equal.
+    Merge {
+        key: &'a [String],
+        order: Option<&'a str>,
+    },
+    /// Insert the rows whose key is not stored yet (events: idempotent by key).
+    InsertNew { key: &'a [String] },
+    /// Replace the whole table.
+    Replace,
+}
+
+/// Writes `batch` (already deduplicated) to the table in one commit with `props`.
+pub async fn write(
+    table: DeltaTable,
+    name: &str,
+    batch: RecordBatch,
+    partition: Option<&str>,
+    mode: WriteMode<'_>,
+    props: CommitProperties,
+) -> Result<DeltaTable, WarehouseError> {
+    let err = |source: deltalake::DeltaTableError| WarehouseError::Delta {
+        table: name.to_string(),
+        source: Box::new(source),
+    };
+    let batch = to_delta(&batch).map_err(|e| WarehouseError::Data {
+        table: name.to_string(),
+        message: e.to_string(),
+    })?;
+    let partitions: Vec<String> = partition.into_iter().map(String::from).collect();
+    let fresh = table.version().is_none();
+    match mode {
+        WriteMode::Replace => table
+            .write(vec![batch])
+            .with_save_mode(SaveMode::Overwrite)
+            .with_partition_columns(partitions)
+            .with_commit_properties(props)
+            .await
+            .map_err(err),
+        // A new table has nothing to merge with, and an empty batch nothing to merge: a plain
+        // write, which still commits the watermark and loaded files.
+        _ if fresh || batch.num_rows() == 0 => table
+            .write(vec![batch])
+            .with_save_mode(SaveMode::Append)
+            .with_partition_columns(partitions)
+            .with_commit_properties(props)
+            .await
+            .map_err(err),
+        WriteMode::Merge { .. } | WriteMode::InsertNew { .. } => {
+            let (key, order) = match &mode {
+                WriteMode::Merge { key, order } => (*key, *order),
+                WriteMode::InsertNew { key } => (*key, None),
+                WriteMode::Replace => unreachable!("handled above"),
+            };
+            let insert_only = matches!(mode, WriteMode::InsertNew { .. });
+            let columns: Vec<String> = batch
+                .schema()
+                .fields()
+                .iter()
+                .map(|f| f.name().clone())
+                .collect();
+            let ctx = datafusion::prelude::SessionContext::new();
+            let source = ctx.read_batch(batch).map_err(|e| WarehouseError::Data {
+                table: name.to_string(),
+                message: e.to_string(),
+            })?;
+            let predicate = key
+                .iter()
+                .map(|k| format!("t.{k} = s.{k}"))
+                .collect::<Vec<_>>()
+                .join(" AND ");
+            let mut m = table
+                .merge(source, predicate)
+                .with_source_alias("s")
+                .with_target_alias("t")
+                .with_commit_properties(props);
+            if !insert_only {
+                let cols = columns.clone();
+                m = m
+                    .when_matched_update(|mut u| {
+                        if let Some(o) = order {
+                            u = u.predicate(format!("s.{o} >= t.{o}"));
+                        }
+                        for c in &cols {
+                            u = u.update(c.as_str(), format!("s.{c}"));
+                        }
+                        u
+                    })
+                    .map_err(err)?;
+            }
+            m = m
+                .when_not_matched_insert(|mut i| {
+                    for c in &columns {
+                        i = i.set(c.as_str(), format!("s.{c}"));
+                    }
+                    i
+                })
+                .map_err(err)?;
+            m.await.map(|(t, _)| t).map_err(err)
+        }
+    }
+}
+
+/// Makes a warehouse table queryable by SQL under `name` in `ctx`.
+pub async fn register(
+    ctx: &datafusion::prelude::SessionContext,
+    table: &DeltaTable,
+    name: &str,
+) -> Result<(), WarehouseError> {
+    let err = |source: deltalake::DeltaTableError| WarehouseError::Delta {
+        table: name.to_string(),
+        source: Box::new(source),
+    };
+    table.update_datafusion_session(&ctx.state()).map_err(err)?;
+    let provider = table
+        .table_provider()
+        .await
+        .map_err(|e| WarehouseError::Data {
+            table: name.to_string(),
+            message: e.to_string(),
+        })?;
+    ctx.register_table(name, provider)
+        .map_err(|e| WarehouseError::Data {
+            table: name.to_string(),
+            message: e.to_string(),
+        })?;
+    Ok(())
+}

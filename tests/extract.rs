@@ -1,0 +1,509 @@
+//! `parstat extract`: files, PostgreSQL and MariaDB into Delta tables, with quarantine,
+//! personal data hashed or dropped, loaded files remembered, and crash safety.
+
+use datafusion::arrow::util::pretty::pretty_format_batches;
+use datafusion::prelude::SessionContext;
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Command;
+
+use crate::util::*;
+
+const KEY: &str = "test-key-0123456789abcdef";
+
+fn run(project: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_parstat"))
+        .arg("--project")
+        .arg(project)
+        .args(args)
+        .env("PARSTAT_PII_KEY", KEY)
+        .output()
+        .expect("run parstat")
+}
+
+fn ok(o: std::process::Output) -> String {
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "stderr:\n{}\nstdout:\n{}",
+        stderr(&o),
+        stdout(&o)
+    );
+    stdout(&o)
+}
+
+fn demo(project: &Path, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec!["demo", "--data-only", "--until", "2026-10"];
+    args.extend_from_slice(extra);
+    ok(run(project, &args));
+    serde_json::from_str(&std::fs::read_to_string(project.join("data/manifest.json")).unwrap())
+        .unwrap()
+}
+
+/// A DataFusion context over the warehouse's tables.
+async fn warehouse(project: &Path) -> SessionContext {
+    let ctx = SessionContext::new();
+    for entry in std::fs::read_dir(project.join("warehouse")).unwrap() {
+        let p = entry.unwrap().path();
+        if p.join("_delta_log").is_dir() {
+            let url = url::Url::from_directory_path(p.canonicalize().unwrap()).unwrap();
+            let table = deltalake::DeltaTable::try_from_url(url).await.unwrap();
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            parstat::warehouse::register(&ctx, &table, &name)
+                .await
+                .unwrap();
+        }
+    }
+    ctx
+}
+
+async fn count(ctx: &SessionContext, sql: &str) -> i64 {
+    let b = ctx.sql(sql).await.unwrap().collect().await.unwrap();
+    let a = b[0]
+        .column(0)
+        .as_any()
+        .downcast_ref::<datafusion::arrow::array::Int64Array>()
+        .unwrap();
+    a.value(0)
+}
+
+fn manifest_rows(m: &serde_json::Value, dataset: &str) -> i64 {
+    m["datasets"][dataset]["rows"].as_i64().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn files_land_in_delta_tables_once() {
+    let p = project_copy();
+    let m = demo(p.path(), &["--dossiers", "3000", "--seed", "5"]);
+    let out = ok(run(p.path(), &["extract", "--all"]));
+    assert_eq!(out.lines().count(), 5, "{out}");
+    let ctx = warehouse(p.path()).await;
+    for d in [
+        "dossier",
+        "investment_event",
+        "investment_disbursement",
+        "rating",
+        "satisfaction_vote",
+    ] {
+        assert_eq!(
+            count(&ctx, &format!("SELECT count(*) FROM {d}")).await,
+            manifest_rows(&m, d),
+            "{d}"
+        );
+    }
+    assert_eq!(
+        count(&ctx, "SELECT count(DISTINCT dossier_code) FROM dossier").await,
+        3000
+    );
+    // The contract's facts survive the trip: 1,402 projects and 417,021 billion VND.
+    let b = ctx
+        .sql(
+            "WITH latest AS (SELECT project_code, event_type, registered_capital_vnd, row_number() OVER (PARTITION BY project_code ORDER BY version DESC) AS rn
+               FROM investment_event WHERE event_date < DATE '2021-11-01')
+             SELECT count(*) AS n, CAST(sum(registered_capital_vnd) AS VARCHAR) AS cap FROM latest WHERE rn = 1 AND event_type NOT IN ('terminated', 'revoked')",
+        )
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let text = pretty_format_batches(&b).unwrap().to_string();
+    assert!(text.contains("| 1402 | 417021000000000 |"), "{text}");
+
+    // A second run loads nothing again.
+    let again = ok(run(p.path(), &["extract", "dossier"]));
+    assert!(
+        again.contains("0 read, 0 written") && again.contains("0 files loaded"),
+        "{again}"
+    );
+    let ctx = warehouse(p.path()).await;
+    assert_eq!(count(&ctx, "SELECT count(*) FROM dossier").await, 3000);
+    // --full reloads, and the merge keeps one row per dossier.
+    let full = ok(run(p.path(), &["extract", "dossier", "--full"]));
+    assert!(full.contains("3000 read"), "{full}");
+    let ctx = warehouse(p.path()).await;
+    assert_eq!(count(&ctx, "SELECT count(*) FROM dossier").await, 3000);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn local_midnight_decides_the_partition() {
+    let p = project_copy();
+    demo(p.path(), &["--dossiers", "3000"]);
+    ok(run(p.path(), &["extract", "dossier"]));
+    let ctx = warehouse(p.path()).await;
+    // Received on the 1st between 00:00 and 00:10 local: the previous day (and month) in UTC.
+    let edge = "FROM dossier WHERE date_part('day', received_at + INTERVAL '7 hours') = 1 AND date_part('hour', received_at + INTERVAL '7 hours') = 0";
+    let n = count(&ctx, &format!("SELECT count(*) {edge}")).await;
+    assert!(n > 10, "there are dossiers just after local midnight: {n}");
+    let utc_other = count(
+        &ctx,
+        &format!("SELECT count(*) {edge} AND received_month <> to_char(received_at, '%Y-%m')"),
+    )
+    .await;
+    assert_eq!(utc_other, n, "each is in another month in UTC");
+    let local_same = count(&ctx, &format!("SELECT count(*) {edge} AND received_month = to_char(received_at + INTERVAL '7 hours', '%Y-%m')")).await;
+    assert_eq!(local_same, n, "each is in its local month's partition");
+    // And the partition folder is the local month.
+    let b = ctx
+        .sql(&format!(
+            "SELECT dossier_code, received_month {edge} LIMIT 1"
+        ))
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let text = pretty_format_batches(&b).unwrap().to_string();
+    let month = text
+        .lines()
+        .nth(3)
+        .unwrap()
+        .split('|')
+        .nth(2)
+        .unwrap()
+        .trim()
+        .to_string();
+    assert!(
+        p.path()
+            .join(format!("warehouse/dossier/received_month={month}"))
+            .is_dir(),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_rows_go_to_quarantine_with_their_reasons() {
+    let p = project_copy();
+    let m = demo(p.path(), &["--dossiers", "4000", "--bad-rows", "0.02"]);
+    let out = ok(run(p.path(), &["extract", "dossier", "satisfaction_vote"]));
+    let bad: i64 = m["datasets"]["dossier"]["bad"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_i64().unwrap())
+        .sum();
+    assert!(bad > 30, "{bad}");
+    let ctx = warehouse(p.path()).await;
+    let stored = count(&ctx, "SELECT count(*) FROM dossier").await;
+    let quarantined = count(
+        &ctx,
+        "SELECT count(*) FROM quarantine WHERE dataset = 'dossier'",
+    )
+    .await;
+    assert_eq!(quarantined, bad, "{out}");
+    assert_eq!(stored + quarantined, 4000, "totals add up");
+    for (kind, needle) in [
+        ("broken_encoding", "broken encoding"),
+        ("missing_date", "received_at: missing"),
+        ("unknown_status", "status:"),
+        ("finish_before_receipt", "rule finished_not_before_receipt"),
+    ] {
+        let n = count(&ctx, &format!("SELECT count(*) FROM quarantine WHERE dataset = 'dossier' AND reasons LIKE '%{needle}%'")).await;
+        assert_eq!(
+            n,
+            m["datasets"]["dossier"]["bad"][kind].as_i64().unwrap(),
+            "{kind}"
+        );
+    }
+    let votes_bad: i64 = m["datasets"]["satisfaction_vote"]["bad"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_i64().unwrap())
+        .sum();
+    assert_eq!(
+        count(
+            &ctx,
+            "SELECT count(*) FROM quarantine WHERE dataset = 'satisfaction_vote'"
+        )
+        .await,
+        votes_bad
+    );
+}
+
+#[test]
+fn too_many_bad_rows_fail_the_run_and_store_nothing_of_it() {
+    let p = project_copy();
+    demo(p.path(), &["--dossiers", "2000", "--bad-rows", "0.3"]);
+    let o = run(p.path(), &["extract", "dossier"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("above the 5.0% allowed"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(
+        !p.path().join("warehouse/dossier/_delta_log").exists(),
+        "nothing stored"
+    );
+}
+
+#[test]
+fn refuses_to_run_without_the_hashing_key() {
+    let p = project_copy();
+    demo(p.path(), &["--dossiers", "500"]);
+    let o = Command::new(env!("CARGO_BIN_EXE_parstat"))
+        .arg("--project")
+        .arg(p.path())
+        .args(["extract", "dossier"])
+        .env_remove("PARSTAT_PII_KEY")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("PARSTAT_PII_KEY is not set"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(
+        !p.path().join("warehouse/dossier").exists()
+            || !p.path().join("warehouse/dossier/_delta_log").exists()
+    );
+}
+
+fn walk(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            walk(&p, out)
+        } else {
+            out.push(p)
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_personal_data_in_clear_anywhere_in_the_warehouse() {
+    let p = project_copy();
+    demo(p.path(), &["--dossiers", "3000", "--bad-rows", "0.02"]);
+    // The generated personal data, read from the source files.
+    let mut secrets = BTreeSet::new();
+    let mut files = Vec::new();
+    walk(&p.path().join("data/motcua"), &mut files);
+    for f in files
+        .iter()
+        .filter(|f| f.extension().is_some_and(|e| e == "ndjson"))
+    {
+        for line in std::fs::read(f)
+            .unwrap()
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+        {
+            let r: serde_json::Value =
+                serde_json::from_str(&String::from_utf8_lossy(line)).unwrap();
+            if r["LoaiDoiTuong"] == 1 {
+                for k in ["ChuHoSo", "SoGiayToChuHoSo", "SoDienThoai", "DiaChi"] {
+                    secrets.insert(r[k].as_str().unwrap().to_string());
+                }
+            }
+        }
+    }
+    assert!(secrets.len() > 1000);
+    ok(run(p.path(), &["extract", "--all"]));
+    // Raw bytes of every file (data, logs, quarantine), uncompressed or not.
+    let mut stored = Vec::new();
+    walk(&p.path().join("warehouse"), &mut stored);
+    let ids: Vec<&String> = secrets
+        .iter()
+        .filter(|s| s.chars().all(|c| c.is_ascii_digit()) && s.len() >= 9)
+        .collect();
+    let id_finder = aho_corasick::AhoCorasick::new(&ids).unwrap();
+    for f in &stored {
+        let bytes = std::fs::read(f).unwrap();
+        if let Some(m) = id_finder.find(&bytes) {
+            panic!(
+                "{} holds {}",
+                f.display(),
+                String::from_utf8_lossy(&bytes[m.start()..m.end()])
+            );
+        }
+    }
+    // And every text value of every table, decompressed by the reader.
+    let finder = aho_corasick::AhoCorasick::new(secrets.iter()).unwrap();
+    let ctx = warehouse(p.path()).await;
+    for t in ["dossier", "satisfaction_vote", "quarantine"] {
+        let b = ctx
+            .sql(&format!("SELECT * FROM {t}"))
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let text = pretty_format_batches(&b).unwrap().to_string();
+        if let Some(m) = finder.find(&text) {
+            panic!("table {t} holds {}", &text[m.start()..m.end()]);
+        }
+    }
+    let hashed = count(
+        &ctx,
+        "SELECT count(*) FROM dossier WHERE length(applicant_id) = 64",
+    )
+    .await;
+    assert!(hashed > 2000, "IDs are stored as 64-hex HMACs: {hashed}");
+}
+
+/// The one-stop-shop database's view of a dossier, in the dataset's terms.
+fn db_query(mysql: bool) -> String {
+    let level = "CASE d.cap_don_vi WHEN 'TINH' THEN 'province' WHEN 'HUYEN' THEN 'district' ELSE 'commune' END";
+    let paid = "(h.thanh_toan_truc_tuyen IN (1, 2))";
+    format!(
+        "SELECT h.ma_ho_so AS dossier_code, h.ma_thu_tuc AS procedure_code, t.ten_thu_tuc AS procedure_name,
+                t.ma_linh_vuc AS field_code, l.ten_linh_vuc AS field_name, h.ma_don_vi AS agency_code,
+                d.ten_don_vi AS agency_name, {level} AS agency_level, d.ma_dia_ban AS area_code,
+                t.muc_do AS service_level, h.kenh_thuc_hien AS channel, h.loai_doi_tuong AS applicant_type,
+                h.chu_ho_so AS applicant_name, h.so_giay_to AS applicant_id, h.so_dien_thoai AS applicant_phone,
+                h.dia_chi AS applicant_address, h.trang_thai AS status, h.ngay_nop AS submitted_at,
+                h.ngay_tiep_nhan AS received_at, h.ngay_hen_tra AS due_at, h.ngay_ket_thuc_xu_ly AS finished_at,
+                h.ngay_tra AS returned_at, h.so_lan_bo_sung AS supplement_count, h.tong_phi AS fee_vnd,
+                {paid} AS paid_online, h.co_thanh_phan_so_hoa AS digitized, h.xac_thuc_vneid AS vneid_verified,
+                h.ngay_cap_nhat AS updated_at
+         FROM {s}ho_so h JOIN {s}thu_tuc t ON t.ma_thu_tuc = h.ma_thu_tuc JOIN {s}linh_vuc l ON l.ma_linh_vuc = t.ma_linh_vuc
+              JOIN {s}don_vi d ON d.ma_don_vi = h.ma_don_vi
+         WHERE h.ngay_cap_nhat >= $watermark",
+        s = if mysql { "" } else { "SCHEMA_." }
+    )
+}
+
+async fn dossier_dump(project: &Path) -> String {
+    let ctx = warehouse(project).await;
+    let b = ctx
+        .sql("SELECT * FROM dossier ORDER BY dossier_code")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    pretty_format_batches(&b).unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_mariadb_and_files_give_identical_tables() {
+    use mysql_async::prelude::Queryable;
+    let schema = format!("parstat_x_{}", std::process::id());
+    let mut root = mysql_async::Conn::new(
+        mysql_async::Opts::from_url("mysql://root@127.0.0.1:3306/test").unwrap(),
+    )
+    .await
+    .unwrap();
+    root.query_drop(format!(
+        "CREATE DATABASE IF NOT EXISTS {schema} CHARACTER SET utf8mb4"
+    ))
+    .await
+    .unwrap();
+    let pg = "postgres://postgres@127.0.0.1:5432/test";
+    let my = format!("mysql://root@127.0.0.1:3306/{schema}");
+
+    let files = project_copy();
+    let s2 = schema.clone();
+    let (fp, my2) = (files.path().to_path_buf(), my.clone());
+    tokio::task::spawn_blocking(move || {
+        demo(
+            &fp,
+            &[
+                "--dossiers",
+                "2500",
+                "--postgres",
+                pg,
+                "--pg-schema",
+                &s2,
+                "--mysql",
+                &my2,
+            ],
+        )
+    })
+    .await
+    .unwrap();
+    ok(run(files.path(), &["extract", "dossier"]));
+    let from_files = dossier_dump(files.path()).await;
+
+    let mut dumps = Vec::new();
+    for (kind, url, mysql) in [
+        ("postgres", pg.to_string(), false),
+        ("mysql", my.clone(), true),
+    ] {
+        let p = project_copy();
+        std::fs::remove_file(p.path().join("pipelines/dossier.toml")).unwrap();
+        edit(p.path(), "parstat.toml", "[connections.exports]", &format!("[connections.motcua]\nkind = \"{kind}\"\nurl = \"${{MOTCUA_URL}}\"\n\n[connections.exports]"));
+        let q = db_query(mysql).replace("SCHEMA_", &schema);
+        std::fs::write(p.path().join("pipelines/dossier.toml"), format!("kind = \"extract\"\ndataset = \"dossier\"\nconnection = \"motcua\"\nmode = \"merge\"\nquery = \"\"\"\n{q}\n\"\"\"\n")).unwrap();
+        let o = Command::new(env!("CARGO_BIN_EXE_parstat"))
+            .arg("--project")
+            .arg(p.path())
+            .args(["extract", "dossier"])
+            .env("PARSTAT_PII_KEY", KEY)
+            .env("MOTCUA_URL", &url)
+            .output()
+            .unwrap();
+        let out = ok(o);
+        assert!(out.contains("2500 read, 2500 written"), "{kind}: {out}");
+        dumps.push((kind, dossier_dump(p.path()).await));
+    }
+    for (kind, d) in &dumps {
+        if d != &from_files {
+            let first = d.lines().zip(from_files.lines()).find(|(a, b)| a != b);
+            panic!("{kind} differs from the files; first differing line:\n{first:?}");
+        }
+    }
+    let (client, conn) = tokio_postgres::connect(pg, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
+        .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+        .await
+        .unwrap();
+    root.query_drop(format!("DROP DATABASE {schema}"))
+        .await
+        .unwrap();
+}
+
+#[test]
+fn a_killed_extract_reruns_to_every_row_exactly_once() {
+    let p = project_copy();
+    demo(p.path(), &["--dossiers", "60000"]);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_parstat"))
+        .arg("--project")
+        .arg(p.path())
+        .args(["-q", "extract", "dossier", "--chunk-rows", "2000"])
+        .env("PARSTAT_PII_KEY", KEY)
+        .spawn()
+        .unwrap();
+    // Kill it once some files are committed and others are not.
+    let log = p.path().join("warehouse/dossier/_delta_log");
+    let started = std::time::Instant::now();
+    loop {
+        let commits = std::fs::read_dir(&log)
+            .map(|d| {
+                d.filter(|e| {
+                    e.as_ref()
+                        .unwrap()
+                        .path()
+                        .extension()
+                        .is_some_and(|x| x == "json")
+                })
+                .count()
+            })
+            .unwrap_or(0);
+        if commits >= 5 || started.elapsed().as_secs() > 120 {
+            break;
+        }
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let killed = child.try_wait().unwrap().is_none();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(killed, "the extract was still running when killed");
+    ok(run(p.path(), &["extract", "dossier"]));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let ctx = warehouse(p.path()).await;
+        assert_eq!(count(&ctx, "SELECT count(*) FROM dossier").await, 60000);
+        assert_eq!(
+            count(&ctx, "SELECT count(DISTINCT dossier_code) FROM dossier").await,
+            60000
+        );
+    });
+}
