@@ -507,3 +507,86 @@ fn a_killed_extract_reruns_to_every_row_exactly_once() {
         );
     });
 }
+
+/// The sync API server of tests/fixtures, stopped when dropped.
+struct SyncApi(std::process::Child, u16);
+
+impl Drop for SyncApi {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn sync_api(data: &Path, token: &str, log: &Path) -> SyncApi {
+    use std::io::BufRead;
+    let mut child = Command::new("python3")
+        .arg(repo().join("tests/fixtures/sync_api.py"))
+        .arg(data)
+        .arg(token)
+        .arg(log)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 runs the test sync API");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port = line.trim().parse().expect("the server prints its port");
+    SyncApi(child, port)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_sync_api_gives_the_same_table_as_the_files() {
+    let files = project_copy();
+    demo(files.path(), &["--dossiers", "2500", "--seed", "9"]);
+    ok(run(files.path(), &["extract", "dossier"]));
+    let from_files = dossier_dump(files.path()).await;
+
+    let log = files.path().join("503.log");
+    let api = sync_api(&files.path().join("data"), "s3cret-token", &log);
+    let p = project_copy();
+    edit(p.path(), "parstat.toml", "[connections.exports]", "[connections.motcua_api]\nkind = \"http\"\nurl = \"${SYNC_URL}\"\ntoken = \"${SYNC_TOKEN}\"\npage_size = 400\n\n[connections.exports]");
+    let pipeline = std::fs::read_to_string(p.path().join("pipelines/dossier.toml")).unwrap();
+    let pipeline = pipeline
+        .replace("connection = \"exports\"", "connection = \"motcua_api\"")
+        .replace(
+            "path = \"motcua/hoso_*.ndjson\"\nformat = \"ndjson\"",
+            "endpoint = \"/api/hoso/sync\"\nrecords = \"data\"",
+        );
+    std::fs::write(p.path().join("pipelines/dossier.toml"), pipeline).unwrap();
+    let extract = |token: &str| {
+        Command::new(env!("CARGO_BIN_EXE_parstat"))
+            .arg("--project")
+            .arg(p.path())
+            .args(["extract", "dossier"])
+            .env("PARSTAT_PII_KEY", KEY)
+            .env("SYNC_URL", format!("http://127.0.0.1:{}", api.1))
+            .env("SYNC_TOKEN", token)
+            .output()
+            .unwrap()
+    };
+    let denied = extract("wrong");
+    assert_eq!(denied.status.code(), Some(1));
+    assert!(
+        stderr(&denied).contains("HTTP 401")
+            && stderr(&denied).contains("check the connection's token"),
+        "{}",
+        stderr(&denied)
+    );
+    let out = ok(extract("s3cret-token"));
+    assert!(out.contains("2500 read, 2500 written"), "{out}");
+    assert!(
+        std::fs::read_to_string(&log).unwrap().lines().count() >= 1,
+        "a 503 was served and retried"
+    );
+    let from_api = dossier_dump(p.path()).await;
+    assert!(
+        from_api == from_files,
+        "the API's table differs from the files'"
+    );
+    // The next run asks only for what changed since the watermark (minus the overlap).
+    let again = ok(extract("s3cret-token"));
+    assert!(!again.contains("2500 read"), "{again}");
+    assert_eq!(dossier_dump(p.path()).await, from_files);
+}

@@ -61,7 +61,7 @@ fn mapped_fields(job: &ExtractJob) -> BTreeSet<String> {
 }
 
 /// Missing or unexpected source fields: an error naming them before anything is written.
-fn check_fields(
+pub(crate) fn check_fields(
     file: &str,
     present: &BTreeSet<String>,
     job: &ExtractJob,
@@ -102,7 +102,7 @@ fn json_cell(v: &serde_json::Value) -> Cell {
     }
 }
 
-fn eval(
+pub(crate) fn eval(
     expr: &SourceExpr,
     rec: &serde_json::Map<String, serde_json::Value>,
 ) -> Result<Cell, String> {

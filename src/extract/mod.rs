@@ -5,6 +5,7 @@
 pub mod cell;
 pub mod convert;
 pub mod file;
+pub mod http;
 pub mod mysql;
 pub mod pii;
 pub mod postgres;
@@ -673,10 +674,34 @@ fn spawn_source(
                 sink.flush().await
             }))
         }
-        (SourceSpec::Http { .. }, ConnectionKind::Http) => Err(ExtractError::Config(format!(
-            "pipeline `{}`: the http source is not available yet",
-            pipeline.name
-        ))),
+        (SourceSpec::Http { endpoint, records }, ConnectionKind::Http) => {
+            let resolve = |v: &Option<crate::config::settings::EnvValue>| -> Result<Option<String>, ExtractError> {
+                v.as_ref().map(|v| v.resolve().map(|s| s.expose().to_string()).map_err(|e| ExtractError::Config(e.to_string()))).transpose()
+            };
+            let url = resolve(&conn.url)?.ok_or_else(|| {
+                ExtractError::Config(format!("connection `{}` has no url", conn.name))
+            })?;
+            let token = resolve(&conn.token)?;
+            let (endpoint, records, job) = (endpoint.clone(), records.clone(), job.clone());
+            let (page_size, timeout) = (
+                conn.page_size,
+                std::time::Duration::from_secs(conn.timeout_secs),
+            );
+            let columns: Vec<String> = job.columns.keys().cloned().collect();
+            Ok(tokio::spawn(async move {
+                let mut sink = RowSink::new(tx);
+                let src = http::HttpSource {
+                    base_url: &url,
+                    endpoint: &endpoint,
+                    records: records.as_deref(),
+                    token: token.as_deref(),
+                    page_size,
+                    timeout,
+                };
+                http::stream(&src, &job, &columns, since_local, &mut sink).await?;
+                sink.flush().await
+            }))
+        }
         _ => Err(ExtractError::Config(format!(
             "pipeline `{}` does not fit connection `{}`",
             pipeline.name, conn.name
