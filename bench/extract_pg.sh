@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Benchmark: extracting N dossiers from PostgreSQL. Loads N generated dossiers into the test
+# PostgreSQL (schema `bench`), then times in the same run, each from a cold process:
+#   parstat extract (binary COPY -> validation -> HMAC -> Delta table),
+#   DuckDB (postgres extension) copying the same query to zstd Parquet,
+#   ConnectorX reading the same query into Arrow,
+# and prints seconds, peak memory and the ratios to parstat. Usage: bench/extract_pg.sh [N]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+n="${1:-1000000}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/parstat-target}"
+command -v /usr/bin/time >/dev/null || { apt-get update -qq && apt-get install -y -qq time; }
+pip install -q duckdb==1.4.4 duckdb-ext-postgres==1.4.4.20260205 connectorx==0.4.6 pyarrow 2>/dev/null
+cargo build --release --quiet
+bin="$CARGO_TARGET_DIR/release/parstat"
+work="$(mktemp -d)"
+trap 'rm -rf "$work"; psql -q -h 127.0.0.1 -U postgres test -c "DROP SCHEMA IF EXISTS bench CASCADE" >/dev/null 2>&1 || true' EXIT
+cp -r parstat.toml pipelines schemas "$work/"
+rm "$work/pipelines/dossier.toml"
+sed -i 's/^\[connections.exports\]/[connections.motcua]\nkind = "postgres"\nurl = "${MOTCUA_DATABASE_URL}"\n\n[connections.exports]/' "$work/parstat.toml"
+{ printf 'kind = "extract"\ndataset = "dossier"\nconnection = "motcua"\nmode = "merge"\nquery = """\n'; grep -v '^--' bench/dossier_postgres.sql; printf '"""\n'; } > "$work/pipelines/dossier.toml"
+echo "loading $n dossiers into PostgreSQL (schema bench)..." >&2
+"$bin" -q --project "$work" demo --data-only --dossiers "$n" --until 2026-10 --postgres postgres://postgres@127.0.0.1:5432/test --pg-schema bench >/dev/null
+export MOTCUA_DATABASE_URL=postgres://postgres@127.0.0.1:5432/test PARSTAT_PII_KEY=bench-key-0123456789abcdef
+measure() { /usr/bin/time -f '%e %M' -o "$work/t" "$@" >/dev/null; cat "$work/t"; }
+read -r p_s p_k < <(measure "$bin" -q --project "$work" extract dossier)
+read -r d_s d_k < <(measure python3 bench/peers.py duckdb bench/dossier_postgres.sql "$work")
+read -r c_s c_k < <(measure python3 bench/peers.py connectorx bench/dossier_postgres.sql "$work")
+printf '%-12s %10s %14s %18s\n' tool seconds "peak RSS MiB" "time / parstat"
+for row in "parstat $p_s $p_k" "duckdb $d_s $d_k" "connectorx $c_s $c_k"; do
+    set -- $row
+    awk -v t="$1" -v s="$2" -v k="$3" -v p="$p_s" 'BEGIN { printf "%-12s %10.1f %14.0f %18.2f\n", t, s, k / 1024, s / p }'
+done
