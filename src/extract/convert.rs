@@ -3,7 +3,7 @@
 //! (types, nulls, allowed values), and personal data hashed or dropped on the way.
 
 use arrow::array::*;
-use arrow::datatypes::{DataType, Field, Schema as ArrowSchema, TimeUnit};
+use arrow::datatypes::{DataType, Schema as ArrowSchema, TimeUnit};
 use arrow::record_batch::RecordBatch;
 use chrono::{DateTime, Datelike, NaiveDate, NaiveDateTime, TimeZone};
 use std::collections::BTreeMap;
@@ -482,26 +482,6 @@ impl ColumnBuilder {
             ),
         }
     }
-}
-
-/// The Arrow schema Delta stores: Delta has no unsigned integers, so UInt8/UInt16/UInt32
-/// columns are kept as the next wider signed type.
-pub fn delta_schema(schema: &ArrowSchema) -> ArrowSchema {
-    ArrowSchema::new(
-        schema
-            .fields()
-            .iter()
-            .map(|f| {
-                let t = match f.data_type() {
-                    DataType::UInt8 => DataType::Int16,
-                    DataType::UInt16 => DataType::Int32,
-                    DataType::UInt32 => DataType::Int64,
-                    t => t.clone(),
-                };
-                Field::new(f.name(), t, f.is_nullable())
-            })
-            .collect::<Vec<_>>(),
-    )
 }
 
 #[cfg(test)]
