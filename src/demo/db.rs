@@ -6,7 +6,7 @@ use chrono::NaiveDateTime;
 use futures_util::SinkExt;
 use mysql_async::prelude::Queryable;
 
-use super::dossier::{BadKind, Catalogue, Dossier, DossierGen};
+use super::dossier::{BadKind, Catalogue, Dossier};
 use super::{DemoError, DemoOptions};
 
 /// Tables are replaced whole on every load: the demo database belongs to the demo.
@@ -156,13 +156,7 @@ pub async fn load_postgres(
     )
     .await
     .map_err(&err)?;
-    let mut fields: Vec<(&str, &str)> = cat
-        .procedures
-        .iter()
-        .map(|p| (p.field_code, p.field_name))
-        .collect();
-    fields.sort();
-    fields.dedup_by_key(|f| f.0);
+    let fields = cat.fields();
     for (c, n) in fields {
         copy_line(&mut buf, &[Some(c), Some(n)]);
     }
@@ -202,14 +196,7 @@ pub async fn load_postgres(
     futures_util::pin_mut!(sink);
     let mut votes = String::new();
     let (mut rows, mut vote_rows) = (0u64, 0u64);
-    for d in DossierGen::new(
-        &cat,
-        opts.seed,
-        opts.dossiers,
-        opts.until_day(),
-        opts.as_of(),
-        opts.bad_rows,
-    ) {
+    for d in opts.dossier_gen(&cat) {
         let name = stored_name(&d);
         let s = |v: &dyn ToString| v.to_string();
         copy_line(
@@ -328,13 +315,7 @@ pub async fn load_mysql(url: &str, opts: &DemoOptions) -> Result<(u64, u64), Dem
     insert_rows(&mut conn, "don_vi", 6, agencies)
         .await
         .map_err(&err)?;
-    let mut fields: Vec<(&str, &str)> = cat
-        .procedures
-        .iter()
-        .map(|p| (p.field_code, p.field_name))
-        .collect();
-    fields.sort();
-    fields.dedup_by_key(|f| f.0);
+    let fields = cat.fields();
     insert_rows(
         &mut conn,
         "linh_vuc",
@@ -367,14 +348,7 @@ pub async fn load_mysql(url: &str, opts: &DemoOptions) -> Result<(u64, u64), Dem
     let (mut rows, mut vote_rows) = (0u64, 0u64);
     let mut batch: Vec<Vec<V>> = Vec::with_capacity(1000);
     let mut votes: Vec<Vec<V>> = Vec::new();
-    for d in DossierGen::new(
-        &cat,
-        opts.seed,
-        opts.dossiers,
-        opts.until_day(),
-        opts.as_of(),
-        opts.bad_rows,
-    ) {
+    for d in opts.dossier_gen(&cat) {
         let name = stored_name(&d);
         batch.push(vec![
             V::from(&d.code),

@@ -80,6 +80,18 @@ impl Catalogue {
             procedures: province::procedures(),
         }
     }
+
+    /// The fields (code, name) of the procedures, once each, sorted by code.
+    pub fn fields(&self) -> Vec<(&'static str, &'static str)> {
+        let mut fields: Vec<(&str, &str)> = self
+            .procedures
+            .iter()
+            .map(|p| (p.field_code, p.field_name))
+            .collect();
+        fields.sort();
+        fields.dedup_by_key(|f| f.0);
+        fields
+    }
 }
 
 impl Default for Catalogue {

@@ -79,6 +79,19 @@ impl DemoOptions {
             .expect("valid time")
     }
 
+    /// The dossiers of these options, as every writer (files, PostgreSQL, MariaDB) must see
+    /// them: the same seed and bounds give the same rows.
+    pub fn dossier_gen<'a>(&self, cat: &'a Catalogue) -> DossierGen<'a> {
+        DossierGen::new(
+            cat,
+            self.seed,
+            self.dossiers,
+            self.until_day(),
+            self.as_of(),
+            self.bad_rows,
+        )
+    }
+
     /// Latest rating year whose results are published (in May of the next year).
     pub fn last_rating_year(&self) -> i16 {
         let (y, m) = self.until;
@@ -357,14 +370,7 @@ fn write_dossiers(
     manifest: &mut Manifest,
 ) -> Result<(), DemoError> {
     let cat = Catalogue::new();
-    let mut gen = DossierGen::new(
-        &cat,
-        opts.seed,
-        opts.dossiers,
-        opts.until_day(),
-        opts.as_of(),
-        opts.bad_rows,
-    );
+    let mut gen = opts.dossier_gen(&cat);
     let pb = progress_bar(opts.progress, gen.day_count() as u64, "dossiers");
     let vpath = dir.join(VOTES_FILE);
     let mut votes =
