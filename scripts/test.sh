@@ -33,6 +33,12 @@ done
 pg_isready -h 127.0.0.1 -p 5432 >/dev/null || { echo "PostgreSQL is not reachable at 127.0.0.1:5432" >&2; exit 1; }
 mariadb-admin -h 127.0.0.1 -u root status >/dev/null || { echo "MariaDB is not reachable at 127.0.0.1:3306" >&2; exit 1; }
 
+# An S3-compatible server for the warehouse-on-S3 test.
+if ! command -v moto_server >/dev/null 2>&1; then
+    log "installing moto (S3-compatible server) from PyPI"
+    python3 -m pip install -q "moto[server]"
+fi
+
 log "cargo fmt --check"
 cargo fmt --check
 log "cargo clippy --all-targets -- -D warnings"

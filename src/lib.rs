@@ -7,4 +7,6 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod extract;
+pub mod jobs;
+pub mod query;
 pub mod warehouse;

@@ -30,7 +30,7 @@ fn passes_on_the_demo_project() {
     let out = parstat(p.path(), &["check"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(
-        stdout(&out).starts_with("ok: 5 pipelines, 5 datasets checked"),
+        stdout(&out).starts_with("ok: 7 pipelines, 5 datasets checked"),
         "{}",
         stdout(&out)
     );
@@ -178,7 +178,7 @@ fn a_valid_report_job_passes() {
     let out = parstat(p.path(), &["check"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(
-        stdout(&out).starts_with("ok: 6 pipelines"),
+        stdout(&out).starts_with("ok: 7 pipelines"),
         "{}",
         stdout(&out)
     );
@@ -466,5 +466,47 @@ fn value_mappings_must_fit_the_schema() {
         "pipelines/dossier.toml",
         pos(&text2, "\"%Y%m%d%Q\""),
         "invalid time format `%Y%m%d%Q`",
+    );
+}
+
+#[test]
+fn report_comparisons_and_checks_are_validated() {
+    let p = project_copy();
+    let text = edit(
+        p.path(),
+        "pipelines/monthly_par.toml",
+        "dossier_monthly = [\"group_kind\", \"group_code\"]",
+        "dossier_monthy = [\"group_kind\", \"group code\"]",
+    );
+    let text = {
+        let t = text.replacen(
+            "name = \"resolved_split\"",
+            "name = \"to_process_identity\"",
+            1,
+        );
+        std::fs::write(p.path().join("pipelines/monthly_par.toml"), &t).unwrap();
+        t
+    };
+    let err = check(p.path(), 2);
+    expect(
+        &err,
+        "pipelines/monthly_par.toml",
+        pos(&text, "[\"group_kind\", \"group code\"]"),
+        "`dossier_monthy` is not a table of this report",
+    );
+    assert!(err.contains("did you mean `dossier_monthly`?"), "{err}");
+    let second = text.rfind("\"to_process_identity\"").unwrap();
+    let (line, col) = pos(&text[second..], "\"to_process_identity\"");
+    let before_lines = text[..second].matches('\n').count();
+    let col = if line == 1 {
+        text[..second].len() - text[..second].rfind('\n').map(|i| i + 1).unwrap_or(0) + col
+    } else {
+        col
+    };
+    expect(
+        &err,
+        "pipelines/monthly_par.toml",
+        (before_lines + line, col),
+        "duplicate check `to_process_identity`",
     );
 }

@@ -4,4 +4,6 @@
 mod check;
 mod demo;
 mod extract;
+mod report;
+mod s3;
 mod util;

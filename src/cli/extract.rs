@@ -59,7 +59,19 @@ pub async fn run(project_dir: &Path, args: ExtractArgs) -> Result<(), Failure> {
         let p = project.pipeline(n).expect("checked above");
         match extract::run(&project, p, &opts).await {
             Ok(s) => {
-                tracing::info!(pipeline = %s.pipeline, rows_read = s.rows_read, rows_written = s.rows_written, quarantined = s.rows_quarantined, seconds = s.seconds, "extract done");
+                tracing::info!(
+                    pipeline = %s.pipeline,
+                    dataset = %s.dataset,
+                    rows_read = s.rows_read,
+                    rows_written = s.rows_written,
+                    quarantined = s.rows_quarantined,
+                    files_loaded = s.files_loaded,
+                    bytes_read = s.bytes_read,
+                    seconds = s.seconds,
+                    watermark = s.watermark.as_deref().unwrap_or("none"),
+                    table_version = s.table_version.map(|v| v as i64).unwrap_or(-1),
+                    "extract done"
+                );
                 println!(
                     "{}: {} read, {} written, {} quarantined, {} files loaded ({} already loaded), {:.1} MB in {:.1} s; watermark {}; table `{}` version {}",
                     s.pipeline,

@@ -4,6 +4,7 @@
 mod check;
 mod demo;
 mod extract;
+mod report;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -37,6 +38,8 @@ pub enum Command {
     Check,
     /// Move datasets from their sources into the warehouse.
     Extract(extract::ExtractArgs),
+    /// Compute one report for one period: publish it, or preview its tables in a folder.
+    Report(report::ReportArgs),
 }
 
 /// Exit codes of the interface.
@@ -86,6 +89,7 @@ fn init_logging(verbose: u8, quiet: bool) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .try_init();
 }
@@ -124,6 +128,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Demo(args) => demo::run(&cli.project, args).await,
         Command::Check => check::run(&cli.project),
         Command::Extract(args) => extract::run(&cli.project, args).await,
+        Command::Report(args) => report::run(&cli.project, args).await,
     }
 }
 

@@ -11,6 +11,9 @@ use super::diag::{suggest, Diagnostics, Source};
 use super::toml_file::{self, fields_of};
 
 /// Source text -> dataset value, for one column.
+/// A list of names as written, each with its position.
+pub(crate) type NameList = Vec<Spanned<String>>;
+
 pub(crate) type ValueMap = BTreeMap<String, Spanned<toml::Value>>;
 
 #[derive(Deserialize)]
@@ -47,6 +50,19 @@ pub(crate) struct RawPipeline {
     pub to: Option<Spanned<Vec<Spanned<String>>>>,
     #[serde(default)]
     pub cc: Vec<Spanned<String>>,
+    /// Report tables to compare with the previous period: table -> key columns.
+    pub compare: Option<Spanned<BTreeMap<String, Spanned<NameList>>>>,
+    /// Publish checks: SQL that returns the offending rows.
+    pub checks: Option<Spanned<Vec<Spanned<RawCheck>>>>,
+    /// `*_rate` columns that may exceed 100 (disbursement can exceed registered capital).
+    pub unbounded_rates: Option<Spanned<Vec<Spanned<String>>>>,
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct RawCheck {
+    pub name: Spanned<String>,
+    pub sql: Spanned<String>,
+    pub message: Option<Spanned<String>>,
 }
 
 pub(crate) fn known_keys() -> Vec<&'static str> {
@@ -80,7 +96,7 @@ pub enum PeriodChoice {
     CurrentMonth,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum PeriodRule {
     /// The calendar month in local time.
     Calendar,
@@ -181,6 +197,21 @@ pub struct ReportJob {
     pub needs: Vec<String>,
     pub to: Vec<String>,
     pub cc: Vec<String>,
+    /// Tables whose measures get a `<measure>_prev` column, with the columns that match a row
+    /// to its previous-period row.
+    pub compare: BTreeMap<String, Vec<String>>,
+    /// Checks that must pass before the report is published or sent.
+    pub checks: Vec<ReportCheck>,
+    /// `*_rate` columns exempt from the 0..100 check.
+    pub unbounded_rates: Vec<String>,
+}
+
+/// A publish check: `sql` returns the rows that break it; none may.
+#[derive(Debug, Clone)]
+pub struct ReportCheck {
+    pub name: String,
+    pub sql: String,
+    pub message: String,
 }
 
 impl ReportJob {

@@ -224,6 +224,27 @@ fn extract(
     );
     not_for(src, raw.to.as_ref().map(|v| v.span()), "to", what, diags);
     not_for(src, raw.cc.first().map(|v| v.span()), "cc", what, diags);
+    not_for(
+        src,
+        raw.compare.as_ref().map(|v| v.span()),
+        "compare",
+        what,
+        diags,
+    );
+    not_for(
+        src,
+        raw.checks.as_ref().map(|v| v.span()),
+        "checks",
+        what,
+        diags,
+    );
+    not_for(
+        src,
+        raw.unbounded_rates.as_ref().map(|v| v.span()),
+        "unbounded_rates",
+        what,
+        diags,
+    );
 
     let Some(ds) = &raw.dataset else {
         diags.error_at(
@@ -876,6 +897,8 @@ fn report(
         .as_ref()
         .map(|n| n.get_ref().iter().map(|d| d.get_ref().clone()).collect())
         .unwrap_or_default();
+    let compare = report_compare(src, raw, &sql, diags);
+    let checks = report_checks(src, raw, diags);
     (diags.error_count() == before).then_some(ReportJob {
         title,
         sql,
@@ -885,7 +908,97 @@ fn report(
         needs,
         to,
         cc,
+        compare,
+        checks,
+        unbounded_rates: raw
+            .unbounded_rates
+            .as_ref()
+            .map(|v| v.get_ref().iter().map(|c| c.get_ref().clone()).collect())
+            .unwrap_or_default(),
     })
+}
+
+/// `[compare]`: table -> key columns; the table must be one of the report's own.
+fn report_compare(
+    src: &Source,
+    raw: &RawPipeline,
+    sql: &[PathBuf],
+    diags: &mut Diagnostics,
+) -> BTreeMap<String, Vec<String>> {
+    let mut out = BTreeMap::new();
+    let Some(map) = &raw.compare else { return out };
+    let tables: Vec<String> = sql.iter().map(|p| table_name(p)).collect();
+    let names: Vec<&str> = tables.iter().map(String::as_str).collect();
+    for (table, keys) in map.get_ref() {
+        // Keys of a TOML table carry no span of their own: point at the table's keys list.
+        let span = keys.span();
+        if !tables.contains(table) {
+            diags.error_at(
+                src,
+                span,
+                format!("`{table}` is not a table of this report"),
+                Some(suggest(table, &names)),
+            );
+            continue;
+        }
+        let mut cols = Vec::new();
+        for k in keys.get_ref() {
+            if !is_identifier(k.get_ref()) {
+                diags.error_at(
+                    src,
+                    k.span(),
+                    format!("`{}` is not a column name", k.get_ref()),
+                    Some("name the columns that identify a row, e.g. `[\"group_kind\", \"group_code\"]`".into()),
+                );
+            }
+            cols.push(k.get_ref().clone());
+        }
+        out.insert(table.clone(), cols);
+    }
+    out
+}
+
+/// `[[checks]]`: named SQL returning offending rows; names unique.
+fn report_checks(src: &Source, raw: &RawPipeline, diags: &mut Diagnostics) -> Vec<ReportCheck> {
+    let mut out: Vec<ReportCheck> = Vec::new();
+    let Some(list) = &raw.checks else { return out };
+    for c in list.get_ref() {
+        let c = c.get_ref();
+        let name = c.name.get_ref().trim().to_string();
+        if !is_identifier(&name) {
+            diags.error_at(
+                src,
+                c.name.span(),
+                format!("check name `{name}` is not an identifier"),
+                Some("use lower-case letters, digits and `_`".into()),
+            );
+        } else if out.iter().any(|o| o.name == name) {
+            diags.error_at(
+                src,
+                c.name.span(),
+                format!("duplicate check `{name}`"),
+                Some("give each check its own name".into()),
+            );
+        }
+        if c.sql.get_ref().trim().is_empty() {
+            diags.error_at(
+                src,
+                c.sql.span(),
+                "a check needs SQL that returns the offending rows",
+                None,
+            );
+        }
+        out.push(ReportCheck {
+            name,
+            sql: c.sql.get_ref().clone(),
+            message: c
+                .message
+                .as_ref()
+                .map(|m| m.get_ref().clone())
+                .unwrap_or_else(|| "the check's query returned rows".into()),
+        });
+    }
+    out
 }
 
 fn addresses(src: &Source, list: &[Spanned<String>], diags: &mut Diagnostics) -> Vec<String> {

@@ -255,6 +255,21 @@ pub fn new_communes(old: &[Commune]) -> Vec<Commune> {
     out
 }
 
+/// The area reference table the report SQL reads (`sql/seeds/area.csv`): the district-level
+/// units until the reorganisation, then the new communes and wards, with their validity.
+pub fn area_seed_csv() -> String {
+    let reorg = reorganisation();
+    let last = reorg.pred_opt().expect("a day before");
+    let mut s = String::from("area_code,area_name,area_level,valid_from,valid_until\n");
+    for &(d, name, _, _) in DISTRICTS {
+        s.push_str(&format!("{d},{name},district,,{last}\n"));
+    }
+    for c in new_communes(&old_communes()) {
+        s.push_str(&format!("{},{},commune,{reorg},\n", c.code, c.name));
+    }
+    s
+}
+
 /// Every agency that handles dossiers over the demo's history.
 pub fn agencies() -> Vec<Agency> {
     let reorg = reorganisation();

@@ -43,7 +43,8 @@ pub(crate) async fn stream(
     let mut checked = false;
     let mut n = 0u64;
     for page in 1u64.. {
-        let body = fetch(&client, &url, src, &since, page).await?;
+        let (body, size) = fetch(&client, &url, src, &since, page).await?;
+        sink.count_bytes(size);
         let list = match (&body, src.records) {
             (serde_json::Value::Array(a), _) => a.clone(),
             (serde_json::Value::Object(o), Some(field)) => match o.get(field) {
@@ -104,7 +105,7 @@ async fn fetch(
     src: &HttpSource<'_>,
     since: &str,
     page: u64,
-) -> Result<serde_json::Value, ExtractError> {
+) -> Result<(serde_json::Value, u64), ExtractError> {
     let mut delay = Duration::from_millis(200);
     let mut last = String::new();
     for attempt in 1..=ATTEMPTS {
@@ -118,11 +119,15 @@ async fn fetch(
         }
         match req.send().await {
             Ok(resp) if resp.status().is_success() => {
-                return resp.json().await.map_err(|e| {
+                let body = resp.bytes().await.map_err(|e| {
+                    ExtractError::Source(format!("{url} page {page}: reading the response: {e}"))
+                })?;
+                let value = serde_json::from_slice(&body).map_err(|e| {
                     ExtractError::Source(format!(
                         "{url} page {page}: the response is not JSON: {e}"
                     ))
-                });
+                })?;
+                return Ok((value, body.len() as u64));
             }
             Ok(resp) if resp.status().is_server_error() || resp.status().as_u16() == 429 => {
                 last = format!("HTTP {}", resp.status());

@@ -65,6 +65,8 @@ impl ExtractError {
 pub(crate) struct RowSink {
     tx: mpsc::Sender<Msg>,
     buf: Vec<RawRow>,
+    /// Bytes received from the source since the last flush, for the job's summary.
+    bytes: u64,
 }
 
 const SEND_ROWS: usize = 50_000;
@@ -74,6 +76,7 @@ impl RowSink {
         RowSink {
             tx,
             buf: Vec::with_capacity(SEND_ROWS),
+            bytes: 0,
         }
     }
 
@@ -92,7 +95,16 @@ impl RowSink {
         Ok(())
     }
 
+    /// Counts bytes read from the source (the wire or the response bodies).
+    pub(crate) fn count_bytes(&mut self, n: u64) {
+        self.bytes += n;
+    }
+
     async fn flush(&mut self) -> Result<(), ExtractError> {
+        if self.bytes > 0 {
+            let n = std::mem::take(&mut self.bytes);
+            self.tx.send(Msg::Bytes(n)).await.map_err(|_| stopped())?;
+        }
         if self.buf.is_empty() {
             return Ok(());
         }
@@ -125,6 +137,8 @@ enum Msg {
         bytes: u64,
     },
     FileSkipped,
+    /// Bytes read from a database or API source.
+    Bytes(u64),
 }
 
 #[derive(Debug, Clone, Default)]
@@ -274,6 +288,7 @@ pub async fn run(
                 pending_files.push((rel, fingerprint));
             }
             Some(Msg::FileSkipped) => summary.files_skipped += 1,
+            Some(Msg::Bytes(n)) => summary.bytes_read += n,
             None => {}
         }
         // Commit every `chunk` rows (small files share a commit, each marked as loaded in it)

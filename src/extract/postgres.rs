@@ -181,6 +181,7 @@ pub(crate) async fn stream(url: &str, query: &str, sink: &mut RowSink) -> Result
     while let Some(chunk) = stream.next().await {
         let chunk = chunk
             .map_err(|e| ExtractError::Source(format!("COPY stream failed after {n} rows: {e}")))?;
+        sink.count_bytes(chunk.len() as u64);
         buf.extend_from_slice(&chunk);
         if !header_done {
             if buf.len() < SIGNATURE.len() + 8 {

@@ -15,6 +15,7 @@ use std::path::Path;
 use std::sync::Arc;
 use url::Url;
 
+pub mod published;
 pub mod quarantine;
 
 #[derive(Debug, thiserror::Error)]

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Benchmark: one month's full report set over N generated dossiers. Generates the demo
+# province with N dossiers, extracts everything (release build), publishes the month before
+# (so the comparison reads what was published, as in production), then times, in the same
+# run and on the same Parquet files:
+#   parstat report monthly_par and monthly_investment --preview (whole process: start-up,
+#   planning, reading the Delta log, the SQL, the checks, writing the CSV and Parquet files);
+#   DuckDB 1.4.4 running the same SQL files with the same parameters (SQL time only).
+# Each is run 3 times; the best time counts. Usage: bench/report.sh [N] [PERIOD]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+n="${1:-10000000}"
+period="${2:-2026-09}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/parstat-target}"
+pip install -q duckdb==1.4.4 deltalake pyarrow 2>/dev/null
+cargo build --release --quiet
+bin="$CARGO_TARGET_DIR/release/parstat"
+work="${BENCH_DIR:-$(mktemp -d)}"
+cp -r parstat.toml pipelines schemas sql reports "$work/"
+export PARSTAT_PII_KEY=bench-key-0123456789abcdef
+if [ ! -f "$work/.extracted-$n" ]; then
+    echo "generating $n dossiers and extracting them into $work/warehouse ..." >&2
+    /usr/bin/time -f 'demo: %e s, %M KiB' "$bin" -q --project "$work" demo --data-only --dossiers "$n" --until 2026-10 >/dev/null
+    /usr/bin/time -f 'extract: %e s, %M KiB' "$bin" -q --project "$work" extract --all >/dev/null
+    touch "$work/.extracted-$n"
+fi
+prev=$(python3 -c "import sys; y,m=map(int,'$period'.split('-')); m-=1; y,m=(y-1,12) if m==0 else (y,m); print(f'{y:04d}-{m:02d}')")
+"$bin" -q --project "$work" report monthly_par --period "$prev" >/dev/null
+"$bin" -q --project "$work" report monthly_investment --period "$prev" >/dev/null
+best() { sort -n | head -n1; }
+time_parstat() {
+    for _ in 1 2 3; do
+        /usr/bin/time -f '%e %M' -o "$work/t" "$bin" -q --project "$work" report "$1" --period "$period" --preview "$work/preview-$1" >/dev/null
+        cat "$work/t"
+    done | sort -n | head -n1
+}
+time_duckdb() {
+    for _ in 1 2 3; do python3 bench/report_duckdb.py "$work" "$1" "$period" | cut -d' ' -f1; done | best
+}
+printf '%-20s %12s %12s %10s %14s\n' report "parstat s" "duckdb s" ratio "parstat MiB"
+for r in monthly_par monthly_investment; do
+    read -r p_s p_k < <(time_parstat "$r")
+    d_s=$(time_duckdb "$r")
+    awk -v r="$r" -v p="$p_s" -v d="$d_s" -v k="$p_k" 'BEGIN { printf "%-20s %12.2f %12.2f %10.2f %14.0f\n", r, p, d, p / d, k / 1024 }'
+done
+echo "ratio = parstat / duckdb (<= 1.0: parstat no slower). Data: $work" >&2

@@ -1,0 +1,675 @@
+//! The query stage: a report's SQL files run by DataFusion over the warehouse for one period,
+//! with the period parameters bound as typed values, each previous-period value joined in,
+//! and the publish checks run before anything leaves this stage.
+
+pub mod period;
+pub mod udf;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, RecordBatch, UInt64Array};
+use arrow::compute::cast;
+use arrow::datatypes::{DataType, Field, Schema as ArrowSchema, SchemaRef};
+use datafusion::common::metadata::ScalarAndMetadata;
+use datafusion::common::{ParamValues, ScalarValue};
+use datafusion::datasource::MemTable;
+use datafusion::prelude::{CsvReadOptions, SessionConfig, SessionContext};
+use sha2::{Digest, Sha256};
+
+use crate::config::pipeline::{Pipeline, ReportJob};
+use crate::config::Project;
+use crate::warehouse::{self, Warehouse, WarehouseError};
+pub use period::Period;
+
+/// The published copy of report table `t` in the warehouse and in SQL.
+pub fn published_name(table: &str) -> String {
+    format!("published_{table}")
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    #[error("{file}: error: {message}")]
+    Sql { file: String, message: String },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Warehouse(#[from] WarehouseError),
+    #[error("{}", checks_failed_text(report, period, failed))]
+    ChecksFailed {
+        report: String,
+        period: String,
+        failed: Vec<CheckOutcome>,
+    },
+}
+
+fn checks_failed_text(report: &str, period: &str, failed: &[CheckOutcome]) -> String {
+    let mut s = format!(
+        "report `{report}` for {period} was not published: {} check(s) failed",
+        failed.len()
+    );
+    for c in failed {
+        s.push_str(&format!(
+            "\n\ncheck `{}` failed on {} row(s): {}\n{}",
+            c.name, c.offending, c.message, c.sample
+        ));
+    }
+    s.push_str("\n\nhelp: fix the source data or the SQL, then rerun the report");
+    s
+}
+
+/// One result table of a report.
+#[derive(Debug, Clone)]
+pub struct ResultTable {
+    pub name: String,
+    pub sql_file: PathBuf,
+    /// SHA-256 of the SQL file's text, for the provenance footer.
+    pub sql_sha256: String,
+    pub schema: SchemaRef,
+    pub batches: Vec<RecordBatch>,
+}
+
+impl ResultTable {
+    pub fn rows(&self) -> usize {
+        self.batches.iter().map(|b| b.num_rows()).sum()
+    }
+    /// No row at all: the report says "no data" rather than printing zeros.
+    pub fn is_empty(&self) -> bool {
+        self.rows() == 0
+    }
+}
+
+/// The outcome of one publish check.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CheckOutcome {
+    pub name: String,
+    pub message: String,
+    pub passed: bool,
+    pub offending: usize,
+    /// The first offending rows, as a text table.
+    pub sample: String,
+}
+
+/// A warehouse table a report read, and the version it read.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct InputTable {
+    pub name: String,
+    pub version: Option<u64>,
+}
+
+/// Everything a report computed for one period.
+#[derive(Debug, Clone)]
+pub struct Computed {
+    pub report: String,
+    pub period: Period,
+    pub tables: Vec<ResultTable>,
+    pub checks: Vec<CheckOutcome>,
+    pub inputs: Vec<InputTable>,
+}
+
+impl Computed {
+    pub fn table(&self, name: &str) -> Option<&ResultTable> {
+        self.tables.iter().find(|t| t.name == name)
+    }
+}
+
+/// The typed parameters bound to every SQL file for `period`.
+pub fn params(period: &Period, tz: chrono_tz::Tz) -> Vec<(String, ScalarValue)> {
+    let (t0, t1) = period.bounds(tz);
+    let ts = |t: chrono::DateTime<chrono::Utc>| {
+        ScalarValue::TimestampMicrosecond(Some(t.timestamp_micros()), Some("UTC".into()))
+    };
+    let date = |d: chrono::NaiveDate| {
+        ScalarValue::Date32(Some(
+            (d - chrono::NaiveDate::from_ymd_opt(1970, 1, 1).expect("epoch")).num_days() as i32,
+        ))
+    };
+    let text = |s: String| ScalarValue::Utf8(Some(s));
+    let year_start = chrono::NaiveDate::from_ymd_opt(period.year, 1, 1).expect("1 January");
+    let first = period.first_day();
+    vec![
+        ("period".into(), text(period.label())),
+        ("period_rule".into(), text(period.rule_name().into())),
+        ("period_start".into(), ts(t0)),
+        ("period_end".into(), ts(t1)),
+        ("period_start_date".into(), date(first)),
+        ("period_end_date".into(), date(period.end_day())),
+        (
+            "period_start_month".into(),
+            text(format!("{}", first.format("%Y-%m"))),
+        ),
+        (
+            "period_year".into(),
+            ScalarValue::Int64(Some(period.year as i64)),
+        ),
+        (
+            "year_start".into(),
+            ts(period::local_midnight(year_start, tz)),
+        ),
+        ("year_start_date".into(), date(year_start)),
+        ("prev_period".into(), text(period.previous().label())),
+        ("trend_from".into(), text(period.offset(-11).label())),
+    ]
+}
+
+/// A session over the warehouse: every dataset of `schemas/` (an empty table when nothing was
+/// extracted yet), every published report table, the seeds in `sql/seeds/*.csv` and the
+/// local-time functions.
+pub async fn session(
+    project: &Project,
+    wh: &Warehouse,
+) -> Result<(SessionContext, Vec<InputTable>), QueryError> {
+    let config = SessionConfig::new()
+        .with_information_schema(true)
+        // Parquet statistics and partition values prune by period; pushing the period
+        // predicates into the scan lets the reader skip row groups as well.
+        .set_bool("datafusion.execution.parquet.pushdown_filters", true)
+        .set_bool("datafusion.execution.parquet.reorder_filters", true);
+    let ctx = SessionContext::new_with_config(config);
+    udf::register(&ctx, project.settings.timezone);
+    let mut inputs = Vec::new();
+    for (name, schema) in &project.schemas {
+        let table = wh.open(name).await?;
+        match table.version() {
+            Some(v) => {
+                warehouse::register(&ctx, &table, name).await?;
+                inputs.push(InputTable {
+                    name: name.clone(),
+                    version: Some(v),
+                });
+            }
+            None => {
+                let empty = Arc::new(warehouse::delta_schema(&schema.arrow_schema()));
+                register_batches(&ctx, name, empty, vec![])?;
+                inputs.push(InputTable {
+                    name: name.clone(),
+                    version: None,
+                });
+            }
+        }
+    }
+    for p in &project.pipelines {
+        let Some(r) = p.as_report() else { continue };
+        for t in r.tables() {
+            let pname = published_name(&t);
+            let table = wh.open(&pname).await?;
+            if table.version().is_some() {
+                warehouse::register(&ctx, &table, &pname).await?;
+            }
+        }
+    }
+    register_seeds(&ctx, &project.root.join("sql").join("seeds")).await?;
+    Ok((ctx, inputs))
+}
+
+/// Seeds: small reference tables kept as CSV beside the SQL (area names, for example). Every
+/// column is text, so codes like `0436` keep their leading zeros.
+async fn register_seeds(ctx: &SessionContext, dir: &Path) -> Result<(), QueryError> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "csv"))
+        .collect();
+    files.sort();
+    for f in files {
+        let io = |source| QueryError::Io {
+            path: f.clone(),
+            source,
+        };
+        let text = std::fs::read_to_string(&f).map_err(io)?;
+        let header = text.lines().next().unwrap_or_default();
+        let fields: Vec<Field> = header
+            .split(',')
+            .map(|h| Field::new(h.trim(), DataType::Utf8, true))
+            .collect();
+        let schema = ArrowSchema::new(fields);
+        let name = crate::config::pipeline::table_name(&f);
+        ctx.register_csv(
+            &name,
+            f.to_string_lossy().as_ref(),
+            CsvReadOptions::new().schema(&schema).has_header(true),
+        )
+        .await
+        .map_err(|e| QueryError::Sql {
+            file: f.display().to_string(),
+            message: e.to_string(),
+        })?;
+    }
+    Ok(())
+}
+
+fn register_batches(
+    ctx: &SessionContext,
+    name: &str,
+    schema: SchemaRef,
+    batches: Vec<RecordBatch>,
+) -> Result<(), QueryError> {
+    let mem = MemTable::try_new(schema, vec![batches]).map_err(|e| QueryError::Sql {
+        file: name.to_string(),
+        message: e.to_string(),
+    })?;
+    let _ = ctx.deregister_table(name);
+    ctx.register_table(name, Arc::new(mem))
+        .map_err(|e| QueryError::Sql {
+            file: name.to_string(),
+            message: e.to_string(),
+        })?;
+    Ok(())
+}
+
+/// Runs `sql` with the period's parameters bound and collects the result with plain types
+/// (no view, dictionary or unsigned types, which neither Delta nor the workbook want).
+pub async fn run_sql(
+    ctx: &SessionContext,
+    origin: &str,
+    sql: &str,
+    params: &[(String, ScalarValue)],
+) -> Result<(SchemaRef, Vec<RecordBatch>), QueryError> {
+    let err = |e: datafusion::error::DataFusionError| QueryError::Sql {
+        file: origin.to_string(),
+        message: e.to_string(),
+    };
+    let df = ctx.sql(sql).await.map_err(err)?;
+    let map: std::collections::HashMap<String, ScalarAndMetadata> = params
+        .iter()
+        .map(|(k, v)| (k.clone(), ScalarAndMetadata::from(v.clone())))
+        .collect();
+    let df = df.with_param_values(ParamValues::Map(map)).map_err(err)?;
+    let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+    let batches = df.collect().await.map_err(err)?;
+    let plain = plain_schema(&schema);
+    let batches = batches
+        .iter()
+        .map(|b| plain_batch(b, &plain))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| QueryError::Sql {
+            file: origin.to_string(),
+            message: e.to_string(),
+        })?;
+    Ok((plain, batches))
+}
+
+fn plain_type(t: &DataType) -> DataType {
+    match t {
+        DataType::Utf8View | DataType::LargeUtf8 => DataType::Utf8,
+        DataType::BinaryView | DataType::LargeBinary => DataType::Binary,
+        DataType::Dictionary(_, v) => plain_type(v),
+        DataType::UInt8 => DataType::Int16,
+        DataType::UInt16 => DataType::Int32,
+        DataType::UInt32 => DataType::Int64,
+        DataType::UInt64 => DataType::Int64,
+        other => other.clone(),
+    }
+}
+
+fn plain_schema(s: &ArrowSchema) -> SchemaRef {
+    Arc::new(ArrowSchema::new(
+        s.fields()
+            .iter()
+            .map(|f| Field::new(f.name(), plain_type(f.data_type()), true))
+            .collect::<Vec<_>>(),
+    ))
+}
+
+fn plain_batch(
+    b: &RecordBatch,
+    schema: &SchemaRef,
+) -> Result<RecordBatch, arrow::error::ArrowError> {
+    let cols = b
+        .columns()
+        .iter()
+        .zip(schema.fields())
+        .map(|(c, f)| {
+            if c.data_type() == f.data_type() {
+                Ok(c.clone())
+            } else {
+                cast(c, f.data_type())
+            }
+        })
+        .collect::<Result<Vec<ArrayRef>, _>>()?;
+    RecordBatch::try_new(schema.clone(), cols)
+}
+
+fn sha256_hex(text: &str) -> String {
+    hex::encode(Sha256::digest(text.as_bytes()))
+}
+
+/// Computes every table of `report` for `period`: the SQL files in order (each result is a
+/// table the later files can read), then the previous-period values, then the checks. A
+/// failed check is an error: nothing computed here may be published.
+pub async fn compute(
+    project: &Project,
+    wh: &Warehouse,
+    pipeline: &Pipeline,
+    period: Period,
+) -> Result<Computed, QueryError> {
+    let report = pipeline
+        .as_report()
+        .expect("compute is called for report pipelines");
+    let (ctx, inputs) = session(project, wh).await?;
+    let mut tables = run_files(project, &ctx, report, &period).await?;
+    if !report.compare.is_empty() {
+        let previous = previous_values(project, wh, &ctx, report, &period).await?;
+        for t in tables.iter_mut() {
+            let Some(keys) = report.compare.get(&t.name) else {
+                continue;
+            };
+            let prev = previous.get(&t.name).cloned().unwrap_or_default();
+            let batches = join_previous(t, keys, prev).await?;
+            t.batches = batches;
+            t.schema = t
+                .batches
+                .first()
+                .map(|b| b.schema())
+                .unwrap_or_else(|| t.schema.clone());
+            register_batches(&ctx, &t.name, t.schema.clone(), t.batches.clone())?;
+        }
+    }
+    let checks = run_checks(&ctx, &tables, report, &period, project).await?;
+    let failed: Vec<CheckOutcome> = checks.iter().filter(|c| !c.passed).cloned().collect();
+    if !failed.is_empty() {
+        return Err(QueryError::ChecksFailed {
+            report: pipeline.name.clone(),
+            period: period.to_string(),
+            failed,
+        });
+    }
+    Ok(Computed {
+        report: pipeline.name.clone(),
+        period,
+        tables,
+        checks,
+        inputs,
+    })
+}
+
+async fn run_files(
+    project: &Project,
+    ctx: &SessionContext,
+    report: &ReportJob,
+    period: &Period,
+) -> Result<Vec<ResultTable>, QueryError> {
+    let params = params(period, project.settings.timezone);
+    let mut tables = Vec::new();
+    for file in &report.sql {
+        let path = project.root.join(file);
+        let sql = std::fs::read_to_string(&path).map_err(|source| QueryError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let name = crate::config::pipeline::table_name(file);
+        let origin = file.display().to_string();
+        let started = std::time::Instant::now();
+        let (schema, batches) = run_sql(ctx, &origin, &sql, &params).await?;
+        tracing::debug!(table = %name, seconds = started.elapsed().as_secs_f64(), "computed");
+        register_batches(ctx, &name, schema.clone(), batches.clone())?;
+        // A report table whose history is not published yet reads as empty, so that trend
+        // queries over `published_<table>` work from the first run on.
+        let pname = published_name(&name);
+        if !ctx.table_exist(pname.as_str()).unwrap_or(false) {
+            register_batches(ctx, &pname, warehouse::published::schema(&schema), vec![])?;
+        }
+        tables.push(ResultTable {
+            name,
+            sql_file: file.clone(),
+            sql_sha256: sha256_hex(&sql),
+            schema,
+            batches,
+        });
+    }
+    Ok(tables)
+}
+
+/// The previous period's values of each compared table: what was published for it, or, when
+/// nothing was, the same SQL computed for that period (not published).
+async fn previous_values(
+    project: &Project,
+    wh: &Warehouse,
+    ctx: &SessionContext,
+    report: &ReportJob,
+    period: &Period,
+) -> Result<BTreeMap<String, Vec<RecordBatch>>, QueryError> {
+    let prev = period.previous();
+    let mut out = BTreeMap::new();
+    let mut missing = Vec::new();
+    for table in report.compare.keys() {
+        let pname = published_name(table);
+        let stored = wh.open(&pname).await?;
+        if stored.version().is_some() {
+            let (_, batches) = run_sql(
+                ctx,
+                &pname,
+                &format!(
+                    "SELECT * FROM {pname} WHERE period = $prev_period AND period_rule = $period_rule"
+                ),
+                &params(period, project.settings.timezone),
+            )
+            .await?;
+            if batches.iter().map(|b| b.num_rows()).sum::<usize>() > 0 {
+                out.insert(table.clone(), batches);
+                continue;
+            }
+        }
+        missing.push(table.clone());
+    }
+    if !missing.is_empty() {
+        tracing::info!(period = %prev, tables = ?missing, "previous period not published; computing it for the comparison");
+        let (pctx, _) = session(project, wh).await?;
+        let tables = run_files(project, &pctx, report, &prev).await?;
+        for t in tables {
+            if missing.contains(&t.name) {
+                out.insert(t.name, t.batches);
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn is_measure(t: &DataType) -> bool {
+    t.is_numeric() || matches!(t, DataType::Decimal128(_, _))
+}
+
+/// Adds `<measure>_prev` after the current columns: every numeric column that is not a key,
+/// matched on the keys (NULL keys match NULL keys). Row order is kept.
+async fn join_previous(
+    t: &ResultTable,
+    keys: &[String],
+    prev: Vec<RecordBatch>,
+) -> Result<Vec<RecordBatch>, QueryError> {
+    let ctx = SessionContext::new();
+    let origin = format!("{} (previous period)", t.sql_file.display());
+    let err = |e: String| QueryError::Sql {
+        file: origin.clone(),
+        message: e,
+    };
+    // The current rows, numbered to restore their order after the join.
+    let mut numbered = Vec::new();
+    let mut offset = 0u64;
+    let mut fields: Vec<Field> = t
+        .schema
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
+    fields.push(Field::new("__row", DataType::UInt64, false));
+    let nschema = Arc::new(ArrowSchema::new(fields));
+    for b in &t.batches {
+        let n = b.num_rows() as u64;
+        let mut cols = b.columns().to_vec();
+        cols.push(Arc::new(UInt64Array::from_iter_values(offset..offset + n)));
+        offset += n;
+        numbered.push(RecordBatch::try_new(nschema.clone(), cols).map_err(|e| err(e.to_string()))?);
+    }
+    register_batches(&ctx, "__cur", nschema, numbered)?;
+    let prev_schema = prev
+        .first()
+        .map(|b| b.schema())
+        .unwrap_or_else(|| t.schema.clone());
+    register_batches(&ctx, "__prev", prev_schema.clone(), prev)?;
+    let q = |c: &str| format!("\"{}\"", c.replace('"', "\"\""));
+    let mut select = vec!["c.*".to_string()];
+    for f in t.schema.fields() {
+        let n = f.name();
+        if keys.contains(n) || n.ends_with("_prev") || !is_measure(f.data_type()) {
+            continue;
+        }
+        let prev_col = format!("{n}_prev");
+        if t.schema.field_with_name(&prev_col).is_ok() {
+            // The SQL computed it itself.
+            continue;
+        }
+        if prev_schema.field_with_name(n).is_ok() {
+            select.push(format!("p.{} AS {}", q(n), q(&prev_col)));
+        } else {
+            select.push(format!(
+                "CAST(NULL AS {}) AS {}",
+                sql_type(f.data_type()),
+                q(&prev_col)
+            ));
+        }
+    }
+    for k in keys {
+        if prev_schema.field_with_name(k).is_err() || t.schema.field_with_name(k).is_err() {
+            return Err(err(format!(
+                "compare key `{k}` is not a column of `{}`",
+                t.name
+            )));
+        }
+    }
+    let on = if keys.is_empty() {
+        "TRUE".to_string()
+    } else {
+        keys.iter()
+            .map(|k| format!("(c.{} IS NOT DISTINCT FROM p.{})", q(k), q(k)))
+            .collect::<Vec<_>>()
+            .join(" AND ")
+    };
+    let sql = format!(
+        "SELECT {} FROM __cur c LEFT JOIN __prev p ON {on} ORDER BY c.__row",
+        select.join(", ")
+    );
+    let df = ctx.sql(&sql).await.map_err(|e| err(e.to_string()))?;
+    let df = df
+        .drop_columns(&["__row"])
+        .map_err(|e| err(e.to_string()))?;
+    let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+    let batches = df.collect().await.map_err(|e| err(e.to_string()))?;
+    let plain = plain_schema(&schema);
+    let out = batches
+        .iter()
+        .map(|b| plain_batch(b, &plain))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| err(e.to_string()))?;
+    if out.is_empty() {
+        return Ok(vec![RecordBatch::new_empty(plain)]);
+    }
+    Ok(out)
+}
+
+fn sql_type(t: &DataType) -> String {
+    match t {
+        DataType::Decimal128(p, s) => format!("DECIMAL({p},{s})"),
+        DataType::Float32 | DataType::Float64 => "DOUBLE".into(),
+        DataType::Int8 | DataType::Int16 | DataType::Int32 => "INT".into(),
+        _ => "BIGINT".into(),
+    }
+}
+
+/// The checks: every `*_rate` column within 0..100, then the report's own checks (SQL that
+/// returns the offending rows).
+async fn run_checks(
+    ctx: &SessionContext,
+    tables: &[ResultTable],
+    report: &ReportJob,
+    period: &Period,
+    project: &Project,
+) -> Result<Vec<CheckOutcome>, QueryError> {
+    let params = params(period, project.settings.timezone);
+    let mut out = Vec::new();
+    for t in tables {
+        let rates: Vec<String> = t
+            .schema
+            .fields()
+            .iter()
+            .filter(|f| {
+                f.name().ends_with("_rate")
+                    && is_measure(f.data_type())
+                    && !report.unbounded_rates.contains(f.name())
+            })
+            .map(|f| f.name().clone())
+            .collect();
+        if rates.is_empty() {
+            continue;
+        }
+        let cond = rates
+            .iter()
+            .map(|r| format!("\"{r}\" < 0 OR \"{r}\" > 100"))
+            .collect::<Vec<_>>()
+            .join(" OR ");
+        let sql = format!("SELECT * FROM {} WHERE {cond}", t.name);
+        out.push(
+            check(
+                ctx,
+                &format!("{}_rates_within_0_100", t.name),
+                &format!(
+                    "rates of `{}` must lie within 0..100 ({})",
+                    t.name,
+                    rates.join(", ")
+                ),
+                &sql,
+                &params,
+            )
+            .await?,
+        );
+    }
+    for c in &report.checks {
+        out.push(check(ctx, &c.name, &c.message, &c.sql, &params).await?);
+    }
+    Ok(out)
+}
+
+async fn check(
+    ctx: &SessionContext,
+    name: &str,
+    message: &str,
+    sql: &str,
+    params: &[(String, ScalarValue)],
+) -> Result<CheckOutcome, QueryError> {
+    let (_, batches) = run_sql(ctx, &format!("check `{name}`"), sql, params).await?;
+    let offending: usize = batches.iter().map(|b| b.num_rows()).sum();
+    let sample = if offending == 0 {
+        String::new()
+    } else {
+        let mut first = Vec::new();
+        let mut left = 10usize;
+        for b in &batches {
+            if left == 0 {
+                break;
+            }
+            let n = b.num_rows().min(left);
+            first.push(b.slice(0, n));
+            left -= n;
+        }
+        let mut text = arrow::util::pretty::pretty_format_batches(&first)
+            .map(|t| t.to_string())
+            .unwrap_or_default();
+        if offending > 10 {
+            text.push_str(&format!("\n… and {} more", offending - 10));
+        }
+        text
+    };
+    Ok(CheckOutcome {
+        name: name.to_string(),
+        message: message.to_string(),
+        passed: offending == 0,
+        offending,
+        sample,
+    })
+}
