@@ -33,10 +33,15 @@ done
 pg_isready -h 127.0.0.1 -p 5432 >/dev/null || { echo "PostgreSQL is not reachable at 127.0.0.1:5432" >&2; exit 1; }
 mariadb-admin -h 127.0.0.1 -u root status >/dev/null || { echo "MariaDB is not reachable at 127.0.0.1:3306" >&2; exit 1; }
 
-# An S3-compatible server for the warehouse-on-S3 test.
-if ! command -v moto_server >/dev/null 2>&1; then
-    log "installing moto (S3-compatible server) from PyPI"
-    python3 -m pip install -q "moto[server]"
+# An S3-compatible server for the warehouse-on-S3 test, an SMTP server for the delivery tests.
+if ! command -v moto_server >/dev/null 2>&1 || ! python3 -c "import aiosmtpd" 2>/dev/null; then
+    log "installing moto (S3-compatible server) and aiosmtpd (SMTP server) from PyPI"
+    python3 -m pip install -q "moto[server]" aiosmtpd
+fi
+# Headless Chromium, to take a screenshot of the rendered email (kept in artifacts/).
+if ! command -v chromium >/dev/null 2>&1; then
+    log "installing chromium from Debian's packages"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
 fi
 
 log "cargo fmt --check"

@@ -5,8 +5,10 @@
 
 pub mod cli;
 pub mod config;
+pub mod deliver;
 pub mod demo;
 pub mod extract;
 pub mod jobs;
 pub mod query;
+pub mod render;
 pub mod warehouse;

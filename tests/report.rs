@@ -410,6 +410,24 @@ pub fn write_fixture(project: &Path) {
     std::fs::write(dir.join("danh_gia_hai_long.csv"), csv).unwrap();
 }
 
+/// The demo province until December 2021 (3,000 dossiers), extracted.
+pub fn demo_project() -> tempfile::TempDir {
+    let p = project_copy();
+    ok(run(
+        p.path(),
+        &[
+            "demo",
+            "--data-only",
+            "--until",
+            "2021-12",
+            "--dossiers",
+            "3000",
+        ],
+    ));
+    ok(run(p.path(), &["extract", "--all"]));
+    p
+}
+
 fn fixture_project() -> tempfile::TempDir {
     let p = project_copy();
     write_fixture(p.path());
@@ -825,19 +843,7 @@ fn a_broken_sql_file_is_named_with_exit_code_2() {
 
 #[test]
 fn the_demo_reproduces_the_provinces_published_facts() {
-    let p = project_copy();
-    ok(run(
-        p.path(),
-        &[
-            "demo",
-            "--data-only",
-            "--until",
-            "2021-12",
-            "--dossiers",
-            "3000",
-        ],
-    ));
-    ok(run(p.path(), &["extract", "--all"]));
+    let p = demo_project();
     let out = p.path().join("inv");
     ok(run(
         p.path(),

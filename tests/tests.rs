@@ -2,6 +2,7 @@
 //! or the library against real files, PostgreSQL and MariaDB.
 
 mod check;
+mod deliver;
 mod demo;
 mod extract;
 mod report;

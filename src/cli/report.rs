@@ -1,5 +1,5 @@
-//! `parstat report <report> --period YYYY-MM [--preview DIR]`: compute one report for one
-//! period; publish it, or write its tables to DIR. Paths and counts go to stdout.
+//! `parstat report <report> --period YYYY-MM [--preview DIR] [--resend]`: compute one report
+//! for one period, publish and deliver it, or write its tables and email to DIR.
 
 use std::path::{Path, PathBuf};
 
@@ -19,6 +19,9 @@ pub struct ReportArgs {
     /// publish and send nothing.
     #[arg(long, value_name = "DIR")]
     pub preview: Option<PathBuf>,
+    /// Send again to recipients who already received this report for this period.
+    #[arg(long, conflicts_with = "preview")]
+    pub resend: bool,
 }
 
 pub async fn run(project_dir: &Path, args: ReportArgs) -> Result<(), Failure> {
@@ -43,6 +46,8 @@ pub async fn run(project_dir: &Path, args: ReportArgs) -> Result<(), Failure> {
     let period = Period::parse(&args.period, rule).map_err(Failure::usage)?;
     let opts = ReportOptions {
         preview: args.preview.as_deref(),
+        send: true,
+        resend: args.resend,
     };
     let outcome = match report::run(&project, pipeline, period, &opts).await {
         Ok(o) => o,
@@ -72,6 +77,17 @@ pub async fn run(project_dir: &Path, args: ReportArgs) -> Result<(), Failure> {
     }
     for (t, v) in &outcome.published {
         println!("published_{t}: version {v}");
+    }
+    for d in &outcome.delivered {
+        let what = match d.outcome {
+            crate::deliver::ledger::Outcome::Sent => "sent",
+            crate::deliver::ledger::Outcome::Failed => "FAILED",
+            crate::deliver::ledger::Outcome::AlreadyDelivered => "already delivered",
+        };
+        match &d.file {
+            Some(f) => println!("{}: {what} {} {}", d.recipient, d.message_id, f.display()),
+            None => println!("{}: {what} {}", d.recipient, d.message_id),
+        }
     }
     Ok(())
 }

@@ -849,6 +849,17 @@ fn report(
                     format!("template `{}` not found", t.get_ref()),
                     Some("paths are relative to the project folder".into()),
                 );
+            } else if !root.join(p.with_extension("txt")).is_file() {
+                diags.error_at(
+                    src,
+                    t.span(),
+                    format!(
+                        "the plain-text alternative `{}` of template `{}` is not found",
+                        p.with_extension("txt").display(),
+                        t.get_ref()
+                    ),
+                    Some("every email has a plain-text part with the same figures: add it beside the HTML template".into()),
+                );
             }
             p
         }

@@ -257,6 +257,9 @@ pub async fn run(
     let bar = progress(opts.progress, &pipeline.name);
     let replace = job.mode == Mode::Replace;
     let mut replace_batches: Vec<RecordBatch> = Vec::new();
+    // A table empty at the start of the run takes its rows by appends, merging only keys
+    // seen twice in the run (see `NewKeys`).
+    let mut new_keys = (table.version().is_none() && !replace).then(warehouse::NewKeys::default);
 
     loop {
         let msg = rx.recv().await;
@@ -389,11 +392,36 @@ pub async fn run(
         if table.version().is_none() && batch.num_rows() == 0 && !last {
             continue;
         }
+        let partition = schema.partition.as_ref().map(|p| p.column.as_str());
+        let (batch, mode) = match new_keys.as_mut() {
+            Some(keys) => {
+                let (new, again) = keys
+                    .split(&batch, &schema.primary_key)
+                    .map_err(|e| ExtractError::Source(e.to_string()))?;
+                if again.num_rows() > 0 {
+                    // Appended without the run's marks: if the merge below does not commit,
+                    // the rerun reloads the files and merges these rows once.
+                    table = warehouse::write(
+                        table,
+                        &schema.name,
+                        new,
+                        partition,
+                        WriteMode::Append,
+                        warehouse::commit_properties(meta.clone(), vec![]),
+                    )
+                    .await?;
+                    (again, mode)
+                } else {
+                    (new, WriteMode::Append)
+                }
+            }
+            None => (batch, mode),
+        };
         table = warehouse::write(
             table,
             &schema.name,
             batch,
-            schema.partition.as_ref().map(|p| p.column.as_str()),
+            partition,
             mode,
             warehouse::commit_properties(meta, txns),
         )

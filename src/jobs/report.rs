@@ -1,6 +1,6 @@
 //! A report job for one period: compute its tables (the query stage runs the checks), then
-//! either publish them into the warehouse or, for a preview, write them as CSV and Parquet
-//! files with a manifest that states what was read and computed.
+//! publish them into the warehouse, render the email and deliver it; or, for a preview, write
+//! the tables, the email and its parts to a folder, publishing and sending nothing.
 
 use std::path::{Path, PathBuf};
 
@@ -9,7 +9,9 @@ use datafusion::prelude::SessionContext;
 
 use crate::config::pipeline::Pipeline;
 use crate::config::Project;
+use crate::deliver::{self, DeliverError, DeliverOptions, Delivered};
 use crate::query::{self, Computed, Period, QueryError};
+use crate::render::{self, Email, Provenance, RenderError};
 use crate::warehouse::published::{self, Publication};
 use crate::warehouse::{Warehouse, WarehouseError};
 
@@ -19,6 +21,10 @@ pub enum ReportError {
     Query(#[from] QueryError),
     #[error(transparent)]
     Warehouse(#[from] WarehouseError),
+    #[error(transparent)]
+    Render(#[from] RenderError),
+    #[error(transparent)]
+    Deliver(#[from] DeliverError),
     #[error("cannot write {path}: {message}")]
     Write { path: PathBuf, message: String },
 }
@@ -32,11 +38,17 @@ pub struct ReportOutcome {
     pub files: Vec<PathBuf>,
     /// Published table versions, by report table.
     pub published: Vec<(String, u64)>,
+    /// What happened to each recipient (nothing for a preview or without `send`).
+    pub delivered: Vec<Delivered>,
 }
 
 pub struct ReportOptions<'a> {
-    /// Write files here instead of publishing.
+    /// Write files here instead of publishing and sending.
     pub preview: Option<&'a Path>,
+    /// Deliver the email after publishing (a backfill publishes without sending).
+    pub send: bool,
+    /// Send again to recipients who already have it, on purpose.
+    pub resend: bool,
 }
 
 pub async fn run(
@@ -52,9 +64,13 @@ pub async fn run(
     tracing::info!(report = %pipeline.name, period = %period, seconds = started.elapsed().as_secs_f64(), checks = computed.checks.len(), "computed");
     let mut files = Vec::new();
     let mut versions = Vec::new();
+    let mut delivered = Vec::new();
+    let provenance = provenance(project, &wh, pipeline, &computed, &run_id).await?;
     match opts.preview {
         Some(dir) => {
             files = write_preview(project, &computed, &run_id, dir).await?;
+            let email = render::render(project, pipeline, &computed, &provenance)?;
+            files.extend(write_email(project, pipeline, &computed, &email, dir)?);
         }
         None => {
             let (t0, t1) = period.bounds(project.settings.timezone);
@@ -70,6 +86,22 @@ pub async fn run(
                 let v = published::publish(&wh, &t.name, &t.schema, &t.batches, &p).await?;
                 versions.push((t.name.clone(), v));
             }
+            if opts.send {
+                let job = pipeline.as_report().expect("a report pipeline");
+                let email = render::render(project, pipeline, &computed, &provenance)?;
+                let recipients: Vec<String> = job.to.iter().chain(&job.cc).cloned().collect();
+                delivered = deliver::deliver(
+                    project,
+                    &pipeline.name,
+                    &period.label(),
+                    &recipients,
+                    &email,
+                    &DeliverOptions {
+                        resend: opts.resend,
+                    },
+                )
+                .await?;
+            }
         }
     }
     Ok(ReportOutcome {
@@ -77,7 +109,102 @@ pub async fn run(
         computed,
         files,
         published: versions,
+        delivered,
     })
+}
+
+/// What the email's footer states: run, table versions, each needed dataset's watermark,
+/// the SQL files' hashes and the checks passed.
+async fn provenance(
+    project: &Project,
+    wh: &Warehouse,
+    pipeline: &Pipeline,
+    c: &Computed,
+    run_id: &str,
+) -> Result<Provenance, ReportError> {
+    let job = pipeline.as_report().expect("a report pipeline");
+    let mut data_as_of = std::collections::BTreeMap::new();
+    for dataset in &job.needs {
+        let Some(producer) = project.producer(dataset) else {
+            continue;
+        };
+        let table = wh.open(dataset).await?;
+        let w =
+            crate::warehouse::app_version(&table, &crate::extract::watermark_id(&producer.name))
+                .await?;
+        if let Some(t) = w.and_then(chrono::DateTime::from_timestamp_micros) {
+            data_as_of.insert(
+                dataset.clone(),
+                t.with_timezone(&project.settings.timezone)
+                    .format("%H:%M %d/%m/%Y")
+                    .to_string(),
+            );
+        }
+    }
+    Ok(Provenance {
+        run_id: run_id.to_string(),
+        inputs: c.inputs.clone(),
+        data_as_of,
+        sql: c
+            .tables
+            .iter()
+            .map(|t| (t.sql_file.display().to_string(), t.sql_sha256.clone()))
+            .collect(),
+        checks_passed: c
+            .checks
+            .iter()
+            .filter(|x| x.passed)
+            .map(|x| x.name.clone())
+            .collect(),
+    })
+}
+
+/// `email.eml` (addressed to the first recipient), `email.html`, `email.txt`, the charts and
+/// the attachments, as they would be sent.
+fn write_email(
+    project: &Project,
+    pipeline: &Pipeline,
+    c: &Computed,
+    email: &Email,
+    dir: &Path,
+) -> Result<Vec<PathBuf>, ReportError> {
+    let job = pipeline.as_report().expect("a report pipeline");
+    let werr = |path: &Path, message: String| ReportError::Write {
+        path: path.to_path_buf(),
+        message,
+    };
+    let mail = &project.settings.mail;
+    let fitted = deliver::message::fit(
+        email,
+        mail.max_size_bytes,
+        &format!("{}/{}", pipeline.name, c.period.label()),
+    );
+    let to = job.to.first().cloned().unwrap_or_default();
+    let id = deliver::message::message_id(&pipeline.name, &c.period.label(), &to);
+    let message = deliver::message::build(&mail.from, &to, &id, &fitted)
+        .map_err(|m| werr(&dir.join("email.eml"), m))?;
+    let mut out = Vec::new();
+    let mut put = |name: &str, bytes: &[u8]| -> Result<(), ReportError> {
+        let path = dir.join(name);
+        std::fs::write(&path, bytes).map_err(|e| werr(&path, e.to_string()))?;
+        out.push(path);
+        Ok(())
+    };
+    put("email.eml", &message.formatted())?;
+    // The HTML as a browser shows it: the inline images point at the chart files beside it.
+    let mut html = fitted.html.clone();
+    for i in &fitted.inline {
+        html = html.replace(&format!("cid:{}", i.cid), &format!("chart_{}.png", i.name));
+    }
+    put("email.html", html.as_bytes())?;
+    put("email.txt", fitted.text.as_bytes())?;
+    for i in &fitted.inline {
+        put(&format!("chart_{}.png", i.name), &i.png)?;
+    }
+    for a in &fitted.attachments {
+        put(&a.name, &a.bytes)?;
+    }
+    Ok(out)
 }
 
 /// `DIR/<table>.csv`, `DIR/<table>.parquet` and `DIR/report.json`.

@@ -162,13 +162,11 @@ pub fn delta_schema(schema: &ArrowSchema) -> ArrowSchema {
     )
 }
 
-/// Keeps one row per primary key: the one with the greatest `order` value (the newest
-/// `updated_at`), the last one read on ties. A merge must not see a key twice.
-pub fn dedup(
+/// The key columns of each row in a comparable, hashable byte form.
+fn key_rows(
     batch: &RecordBatch,
     key: &[String],
-    order: Option<&str>,
-) -> Result<RecordBatch, arrow::error::ArrowError> {
+) -> Result<arrow::row::Rows, arrow::error::ArrowError> {
     let idx: Vec<usize> = key
         .iter()
         .map(|k| batch.schema().index_of(k))
@@ -178,11 +176,21 @@ pub fn dedup(
             .map(|i| SortField::new(batch.column(*i).data_type().clone()))
             .collect(),
     )?;
-    let rows = conv.convert_columns(
+    conv.convert_columns(
         &idx.iter()
             .map(|i| batch.column(*i).clone())
             .collect::<Vec<_>>(),
-    )?;
+    )
+}
+
+/// Keeps one row per primary key: the one with the greatest `order` value (the newest
+/// `updated_at`), the last one read on ties. A merge must not see a key twice.
+pub fn dedup(
+    batch: &RecordBatch,
+    key: &[String],
+    order: Option<&str>,
+) -> Result<RecordBatch, arrow::error::ArrowError> {
+    let rows = key_rows(batch, key)?;
     let order_col = match order {
         Some(o) => Some(cast(
             batch.column(batch.schema().index_of(o)?),
@@ -221,8 +229,40 @@ pub fn dedup(
     RecordBatch::try_new(batch.schema(), cols)
 }
 
+/// Keys written so far into a table that was empty when the run began, as 64-bit hashes:
+/// a row whose key hash is new cannot be in the table and is appended; only the others (a
+/// repeated key, or the rare hash collision) need the slower merge. Correct either way, and
+/// a first load of millions of rows stays a sequence of appends instead of ever larger merges.
+#[derive(Default)]
+pub struct NewKeys {
+    seen: std::collections::HashSet<u64>,
+    state: std::hash::RandomState,
+}
+
+impl NewKeys {
+    /// Splits `batch` into (rows with a key never seen in this run, the other rows).
+    pub fn split(
+        &mut self,
+        batch: &RecordBatch,
+        key: &[String],
+    ) -> Result<(RecordBatch, RecordBatch), arrow::error::ArrowError> {
+        use std::hash::BuildHasher;
+        let rows = key_rows(batch, key)?;
+        let mut fresh = arrow::array::BooleanBufferBuilder::new(batch.num_rows());
+        for i in 0..batch.num_rows() {
+            fresh.append(self.seen.insert(self.state.hash_one(rows.row(i).data())));
+        }
+        let mask = arrow::array::BooleanArray::new(fresh.finish(), None);
+        let new = arrow::compute::filter_record_batch(batch, &mask)?;
+        let again = arrow::compute::filter_record_batch(batch, &arrow::compute::not(&mask)?)?;
+        Ok((new, again))
+    }
+}
+
 /// How a batch joins the table.
 pub enum WriteMode<'a> {
+    /// Plain insert: the caller knows none of the keys is stored.
+    Append,
     /// Upsert by key; a stored row is replaced when the incoming `order` is newer or equal.
     Merge {
         key: &'a [String],
@@ -263,7 +303,7 @@ pub async fn write(
             .map_err(err),
         // A new table has nothing to merge with, and an empty batch nothing to merge: a plain
         // write, which still commits the watermark and loaded files.
-        _ if fresh || batch.num_rows() == 0 => table
+        _ if fresh || batch.num_rows() == 0 || matches!(mode, WriteMode::Append) => table
             .write(vec![batch])
             .with_save_mode(SaveMode::Append)
             .with_partition_columns(partitions)
@@ -274,7 +314,7 @@ pub async fn write(
             let (key, order) = match &mode {
                 WriteMode::Merge { key, order } => (*key, *order),
                 WriteMode::InsertNew { key } => (*key, None),
-                WriteMode::Replace => unreachable!("handled above"),
+                WriteMode::Replace | WriteMode::Append => unreachable!("written above"),
             };
             let insert_only = matches!(mode, WriteMode::InsertNew { .. });
             let columns: Vec<String> = batch
@@ -322,6 +362,7 @@ pub async fn write(
                 .map_err(err)?;
             m.await.map(|(t, _)| t).map_err(err)
         }
+        WriteMode::Append => unreachable!("appends are written above"),
     }
 }
 

@@ -1,0 +1,256 @@
+//! The deliver stage: one message per recipient, built as standard MIME (lettre), kept within
+//! the size budget, and sent once: each delivery is claimed in the warehouse's ledger with a
+//! create-if-absent write before it goes to the outbox folder or the SMTP server.
+
+pub mod ledger;
+pub mod message;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::client::{Tls, TlsParameters};
+use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
+
+use crate::config::settings::{MailSettings, Security, Transport};
+use crate::config::Project;
+use crate::render::Email;
+use ledger::{Claim, Ledger, Outcome};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeliverError {
+    #[error("mail settings: {0}")]
+    Config(String),
+    #[error("building the message for {to}: {message}")]
+    Build { to: String, message: String },
+    #[error(transparent)]
+    Ledger(#[from] ledger::LedgerError),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{failed} of {total} deliveries failed permanently: {first}")]
+    Failed {
+        failed: usize,
+        total: usize,
+        first: String,
+    },
+}
+
+/// What happened to each recipient.
+#[derive(Debug, Clone)]
+pub struct Delivered {
+    pub recipient: String,
+    pub outcome: Outcome,
+    pub message_id: String,
+    /// The `.eml` file, for the outbox transport.
+    pub file: Option<PathBuf>,
+}
+
+pub struct DeliverOptions {
+    /// Send again on purpose, recording it.
+    pub resend: bool,
+}
+
+/// Attempts per message on temporary SMTP failures, with exponential backoff.
+const ATTEMPTS: u32 = 5;
+
+/// Delivers `email` for `report`/`period` to every recipient of the job (to, then cc), each
+/// at most once unless `resend`.
+pub async fn deliver(
+    project: &Project,
+    report: &str,
+    period: &str,
+    recipients: &[String],
+    email: &Email,
+    opts: &DeliverOptions,
+) -> Result<Vec<Delivered>, DeliverError> {
+    let mail = &project.settings.mail;
+    let ledger = Ledger::open(&project.root, &project.settings.warehouse_url)?;
+    let transport = Sender::new(project, mail)?;
+    let fitted = message::fit(email, mail.max_size_bytes, &format!("{report}/{period}"));
+    let mut out = Vec::new();
+    let mut failures = Vec::new();
+    for to in recipients {
+        let message_id = message::message_id(report, period, to);
+        let claim = ledger
+            .claim(report, period, to, &message_id, opts.resend)
+            .await?;
+        let Claim::Mine(token) = claim else {
+            tracing::info!(report, period, recipient = %to, "already delivered or being delivered; not sent again");
+            out.push(Delivered {
+                recipient: to.clone(),
+                outcome: Outcome::AlreadyDelivered,
+                message_id,
+                file: None,
+            });
+            continue;
+        };
+        let built = message::build(&mail.from, to, &message_id, &fitted).map_err(|message| {
+            DeliverError::Build {
+                to: to.clone(),
+                message,
+            }
+        })?;
+        match transport.send(report, period, to, &built).await {
+            Ok(file) => {
+                ledger.settle(&token, Outcome::Sent, None).await?;
+                out.push(Delivered {
+                    recipient: to.clone(),
+                    outcome: Outcome::Sent,
+                    message_id,
+                    file,
+                });
+            }
+            Err(e) => {
+                tracing::error!(report, period, recipient = %to, error = %e, "delivery failed permanently");
+                ledger
+                    .settle(&token, Outcome::Failed, Some(e.as_str()))
+                    .await?;
+                failures.push(format!("{to}: {e}"));
+                out.push(Delivered {
+                    recipient: to.clone(),
+                    outcome: Outcome::Failed,
+                    message_id,
+                    file: None,
+                });
+            }
+        }
+    }
+    if !failures.is_empty() {
+        alert_operators(project, &transport, report, period, &failures).await;
+        return Err(DeliverError::Failed {
+            failed: failures.len(),
+            total: recipients.len(),
+            first: failures[0].clone(),
+        });
+    }
+    Ok(out)
+}
+
+/// Tells the operators about permanent failures; a failure to tell them is logged.
+async fn alert_operators(
+    project: &Project,
+    transport: &Sender,
+    report: &str,
+    period: &str,
+    failures: &[String],
+) {
+    let mail = &project.settings.mail;
+    for op in &mail.operators {
+        let text = format!(
+            "parstat không gửi được báo cáo `{report}` kỳ {period} tới {} người nhận:\n\n{}\n\nLedger: {}\n",
+            failures.len(),
+            failures.join("\n"),
+            project.settings.warehouse_url
+        );
+        let msg = message::alert(
+            &mail.from,
+            op,
+            &format!("[parstat] Gửi báo cáo thất bại: {report} {period}"),
+            &text,
+        );
+        match msg {
+            Ok(m) => {
+                if let Err(e) = transport.send("alerts", period, op, &m).await {
+                    tracing::error!(operator = %op, error = %e, "could not alert the operator");
+                }
+            }
+            Err(e) => tracing::error!(operator = %op, error = %e, "could not build the alert"),
+        }
+    }
+}
+
+/// The configured transport.
+enum Sender {
+    Outbox(PathBuf),
+    Smtp(AsyncSmtpTransport<Tokio1Executor>),
+}
+
+impl Sender {
+    fn new(project: &Project, mail: &MailSettings) -> Result<Sender, DeliverError> {
+        match mail.transport {
+            Transport::Outbox => Ok(Sender::Outbox(project.root.join(&mail.outbox))),
+            Transport::Smtp => {
+                let smtp = mail.smtp.as_ref().ok_or_else(|| {
+                    DeliverError::Config("transport = \"smtp\" needs [mail.smtp]".into())
+                })?;
+                let host = smtp
+                    .host
+                    .resolve()
+                    .map_err(|e| DeliverError::Config(e.to_string()))?;
+                let host = host.expose().to_string();
+                let mut b = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&host)
+                    .port(smtp.port)
+                    .timeout(Some(Duration::from_secs(smtp.timeout_secs)));
+                let tls = || {
+                    TlsParameters::new(host.clone())
+                        .map_err(|e| DeliverError::Config(format!("TLS for {host}: {e}")))
+                };
+                b = match smtp.security {
+                    Security::None => b.tls(Tls::None),
+                    Security::StartTls => b.tls(Tls::Required(tls()?)),
+                    Security::Tls => b.tls(Tls::Wrapper(tls()?)),
+                };
+                if let (Some(u), Some(p)) = (&smtp.username, &smtp.password) {
+                    let u = u
+                        .resolve()
+                        .map_err(|e| DeliverError::Config(e.to_string()))?;
+                    let p = p
+                        .resolve()
+                        .map_err(|e| DeliverError::Config(e.to_string()))?;
+                    b = b.credentials(Credentials::new(
+                        u.expose().to_string(),
+                        p.expose().to_string(),
+                    ));
+                }
+                Ok(Sender::Smtp(b.build()))
+            }
+        }
+    }
+
+    /// Sends one message; temporary SMTP failures are retried with backoff. The error text
+    /// never holds credentials (lettre does not put them in its errors).
+    async fn send(
+        &self,
+        report: &str,
+        period: &str,
+        to: &str,
+        m: &lettre::Message,
+    ) -> Result<Option<PathBuf>, String> {
+        match self {
+            Sender::Outbox(dir) => {
+                let dir = dir.join(report).join(period);
+                std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+                let path = dir.join(format!("{}.eml", message::file_safe(to)));
+                // Written whole then renamed: a reader never sees half a message.
+                let tmp = path.with_extension("eml.partial");
+                std::fs::write(&tmp, m.formatted())
+                    .map_err(|e| format!("{}: {e}", tmp.display()))?;
+                std::fs::rename(&tmp, &path).map_err(|e| format!("{}: {e}", path.display()))?;
+                Ok(Some(path))
+            }
+            Sender::Smtp(t) => {
+                let mut delay = Duration::from_millis(500);
+                let mut last = String::new();
+                for attempt in 1..=ATTEMPTS {
+                    match t.send(m.clone()).await {
+                        Ok(_) => return Ok(None),
+                        Err(e) if e.is_permanent() => return Err(format!("refused: {e}")),
+                        Err(e) => {
+                            last = e.to_string();
+                            if attempt < ATTEMPTS {
+                                tracing::warn!(recipient = %to, attempt, error = %last, "temporary SMTP failure; retrying");
+                                tokio::time::sleep(delay).await;
+                                delay *= 2;
+                            }
+                        }
+                    }
+                }
+                Err(format!("{last} (after {ATTEMPTS} attempts)"))
+            }
+        }
+    }
+}
