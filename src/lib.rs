@@ -11,4 +11,5 @@ pub mod extract;
 pub mod jobs;
 pub mod query;
 pub mod render;
+pub mod serve;
 pub mod warehouse;

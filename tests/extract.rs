@@ -472,18 +472,7 @@ fn a_killed_extract_reruns_to_every_row_exactly_once() {
     let log = p.path().join("warehouse/dossier/_delta_log");
     let started = std::time::Instant::now();
     loop {
-        let commits = std::fs::read_dir(&log)
-            .map(|d| {
-                d.filter(|e| {
-                    e.as_ref()
-                        .unwrap()
-                        .path()
-                        .extension()
-                        .is_some_and(|x| x == "json")
-                })
-                .count()
-            })
-            .unwrap_or(0);
+        let commits = delta_commits(&log);
         if commits >= 5 || started.elapsed().as_secs() > 120 {
             break;
         }

@@ -1,10 +1,12 @@
 //! Integration tests, compiled as one binary: each module drives the real `parstat` binary
 //! or the library against real files, PostgreSQL and MariaDB.
 
+mod backfill;
 mod check;
 mod deliver;
 mod demo;
 mod extract;
 mod report;
 mod s3;
+mod serve;
 mod util;

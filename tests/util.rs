@@ -76,3 +76,16 @@ pub fn edit(project: &Path, file: &str, from: &str, to: &str) -> String {
     std::fs::write(&p, &new).unwrap();
     new
 }
+
+/// The number of commits in a Delta table's log folder (0 before the first).
+pub fn delta_commits(log: &Path) -> usize {
+    std::fs::read_dir(log)
+        .map(|d| {
+            d.filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "json"))
+            })
+            .count()
+        })
+        .unwrap_or(0)
+}

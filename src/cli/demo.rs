@@ -1,5 +1,7 @@
-//! `parstat demo`: generate the demo province's source data (and load it into databases on
-//! request), then check the project that reads it.
+//! `parstat demo`: the main job on the embedded defaults. Generates the demo province's source
+//! data (and loads it into databases on request), checks the project, extracts everything,
+//! backfills the year before the latest complete month without sending, and delivers that
+//! month's reports to the outbox.
 
 use chrono::NaiveDate;
 use std::io::IsTerminal;
@@ -109,7 +111,58 @@ pub async fn run(project: &Path, args: DemoArgs) -> Result<(), Failure> {
     if args.data_only {
         return Ok(());
     }
-    super::check::run(project)
+    super::check::run(project)?;
+    whole_job(project, until).await
+}
+
+/// Extract, backfill the 12 months before `until` without sending, deliver `until`.
+async fn whole_job(project_dir: &Path, until: (i32, u32)) -> Result<(), Failure> {
+    if std::env::var_os("PARSTAT_PII_KEY").is_none() {
+        // The demo's people are generated: a key made up for this run keeps the warehouse
+        // free of their names and IDs. Set PARSTAT_PII_KEY for hashes stable across runs.
+        let key = uuid::Uuid::new_v4().simple().to_string();
+        tracing::warn!("PARSTAT_PII_KEY is not set: the demo hashes personal data with a random key for this run");
+        // Set before any job reads it; nothing else in the process writes the environment.
+        std::env::set_var("PARSTAT_PII_KEY", key);
+    }
+    super::extract::all(project_dir).await?;
+    let project = super::load_project(project_dir)?;
+    let latest = crate::query::Period::new(
+        until.0,
+        until.1,
+        crate::config::pipeline::PeriodRule::Calendar,
+    );
+    let (from, to) = (latest.offset(-12).label(), latest.previous().label());
+    let tasks = super::backfill::plan(&project, &[], true, &from, &to).await?;
+    let outcome = crate::jobs::backfill::run(
+        &project,
+        &tasks,
+        2,
+        false,
+        std::sync::Arc::new(|_: &crate::jobs::backfill::Task, _| {}),
+    )
+    .await?;
+    println!(
+        "backfill {from}..{to}: {} published, {} already done, nothing sent",
+        outcome.succeeded, outcome.skipped
+    );
+    if let Some((job, period, e)) = outcome.failed.first() {
+        return Err(Failure::failed(anyhow::anyhow!("{job} {period}: {e}")));
+    }
+    for p in project.pipelines.iter().filter(|p| p.as_report().is_some()) {
+        let rule = p.as_report().expect("filtered").period_rule;
+        let period = crate::query::Period::new(until.0, until.1, rule);
+        let o = crate::jobs::backfill::run_one(&project, p, period, true)
+            .await
+            .map_err(|e| Failure::failed(anyhow::anyhow!("{} {}: {e}", p.name, period.label())))?;
+        for d in &o.delivered {
+            match &d.file {
+                Some(f) => println!("{}", f.display()),
+                None => println!("{}: {:?}", d.recipient, d.outcome),
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

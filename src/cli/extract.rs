@@ -23,6 +23,20 @@ pub struct ExtractArgs {
     pub chunk_rows: usize,
 }
 
+/// Every extract pipeline, incrementally: the first step of `demo` and `run`.
+pub async fn all(project_dir: &Path) -> Result<(), Failure> {
+    run(
+        project_dir,
+        ExtractArgs {
+            pipelines: vec![],
+            all: true,
+            full: false,
+            chunk_rows: 0,
+        },
+    )
+    .await
+}
+
 pub async fn run(project_dir: &Path, args: ExtractArgs) -> Result<(), Failure> {
     let project = load_project(project_dir)?;
     let extracts: Vec<&str> = project
@@ -57,7 +71,10 @@ pub async fn run(project_dir: &Path, args: ExtractArgs) -> Result<(), Failure> {
     let mut failed = 0;
     for n in &names {
         let p = project.pipeline(n).expect("checked above");
-        match extract::run(&project, p, &opts).await {
+        let started = chrono::Utc::now();
+        let result = extract::run(&project, p, &opts).await;
+        crate::jobs::record_extract(&project, n, started, &result).await;
+        match result {
             Ok(s) => {
                 tracing::info!(
                     pipeline = %s.pipeline,

@@ -1,10 +1,13 @@
 //! The command line: argument parsing, logging set-up, and exit codes (0 ok, 1 a job or test
 //! failed, 2 bad configuration or usage). Each subcommand only builds a request for the library.
 
+mod backfill;
 mod check;
 mod demo;
 mod extract;
 mod report;
+mod run;
+mod runs;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -32,7 +35,8 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Generate the demo province's source data, then check the project.
+    /// Generate the demo province's source data, run every job over its history and deliver
+    /// the latest complete month to the outbox.
     Demo(demo::DemoArgs),
     /// Validate parstat.toml, pipelines/ and schemas/; no job runs.
     Check,
@@ -40,6 +44,14 @@ pub enum Command {
     Extract(extract::ExtractArgs),
     /// Compute one report for one period: publish it, or preview its tables in a folder.
     Report(report::ReportArgs),
+    /// Everything a period needs: extracts, then each report (emailed), skipping what succeeded.
+    Run(run::RunArgs),
+    /// Report jobs over a range of periods; sends nothing unless --send.
+    Backfill(backfill::BackfillArgs),
+    /// The scheduler daemon: every job on its schedule, one scheduler at a time.
+    Serve,
+    /// The run history: `runs list`, `runs show RUN_ID`.
+    Runs(runs::RunsArgs),
 }
 
 /// Exit codes of the interface.
@@ -129,6 +141,13 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Check => check::run(&cli.project),
         Command::Extract(args) => extract::run(&cli.project, args).await,
         Command::Report(args) => report::run(&cli.project, args).await,
+        Command::Backfill(args) => backfill::run(&cli.project, args).await,
+        Command::Run(args) => run::run(&cli.project, args).await,
+        Command::Serve => {
+            let project = load_project(&cli.project)?;
+            crate::serve::serve(project).await.map_err(Failure::failed)
+        }
+        Command::Runs(args) => runs::run(&cli.project, args).await,
     }
 }
 

@@ -26,12 +26,7 @@ pub struct ReportArgs {
 
 pub async fn run(project_dir: &Path, args: ReportArgs) -> Result<(), Failure> {
     let project = load_project(project_dir)?;
-    let reports: Vec<&str> = project
-        .pipelines
-        .iter()
-        .filter(|p| p.as_report().is_some())
-        .map(|p| p.name.as_str())
-        .collect();
+    let reports = project.report_names();
     let Some(pipeline) = project
         .pipeline(&args.report)
         .filter(|p| p.as_report().is_some())
@@ -49,7 +44,21 @@ pub async fn run(project_dir: &Path, args: ReportArgs) -> Result<(), Failure> {
         send: true,
         resend: args.resend,
     };
-    let outcome = match report::run(&project, pipeline, period, &opts).await {
+    let started = chrono::Utc::now();
+    let result = report::run(&project, pipeline, period, &opts).await;
+    if opts.preview.is_none() {
+        // Published runs enter the history (a failure to record it is reported, not fatal).
+        let record = crate::jobs::report_record(pipeline, period, started, &result);
+        match crate::warehouse::Warehouse::new(&project.root, &project.settings.warehouse_url) {
+            Ok(wh) => {
+                if let Err(e) = crate::warehouse::runs::record(&wh, &record).await {
+                    tracing::error!(error = %e, "could not record the run");
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "could not record the run"),
+        }
+    }
+    let outcome = match result {
         Ok(o) => o,
         // A broken SQL file is the analyst's configuration; a failed check or an unreadable
         // warehouse is a failed job.

@@ -48,6 +48,15 @@ impl Project {
     }
 
     /// The extract job that produces `dataset`.
+    /// The names of the report pipelines.
+    pub fn report_names(&self) -> Vec<&str> {
+        self.pipelines
+            .iter()
+            .filter(|p| p.as_report().is_some())
+            .map(|p| p.name.as_str())
+            .collect()
+    }
+
     pub fn producer(&self, dataset: &str) -> Option<&Pipeline> {
         self.pipelines
             .iter()

@@ -15,8 +15,17 @@ struct RawSettings {
     project: Option<Spanned<RawProject>>,
     warehouse: Option<RawWarehouse>,
     mail: Option<RawMail>,
+    scheduler: Option<RawScheduler>,
     #[serde(default)]
     connections: BTreeMap<String, Spanned<RawConnection>>,
+}
+
+#[derive(Deserialize)]
+struct RawScheduler {
+    lease_seconds: Option<Spanned<u64>>,
+    grace_seconds: Option<Spanned<u64>>,
+    wait_minutes: Option<Spanned<u64>>,
+    poll_seconds: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize)]
@@ -129,7 +138,32 @@ pub struct Settings {
     pub timezone: chrono_tz::Tz,
     pub warehouse_url: String,
     pub mail: MailSettings,
+    pub scheduler: SchedulerSettings,
     pub connections: BTreeMap<String, Connection>,
+}
+
+/// `[scheduler]`: how `parstat serve` holds its lease and waits for data.
+#[derive(Debug, Clone, Copy)]
+pub struct SchedulerSettings {
+    /// A scheduler that has not renewed its lease for this long is presumed dead.
+    pub lease_seconds: u64,
+    /// On SIGTERM/SIGINT, how long the running job may take to finish.
+    pub grace_seconds: u64,
+    /// How long a report waits for the extracts it needs to be fresh, then alerts operators.
+    pub wait_minutes: u64,
+    /// How often a waiting report looks again.
+    pub poll_seconds: u64,
+}
+
+impl Default for SchedulerSettings {
+    fn default() -> Self {
+        SchedulerSettings {
+            lease_seconds: 60,
+            grace_seconds: 300,
+            wait_minutes: 120,
+            poll_seconds: 30,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -202,6 +236,7 @@ fn known_keys() -> Vec<&'static str> {
         fields_of::<RawProject>(),
         fields_of::<RawWarehouse>(),
         fields_of::<RawMail>(),
+        fields_of::<RawScheduler>(),
         fields_of::<RawSmtp>(),
         fields_of::<RawConnection>(),
     ]
@@ -278,11 +313,37 @@ pub fn load(src: &Source, diags: &mut Diagnostics) -> Option<Settings> {
         }
     }
 
+    let mut scheduler = SchedulerSettings::default();
+    if let Some(r) = &raw.scheduler {
+        for (v, slot, what) in [
+            (
+                &r.lease_seconds,
+                &mut scheduler.lease_seconds,
+                "lease_seconds",
+            ),
+            (
+                &r.grace_seconds,
+                &mut scheduler.grace_seconds,
+                "grace_seconds",
+            ),
+            (&r.wait_minutes, &mut scheduler.wait_minutes, "wait_minutes"),
+            (&r.poll_seconds, &mut scheduler.poll_seconds, "poll_seconds"),
+        ] {
+            if let Some(v) = v {
+                if *v.get_ref() == 0 && what != "wait_minutes" {
+                    diags.error_at(src, v.span(), format!("`{what}` must be at least 1"), None);
+                }
+                *slot = *v.get_ref();
+            }
+        }
+    }
+
     (diags.error_count() == before).then_some(Settings {
         name,
         timezone,
         warehouse_url,
         mail,
+        scheduler,
         connections,
     })
 }

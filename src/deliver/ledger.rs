@@ -75,37 +75,14 @@ impl Ledger {
         project_root: &std::path::Path,
         warehouse_url: &str,
     ) -> Result<Ledger, LedgerError> {
-        let err = |message: String| LedgerError::Store {
-            url: warehouse_url.to_string(),
-            message,
-        };
-        let wh = crate::warehouse::Warehouse::new(project_root, warehouse_url)
-            .map_err(|e| err(e.to_string()))?;
-        let base = wh.table_url("_ledger");
-        let (store, root): (Arc<dyn ObjectStore>, StorePath) = match base.scheme() {
-            "file" => {
-                let dir = base
-                    .to_file_path()
-                    .map_err(|_| err(format!("{base} is not a local folder")))?;
-                std::fs::create_dir_all(&dir).map_err(|e| err(e.to_string()))?;
-                let fs = object_store::local::LocalFileSystem::new_with_prefix(&dir)
-                    .map_err(|e| err(e.to_string()))?;
-                (Arc::new(fs), StorePath::from("deliveries"))
-            }
-            "s3" => {
-                let bucket = base.host_str().unwrap_or_default();
-                let s3 = object_store::aws::AmazonS3Builder::from_env()
-                    .with_bucket_name(bucket)
-                    .build()
-                    .map_err(|e| err(e.to_string()))?;
-                let prefix = base.path().trim_matches('/');
-                (
-                    Arc::new(s3),
-                    StorePath::from(format!("{prefix}/deliveries")),
-                )
-            }
-            other => return Err(err(format!("no ledger for `{other}://` warehouses"))),
-        };
+        let (store, base) =
+            crate::warehouse::object_store_at(project_root, warehouse_url, "_ledger").map_err(
+                |e| LedgerError::Store {
+                    url: warehouse_url.to_string(),
+                    message: e.to_string(),
+                },
+            )?;
+        let root = base.join("deliveries");
         Ok(Ledger {
             store,
             root,

@@ -138,28 +138,38 @@ async fn alert_operators(
     period: &str,
     failures: &[String],
 ) {
+    let text = format!(
+        "parstat không gửi được báo cáo `{report}` kỳ {period} tới {} người nhận:\n\n{}\n\nLedger: {}\n",
+        failures.len(),
+        failures.join("\n"),
+        project.settings.warehouse_url
+    );
+    let subject = format!("[parstat] Gửi báo cáo thất bại: {report} {period}");
+    send_alert(project, transport, &subject, &text).await;
+}
+
+async fn send_alert(project: &Project, transport: &Sender, subject: &str, text: &str) {
     let mail = &project.settings.mail;
     for op in &mail.operators {
-        let text = format!(
-            "parstat không gửi được báo cáo `{report}` kỳ {period} tới {} người nhận:\n\n{}\n\nLedger: {}\n",
-            failures.len(),
-            failures.join("\n"),
-            project.settings.warehouse_url
-        );
-        let msg = message::alert(
-            &mail.from,
-            op,
-            &format!("[parstat] Gửi báo cáo thất bại: {report} {period}"),
-            &text,
-        );
-        match msg {
+        match message::alert(&mail.from, op, subject, text) {
             Ok(m) => {
-                if let Err(e) = transport.send("alerts", period, op, &m).await {
+                // In the outbox, each alert keeps its own folder, named by its time.
+                let at = chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ").to_string();
+                if let Err(e) = transport.send("_alerts", &at, op, &m).await {
                     tracing::error!(operator = %op, error = %e, "could not alert the operator");
                 }
             }
             Err(e) => tracing::error!(operator = %op, error = %e, "could not build the alert"),
         }
+    }
+}
+
+/// Emails the operators (`[mail] operators`) through the configured transport; failures to
+/// do so are logged, since the caller is already reporting a failure.
+pub async fn alert(project: &Project, subject: &str, text: &str) {
+    match Sender::new(project, &project.settings.mail) {
+        Ok(t) => send_alert(project, &t, subject, text).await,
+        Err(e) => tracing::error!(error = %e, "could not alert the operators"),
     }
 }
 

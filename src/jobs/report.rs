@@ -61,7 +61,7 @@ pub async fn run(
     let run_id = uuid::Uuid::now_v7().to_string();
     let started = std::time::Instant::now();
     let computed = query::compute(project, &wh, pipeline, period).await?;
-    tracing::info!(report = %pipeline.name, period = %period, seconds = started.elapsed().as_secs_f64(), checks = computed.checks.len(), "computed");
+    tracing::debug!(report = %pipeline.name, period = %period, seconds = started.elapsed().as_secs_f64(), checks = computed.checks.len(), "computed");
     let mut files = Vec::new();
     let mut versions = Vec::new();
     let mut delivered = Vec::new();

@@ -460,7 +460,7 @@ async fn previous_values(
         missing.push(table.clone());
     }
     if !missing.is_empty() {
-        tracing::info!(period = %prev, tables = ?missing, "previous period not published; computing it for the comparison");
+        tracing::debug!(period = %prev, tables = ?missing, "previous period not published; computing it for the comparison");
         let (pctx, _) = session(project, wh).await?;
         let tables = run_files(project, &pctx, report, &prev).await?;
         for t in tables {

@@ -17,6 +17,7 @@ use url::Url;
 
 pub mod published;
 pub mod quarantine;
+pub mod runs;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WarehouseError {
@@ -90,6 +91,43 @@ impl Warehouse {
                 table: name.to_string(),
                 source: Box::new(source),
             })
+    }
+}
+
+/// The object store and the path of `name` under the warehouse, for state that is not a
+/// table (the delivery ledger, the scheduler's lease): a local folder or an S3 prefix.
+pub fn object_store_at(
+    project_root: &Path,
+    warehouse_url: &str,
+    name: &str,
+) -> Result<(Arc<dyn object_store::ObjectStore>, object_store::path::Path), WarehouseError> {
+    let err = |message: String| WarehouseError::Url {
+        url: warehouse_url.to_string(),
+        message,
+    };
+    let base = Warehouse::new(project_root, warehouse_url)?.table_url(name);
+    match base.scheme() {
+        "file" => {
+            let dir = base
+                .to_file_path()
+                .map_err(|_| err(format!("{base} is not a local folder")))?;
+            std::fs::create_dir_all(&dir).map_err(|e| err(e.to_string()))?;
+            let fs = object_store::local::LocalFileSystem::new_with_prefix(&dir)
+                .map_err(|e| err(e.to_string()))?;
+            Ok((Arc::new(fs), object_store::path::Path::default()))
+        }
+        "s3" => {
+            // Endpoint, region and credentials come from the usual AWS_* variables.
+            let s3 = object_store::aws::AmazonS3Builder::from_env()
+                .with_bucket_name(base.host_str().unwrap_or_default())
+                .build()
+                .map_err(|e| err(e.to_string()))?;
+            Ok((
+                Arc::new(s3),
+                object_store::path::Path::from(base.path().trim_matches('/')),
+            ))
+        }
+        other => Err(err(format!("no object store for `{other}://` warehouses"))),
     }
 }
 

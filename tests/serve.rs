@@ -1,0 +1,214 @@
+//! `parstat serve`: jobs on second-level schedules in order, one scheduler at a time (a
+//! second waits while the first lives and takes over when it is killed), graceful stop on
+//! SIGTERM, and the catch-up policy applied on start.
+
+use std::io::BufRead;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use crate::report::{demo_project, ok, run};
+use crate::util::*;
+
+struct Serve {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Serve {
+    fn start(project: &Path) -> Serve {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_parstat"))
+            .arg("--project")
+            .arg(project)
+            .arg("serve")
+            .env("PARSTAT_PII_KEY", "test-key-0123456789abcdef")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let out = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for l in std::io::BufReader::new(out).lines() {
+                let Ok(l) = l else { break };
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        Serve {
+            child,
+            lines,
+            seen: vec![],
+        }
+    }
+
+    /// Waits for a stdout line containing `needle`.
+    fn expect(&mut self, needle: &str, within: Duration) -> String {
+        let until = Instant::now() + within;
+        if let Some(l) = self.seen.iter().find(|l| l.contains(needle)) {
+            return l.clone();
+        }
+        while Instant::now() < until {
+            if let Ok(l) = self.lines.recv_timeout(Duration::from_millis(100)) {
+                self.seen.push(l.clone());
+                if l.contains(needle) {
+                    return l;
+                }
+            }
+        }
+        panic!("no line with {needle:?} in {:?}", self.seen);
+    }
+
+    fn signal(&self, sig: &str) {
+        let s = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(s.success());
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Schedules every pipeline on `extract` / `report` (six-field cron) and a short lease.
+fn schedules(project: &Path, extract: &str, report: &str) {
+    for e in std::fs::read_dir(project.join("pipelines")).unwrap() {
+        let p = e.unwrap().path();
+        let text = std::fs::read_to_string(&p).unwrap();
+        let cron = if text.contains("kind = \"report\"") {
+            report
+        } else {
+            extract
+        };
+        let text: String = text
+            .lines()
+            .map(|l| {
+                if l.starts_with("schedule = ") {
+                    format!("schedule = \"{cron}\"")
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        std::fs::write(&p, text + "\n").unwrap();
+    }
+    let settings = project.join("parstat.toml");
+    let mut s = std::fs::read_to_string(&settings).unwrap();
+    s.push_str("\n[scheduler]\nlease_seconds = 3\ngrace_seconds = 30\nwait_minutes = 1\npoll_seconds = 1\n");
+    std::fs::write(&settings, s).unwrap();
+}
+
+fn history(project: &Path) -> Vec<(String, String, String)> {
+    let list = ok(run(project, &["runs", "list", "--limit", "1000"]));
+    list.lines()
+        .skip(1)
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            // run, job, [period], status, ...: extracts have no period.
+            if f[2].contains('-') && f[2].len() == 7 {
+                (f[1].to_string(), f[2].to_string(), f[3].to_string())
+            } else {
+                (f[1].to_string(), String::new(), f[2].to_string())
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn serve_runs_jobs_in_order_one_scheduler_at_a_time() {
+    let p = demo_project();
+    schedules(p.path(), "*/5 * * * * *", "*/7 * * * * *");
+    let before = history(p.path()).len();
+    let mut first = Serve::start(p.path());
+    first.expect("serving: lease epoch", Duration::from_secs(90));
+    // A second scheduler waits while the first lives.
+    let mut second = Serve::start(p.path());
+    second.expect("waiting: the lease is held by", Duration::from_secs(90));
+    // Let the first run a report, which waits for fresh extracts first.
+    let until = Instant::now() + Duration::from_secs(90);
+    loop {
+        let h = history(p.path());
+        if h[..h.len() - before]
+            .iter()
+            .any(|r| r.0 == "monthly_par" && r.2 == "succeeded")
+        {
+            break;
+        }
+        assert!(Instant::now() < until, "no report ran: {h:?}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(
+        !second.seen.iter().any(|l| l.contains("serving")),
+        "the second ran nothing while the first lived: {:?}",
+        second.seen
+    );
+    // Newest first: the report's run comes after an extract of its data in this serve.
+    let h = history(p.path());
+    let new = &h[..h.len() - before];
+    let report_at = new.iter().rposition(|r| r.0 == "monthly_par").unwrap();
+    assert!(
+        new[report_at..]
+            .iter()
+            .any(|r| r.0 == "dossier" && r.2 == "succeeded"),
+        "the dossier extract ran before the report: {new:?}"
+    );
+    // Kill the first: the second takes over once the lease expires.
+    let _ = first.child.kill();
+    let _ = first.child.wait();
+    second.expect("serving: lease epoch 1", Duration::from_secs(90));
+    // And stops gracefully on SIGTERM, releasing the lease.
+    second.signal("-TERM");
+    second.expect("stopped", Duration::from_secs(60));
+    let status = second.child.wait().unwrap();
+    assert!(status.success(), "{status}");
+}
+
+#[test]
+fn the_catch_up_policy_is_applied_on_start() {
+    let p = demo_project();
+    // Reports every 2 seconds, extracts never within the test.
+    schedules(p.path(), "0 0 3 1 1 *", "*/2 * * * * *");
+    edit(
+        p.path(),
+        "pipelines/monthly_par.toml",
+        "period = \"previous_month\"",
+        "period = \"previous_month\"\ncatch_up = \"all\"",
+    );
+    edit(
+        p.path(),
+        "pipelines/monthly_investment.toml",
+        "period = \"previous_month\"",
+        "period = \"previous_month\"\ncatch_up = \"none\"",
+    );
+    ok(run(
+        p.path(),
+        &["report", "monthly_par", "--period", "2021-10"],
+    ));
+    ok(run(
+        p.path(),
+        &["report", "monthly_investment", "--period", "2021-10"],
+    ));
+    // The scheduler is down across several fires.
+    std::thread::sleep(Duration::from_secs(5));
+    let mut s = Serve::start(p.path());
+    let par = s.expect("catch-up monthly_par:", Duration::from_secs(90));
+    let missed: usize = par.split_whitespace().nth(2).unwrap().parse().unwrap();
+    assert!(missed >= 2, "{par}");
+    assert!(
+        par.ends_with(&format!("policy All, running {missed}")),
+        "{par}"
+    );
+    let inv = s.expect("catch-up monthly_investment:", Duration::from_secs(90));
+    assert!(inv.ends_with("policy None, running 0"), "{inv}");
+    s.signal("-INT");
+    s.expect("stopped", Duration::from_secs(120));
+}
