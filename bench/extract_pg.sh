@@ -15,7 +15,7 @@ cargo build --release --quiet
 bin="$CARGO_TARGET_DIR/release/parstat"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"; psql -q -h 127.0.0.1 -U postgres test -c "DROP SCHEMA IF EXISTS bench CASCADE" >/dev/null 2>&1 || true' EXIT
-cp -r parstat.toml pipelines schemas "$work/"
+cp -r parstat.toml pipelines schemas sql reports "$work/"
 rm "$work/pipelines/dossier.toml"
 sed -i 's/^\[connections.exports\]/[connections.motcua]\nkind = "postgres"\nurl = "${MOTCUA_DATABASE_URL}"\n\n[connections.exports]/' "$work/parstat.toml"
 { printf 'kind = "extract"\ndataset = "dossier"\nconnection = "motcua"\nmode = "merge"\nquery = """\n'; grep -v '^--' bench/dossier_postgres.sql; printf '"""\n'; } > "$work/pipelines/dossier.toml"

@@ -52,8 +52,10 @@ for table in sorted(p for p in warehouse.iterdir() if (p / "_delta_log").is_dir(
     if not files:
         continue
     listing = ", ".join("'" + f.replace("file://", "") + "'" for f in files)
+    # Partition values are text (`2026-09`), except the rating's year, as parstat reads them.
+    types = ", hive_types = {'year': SMALLINT}" if table.name == "rating" else ""
     con.execute(
-        f"CREATE VIEW {table.name} AS SELECT * FROM read_parquet([{listing}], hive_partitioning = true, hive_types_autocast = false)"
+        f"CREATE VIEW {table.name} AS SELECT * FROM read_parquet([{listing}], hive_partitioning = true, hive_types_autocast = false{types})"
     )
 for seed in sorted((project / "sql" / "seeds").glob("*.csv")):
     con.execute(f"CREATE VIEW {seed.stem} AS SELECT * FROM read_csv('{seed}', all_varchar = true)")

@@ -9,6 +9,7 @@ pub mod deliver;
 pub mod demo;
 pub mod extract;
 pub mod jobs;
+pub mod logtail;
 pub mod query;
 pub mod render;
 pub mod serve;

@@ -212,3 +212,69 @@ fn the_catch_up_policy_is_applied_on_start() {
     s.signal("-INT");
     s.expect("stopped", Duration::from_secs(120));
 }
+
+#[test]
+fn a_job_that_still_fails_after_its_retries_alerts_the_operators() {
+    let p = demo_project();
+    schedules(p.path(), "0 0 3 1 1 *", "*/2 * * * * *");
+    edit(
+        p.path(),
+        "pipelines/monthly_par.toml",
+        "period = \"previous_month\"",
+        "period = \"previous_month\"\nretries = 1",
+    );
+    edit(
+        p.path(),
+        "sql/par/late_procedures.sql",
+        "MAX(procedure_name) AS procedure_name",
+        "MAX(procedure_nam) AS procedure_name",
+    );
+    let mut s = Serve::start(p.path());
+    s.expect("serving", Duration::from_secs(90));
+    let alerts = p.path().join("outbox/_alerts");
+    let until = Instant::now() + Duration::from_secs(120);
+    let text = loop {
+        let found = std::fs::read_dir(&alerts).ok().and_then(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.path().join("it-ops@example.gov.vn.eml"))
+                .find(|f| f.is_file())
+        });
+        if let Some(f) = found {
+            break std::fs::read_to_string(f).unwrap();
+        }
+        assert!(Instant::now() < until, "no alert for the operators");
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    s.signal("-TERM");
+    s.expect("stopped", Duration::from_secs(120));
+    // The alert is quoted-printable or base64 text: decode it with Python's parser.
+    let decoded = {
+        std::fs::write(p.path().join("alert.eml"), &text).unwrap();
+        let o = Command::new("python3")
+            .arg("-c")
+            .arg("import email, email.policy, sys; m = email.message_from_string(open(sys.argv[1]).read(), policy=email.policy.default); print(m['subject']); print(m.get_content())")
+            .arg(p.path().join("alert.eml"))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+        stdout(&o)
+    };
+    assert!(decoded.contains("monthly_par"), "{decoded}");
+    assert!(decoded.contains("thất bại sau 2 lần thử"), "{decoded}");
+    assert!(decoded.contains("procedure_nam"), "the error: {decoded}");
+    assert!(
+        decoded.contains("Cuối nhật ký"),
+        "the end of the log: {decoded}"
+    );
+    // The report's period: the month before the fire, in Hà Tĩnh.
+    let local = (chrono::Utc::now() + chrono::Duration::hours(7)).date_naive();
+    let (y, m) = if chrono::Datelike::month(&local) == 1 {
+        (chrono::Datelike::year(&local) - 1, 12)
+    } else {
+        (
+            chrono::Datelike::year(&local),
+            chrono::Datelike::month(&local) - 1,
+        )
+    };
+    assert!(decoded.contains(&format!("kỳ {y:04}-{m:02}")), "{decoded}");
+}

@@ -47,7 +47,7 @@ pub fn report_record(
             0,
             0,
             format!("{e:#}"),
-            serde_json::json!({ "error_chain": error_chain(e) }),
+            serde_json::json!({ "error_chain": error_chain(e), "log_tail": crate::logtail::last(40) }),
         ),
     };
     RunRecord {

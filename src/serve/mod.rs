@@ -234,10 +234,22 @@ async fn run_fire(project: &Project, fire: &Fire) {
             Err(e) => {
                 tracing::error!(job = %p.name, error = %e, "job failed after its retries");
                 let subject = format!("[parstat] Công việc thất bại: {}", p.name);
+                let period = match &p.job {
+                    JobKind::Report(job) => {
+                        let current =
+                            Period::containing(fire.at, project.settings.timezone, job.period_rule);
+                        match job.period {
+                            PeriodChoice::PreviousMonth => current.previous().label(),
+                            PeriodChoice::CurrentMonth => current.label(),
+                        }
+                    }
+                    JobKind::Extract(_) => "—".into(),
+                };
                 let text = format!(
-                    "Công việc `{}` (lịch {}) thất bại sau {attempts} lần thử.\n\nLỗi:\n{e}\n\nXem `parstat runs list --job {}`.\n",
+                    "Công việc `{}`, kỳ {period} (lịch {}), thất bại sau {attempts} lần thử.\n\nLỗi:\n{e}\n\nCuối nhật ký:\n{}\n\nXem `parstat runs list --job {}`.\n",
                     p.name,
                     fire.at.with_timezone(&project.settings.timezone).format("%H:%M:%S %d/%m/%Y"),
+                    crate::logtail::last(40).join("\n"),
                     p.name
                 );
                 crate::deliver::alert(project, &subject, &text).await;
