@@ -221,3 +221,61 @@ fn run_does_a_periods_jobs_once() {
     let o = run(p.path(), &["run"]);
     assert_eq!(o.status.code(), Some(2), "--period or --due is required");
 }
+
+#[test]
+fn a_backfill_sends_only_with_send_and_run_due_picks_the_due_period() {
+    let p = demo_project();
+    ok(run(
+        p.path(),
+        &[
+            "backfill",
+            "monthly_investment",
+            "--from",
+            "2021-09",
+            "--to",
+            "2021-10",
+        ],
+    ));
+    assert!(!p.path().join("outbox").exists(), "no email without --send");
+    let text = ok(run(
+        p.path(),
+        &[
+            "backfill",
+            "monthly_par",
+            "--from",
+            "2021-09",
+            "--to",
+            "2021-10",
+            "--send",
+        ],
+    ));
+    assert!(text.contains("emails will be sent"), "{text}");
+    for m in ["2021-09", "2021-10"] {
+        assert!(p
+            .path()
+            .join(format!(
+                "outbox/monthly_par/{m}/chu-tich@example.gov.vn.eml"
+            ))
+            .is_file());
+    }
+    assert!(!p.path().join("outbox/monthly_investment").exists());
+    // --due: each report's previous month, today in Hà Tĩnh.
+    let due = ok(run(p.path(), &["run", "--due"]));
+    let local = (chrono::Utc::now() + chrono::Duration::hours(7)).date_naive();
+    let (y, m) = if chrono::Datelike::month(&local) == 1 {
+        (chrono::Datelike::year(&local) - 1, 12)
+    } else {
+        (
+            chrono::Datelike::year(&local),
+            chrono::Datelike::month(&local) - 1,
+        )
+    };
+    assert!(
+        due.contains(&format!("monthly_par {y:04}-{m:02}: runs")),
+        "{due}"
+    );
+    assert!(
+        due.contains(&format!("monthly_investment {y:04}-{m:02}: runs")),
+        "{due}"
+    );
+}
