@@ -164,12 +164,27 @@ pub async fn session(
     project: &Project,
     wh: &Warehouse,
 ) -> Result<(SessionContext, Vec<InputTable>), QueryError> {
-    let config = SessionConfig::new()
-        .with_information_schema(true)
+    // Operators may tune DataFusion with its own DATAFUSION_* variables (for example
+    // DATAFUSION_EXECUTION_TARGET_PARTITIONS); parstat's defaults apply where they are unset.
+    let mut config = SessionConfig::from_env()
+        .unwrap_or_default()
+        .with_information_schema(true);
+    for (key, env) in [
         // Parquet statistics and partition values prune by period; pushing the period
-        // predicates into the scan lets the reader skip row groups as well.
-        .set_bool("datafusion.execution.parquet.pushdown_filters", true)
-        .set_bool("datafusion.execution.parquet.reorder_filters", true);
+        // predicates into the scan lets the reader skip rows of the old, finished dossiers.
+        (
+            "datafusion.execution.parquet.pushdown_filters",
+            "DATAFUSION_EXECUTION_PARQUET_PUSHDOWN_FILTERS",
+        ),
+        (
+            "datafusion.execution.parquet.reorder_filters",
+            "DATAFUSION_EXECUTION_PARQUET_REORDER_FILTERS",
+        ),
+    ] {
+        if std::env::var_os(env).is_none() {
+            config = config.set_bool(key, true);
+        }
+    }
     let ctx = SessionContext::new_with_config(config);
     udf::register(&ctx, project.settings.timezone);
     let mut inputs = Vec::new();
