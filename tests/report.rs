@@ -914,3 +914,62 @@ fn the_area_seed_is_the_provinces_list() {
     );
     assert_eq!(want.lines().count(), 1 + 13 + 69);
 }
+
+#[test]
+fn query_reads_the_warehouse_with_the_period_bound() {
+    let p = fixture_project();
+    let sql = "SELECT count(*) AS n FROM dossier WHERE received_at >= $period_start AND received_at < $period_end AND status NOT IN (1, 3)";
+    // October 2026, calendar: D03 D04 D05 D06 D07 D08 D13 D15 D17 D18 (see the fixture).
+    let csv = ok(run(
+        p.path(),
+        &["query", sql, "--period", "2026-10", "--format", "csv"],
+    ));
+    assert_eq!(csv.trim(), "n\n10");
+    // Decree 09's October: D01 D02 D03 D04 D05 D06 D07 D16 D17 D20.
+    let csv = ok(run(
+        p.path(),
+        &[
+            "query", sql, "--period", "2026-10", "--rule", "decree09", "--format", "csv",
+        ],
+    ));
+    assert_eq!(csv.trim(), "n\n10");
+    let json = ok(run(
+        p.path(),
+        &[
+            "query",
+            "SELECT local_date(received_at) AS d FROM dossier WHERE dossier_code LIKE '%D13'",
+            "--format",
+            "json",
+        ],
+    ));
+    assert_eq!(json.trim(), "{\"d\":\"2026-10-31\"}", "local, not UTC");
+    let out = p.path().join("areas.parquet");
+    ok(run(
+        p.path(),
+        &[
+            "query",
+            "SELECT * FROM area",
+            "--format",
+            "parquet",
+            "-o",
+            out.to_str().unwrap(),
+        ],
+    ));
+    assert!(std::fs::read(&out).unwrap().starts_with(b"PAR1"));
+    let table = ok(run(p.path(), &["query", "SELECT 1 + 1 AS two"]));
+    assert!(
+        table.contains("| two |") && table.contains("| 2   |"),
+        "{table}"
+    );
+    // Errors: unknown column (exit 2, the name shown); a period parameter without --period.
+    let o = run(p.path(), &["query", "SELECT nope FROM dossier"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("nope"), "{}", stderr(&o));
+    let o = run(p.path(), &["query", sql]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("add --period YYYY-MM"),
+        "{}",
+        stderr(&o)
+    );
+}

@@ -5,6 +5,7 @@ mod backfill;
 mod check;
 mod demo;
 mod extract;
+mod query;
 mod report;
 mod run;
 mod runs;
@@ -48,6 +49,8 @@ pub enum Command {
     Run(run::RunArgs),
     /// Report jobs over a range of periods; sends nothing unless --send.
     Backfill(backfill::BackfillArgs),
+    /// Ad hoc SQL over the warehouse, with the period parameters bound.
+    Query(query::QueryArgs),
     /// The scheduler daemon: every job on its schedule, one scheduler at a time.
     Serve,
     /// The run history: `runs list`, `runs show RUN_ID`.
@@ -155,6 +158,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Report(args) => report::run(&cli.project, args).await,
         Command::Backfill(args) => backfill::run(&cli.project, args).await,
         Command::Run(args) => run::run(&cli.project, args).await,
+        Command::Query(args) => query::run(&cli.project, args).await,
         Command::Serve => {
             let project = load_project(&cli.project)?;
             crate::serve::serve(project).await.map_err(Failure::failed)
