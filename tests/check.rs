@@ -510,3 +510,47 @@ fn report_comparisons_and_checks_are_validated() {
         "duplicate check `to_process_identity`",
     );
 }
+
+#[test]
+fn report_sql_is_planned_against_the_schemas() {
+    let p = project_copy();
+    let late = edit(
+        p.path(),
+        "sql/par/late_procedures.sql",
+        "MAX(procedure_name) AS procedure_name",
+        "MAX(procedure_nam) AS procedure_name",
+    );
+    let late = late.replacen(
+        "AND due_at < $period_end AS is_pending_overdue",
+        "AND due_at < $period_edn AS is_pending_overdue",
+        1,
+    );
+    std::fs::write(p.path().join("sql/par/late_procedures.sql"), &late).unwrap();
+    let sat = edit(
+        p.path(),
+        "sql/par/satisfaction_monthly.sql",
+        "FROM satisfaction_vote v",
+        "FROM satisfaction_votes v",
+    );
+    let err = check(p.path(), 2);
+    expect(
+        &err,
+        "sql/par/late_procedures.sql",
+        pos(&late, "procedure_nam)"),
+        "Schema error: No field named procedure_nam",
+    );
+    expect(
+        &err,
+        "sql/par/late_procedures.sql",
+        pos(&late, "$period_edn"),
+        "unknown parameter `$period_edn`",
+    );
+    assert!(err.contains("did you mean `$period_end`?"), "{err}");
+    expect(
+        &err,
+        "sql/par/satisfaction_monthly.sql",
+        pos(&sat, "satisfaction_votes"),
+        "table 'datafusion.public.satisfaction_votes' not found",
+    );
+    assert!(err.contains("did you mean `satisfaction_vote`?"), "{err}");
+}

@@ -5,8 +5,17 @@ use std::path::Path;
 use super::{Failure, EXIT_USAGE};
 use crate::config::{self, Severity};
 
-pub fn run(project: &Path) -> Result<(), Failure> {
-    let loaded = config::load(project);
+pub async fn run(project: &Path) -> Result<(), Failure> {
+    let mut loaded = config::load(project);
+    // The report SQL is planned against the schemas (not run) once the configuration holds.
+    if let Some(p) = &loaded.project {
+        let mut diags = crate::config::diag::Diagnostics::default();
+        crate::query::plan::check(p, &mut diags).await;
+        if diags.has_errors() {
+            loaded.project = None;
+        }
+        loaded.diagnostics.extend(diags.sorted());
+    }
     for d in &loaded.diagnostics {
         eprintln!("{d}");
     }

@@ -111,7 +111,7 @@ pub async fn run(project: &Path, args: DemoArgs) -> Result<(), Failure> {
     if args.data_only {
         return Ok(());
     }
-    super::check::run(project)?;
+    super::check::run(project).await?;
     whole_job(project, until).await
 }
 

@@ -153,7 +153,7 @@ pub fn main() -> ExitCode {
 async fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Demo(args) => demo::run(&cli.project, args).await,
-        Command::Check => check::run(&cli.project),
+        Command::Check => check::run(&cli.project).await,
         Command::Extract(args) => extract::run(&cli.project, args).await,
         Command::Report(args) => report::run(&cli.project, args).await,
         Command::Backfill(args) => backfill::run(&cli.project, args).await,

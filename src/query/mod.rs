@@ -3,6 +3,7 @@
 //! and the publish checks run before anything leaves this stage.
 
 pub mod period;
+pub mod plan;
 pub mod udf;
 
 use std::collections::BTreeMap;
