@@ -261,7 +261,7 @@ fn duplicate_names() {
         p.path(),
         "[\"dossier\"]",
         &[
-            "sql/par/dossier_monthly.sql",
+            "dossier_monthly.sql",
             "sql/other/dossier_monthly.sql",
         ],
     );
@@ -553,4 +553,29 @@ fn report_sql_is_planned_against_the_schemas() {
         "table 'datafusion.public.satisfaction_votes' not found",
     );
     assert!(err.contains("did you mean `satisfaction_vote`?"), "{err}");
+}
+
+#[test]
+fn docs_writes_a_data_dictionary() {
+    let p = project_copy();
+    let out = parstat(p.path(), &["docs", "-o", "dictionary"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let path = p.path().join("dictionary/index.html");
+    assert_eq!(stdout(&out).trim(), path.to_str().unwrap());
+    let html = std::fs::read_to_string(path).unwrap();
+    for needle in [
+        "id=\"ds-dossier\"",
+        "Hồ sơ thủ tục hành chính",
+        "<code>applicant_name</code>",
+        "chỉ lưu mã băm HMAC-SHA256",
+        "không bao giờ lưu",
+        "id=\"rp-monthly_par\"",
+        "<code>on_time_rate</code>",
+        "dossier_monthly.sql",
+        "chu-tich@example.gov.vn",
+        "to_process_identity",
+        "id=\"ex-dossier\"",
+    ] {
+        assert!(html.contains(needle), "{needle} missing");
+    }
 }

@@ -49,6 +49,17 @@ pub enum Command {
     Run(run::RunArgs),
     /// Report jobs over a range of periods; sends nothing unless --send.
     Backfill(backfill::BackfillArgs),
+    /// A browsable HTML data dictionary of the project.
+    Docs {
+        /// Output folder.
+        #[arg(
+            short = 'o',
+            long = "output",
+            default_value = "docs",
+            value_name = "DIR"
+        )]
+        output: PathBuf,
+    },
     /// Ad hoc SQL over the warehouse, with the period parameters bound.
     Query(query::QueryArgs),
     /// The scheduler daemon: every job on its schedule, one scheduler at a time.
@@ -159,6 +170,19 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Backfill(args) => backfill::run(&cli.project, args).await,
         Command::Run(args) => run::run(&cli.project, args).await,
         Command::Query(args) => query::run(&cli.project, args).await,
+        Command::Docs { output } => {
+            let project = load_project(&cli.project)?;
+            let dir = if output.is_absolute() {
+                output
+            } else {
+                cli.project.join(output)
+            };
+            let path = crate::docs::write(&project, &dir)
+                .await
+                .map_err(Failure::failed)?;
+            println!("{}", path.display());
+            Ok(())
+        }
         Command::Serve => {
             let project = load_project(&cli.project)?;
             crate::serve::serve(project).await.map_err(Failure::failed)

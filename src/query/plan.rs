@@ -33,8 +33,13 @@ fn empty(
     }
 }
 
-/// Plans each report's SQL files in order (each result a table for the next) and its checks.
-pub async fn check(project: &Project, diags: &mut Diagnostics) {
+/// Plans each report's SQL files in order (each result a table for the next) and its checks;
+/// returns each planned report table's columns.
+pub async fn check(
+    project: &Project,
+    diags: &mut Diagnostics,
+) -> std::collections::BTreeMap<String, Vec<String>> {
+    let mut planned = std::collections::BTreeMap::new();
     let ctx = SessionContext::new();
     super::udf::register(&ctx, project.settings.timezone);
     let mut columns: Vec<String> = Vec::new();
@@ -89,6 +94,14 @@ pub async fn check(project: &Project, diags: &mut Diagnostics) {
                 Ok(plan) => {
                     let schema: arrow::datatypes::SchemaRef =
                         Arc::new(plan.schema().as_arrow().clone());
+                    planned.insert(
+                        name.clone(),
+                        schema
+                            .fields()
+                            .iter()
+                            .map(|f| f.name().clone())
+                            .collect::<Vec<_>>(),
+                    );
                     empty(&ctx, &mut columns, &name, schema.clone());
                     empty(
                         &ctx,
@@ -113,6 +126,7 @@ pub async fn check(project: &Project, diags: &mut Diagnostics) {
             }
         }
     }
+    planned
 }
 
 fn first_line(s: &str) -> String {
