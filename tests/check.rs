@@ -261,7 +261,7 @@ fn duplicate_names() {
         p.path(),
         "[\"dossier\"]",
         &[
-            "dossier_monthly.sql",
+            "sql/par/dossier_monthly.sql",
             "sql/other/dossier_monthly.sql",
         ],
     );
