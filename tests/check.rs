@@ -579,3 +579,25 @@ fn docs_writes_a_data_dictionary() {
         assert!(html.contains(needle), "{needle} missing");
     }
 }
+
+#[test]
+fn a_broken_check_is_reported_where_its_sql_is() {
+    let p = project_copy();
+    let text = edit(
+        p.path(),
+        "pipelines/monthly_par.toml",
+        "FROM dossier_monthly\nWHERE to_process <> resolved + withdrawn + pending",
+        "FROM dossier_monthly\nWHERE to_process <> resolvd + withdrawn + pending",
+    );
+    let err = check(p.path(), 2);
+    let at = text.find("resolvd").unwrap();
+    let start = text[..at].rfind("sql = ").unwrap() + "sql = ".len();
+    let (line, col) = pos(&text, &text[start..start + 12]);
+    expect(
+        &err,
+        "pipelines/monthly_par.toml",
+        (line, col),
+        "check `to_process_identity`:",
+    );
+    assert!(err.contains("resolvd"), "{err}");
+}

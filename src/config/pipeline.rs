@@ -212,6 +212,8 @@ pub struct ReportCheck {
     pub name: String,
     pub sql: String,
     pub message: String,
+    /// Byte range of `sql` in the pipeline file, to place errors found when it is planned.
+    pub span: std::ops::Range<usize>,
 }
 
 impl ReportJob {

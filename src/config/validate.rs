@@ -1002,6 +1002,7 @@ fn report_checks(src: &Source, raw: &RawPipeline, diags: &mut Diagnostics) -> Ve
         out.push(ReportCheck {
             name,
             sql: c.sql.get_ref().clone(),
+            span: c.sql.span(),
             message: c
                 .message
                 .as_ref()

@@ -114,12 +114,23 @@ pub async fn check(
                 Err(e) => report(&src, &e.to_string(), &known_tables, &columns, diags),
             }
         }
+        let pipeline_src = Source::new(
+            p.file.clone(),
+            std::fs::read_to_string(project.root.join(&p.file))
+                .or_else(|_| std::fs::read_to_string(&p.file))
+                .unwrap_or_default(),
+        );
         for c in &job.checks {
             if let Err(e) = ctx.state().create_logical_plan(&c.sql).await {
-                let src = Source::new(p.file.clone(), String::new());
+                // The check's SQL is a TOML string: point at it in the pipeline file.
+                let span = if pipeline_src.text.len() >= c.span.end {
+                    c.span.clone()
+                } else {
+                    0..0
+                };
                 diags.error_at(
-                    &src,
-                    0..0,
+                    &pipeline_src,
+                    span,
                     format!("check `{}`: {}", c.name, first_line(&e.to_string())),
                     Some("fix the check's SQL; it runs after the report's tables".into()),
                 );
