@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 
 use calamine::{Data, Reader};
 
-use crate::report::{demo_project, ok, run};
+use crate::report::demo_project;
 use crate::util::*;
 
 struct Smtp {

@@ -9,29 +9,6 @@ use std::process::Command;
 
 use crate::util::*;
 
-const KEY: &str = "test-key-0123456789abcdef";
-
-fn run(project: &Path, args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_parstat"))
-        .arg("--project")
-        .arg(project)
-        .args(args)
-        .env("PARSTAT_PII_KEY", KEY)
-        .output()
-        .expect("run parstat")
-}
-
-fn ok(o: std::process::Output) -> String {
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "stderr:\n{}\nstdout:\n{}",
-        stderr(&o),
-        stdout(&o)
-    );
-    stdout(&o)
-}
-
 fn demo(project: &Path, extra: &[&str]) -> serde_json::Value {
     let mut args = vec!["demo", "--data-only", "--until", "2026-10"];
     args.extend_from_slice(extra);

@@ -5,32 +5,8 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::process::{Command, Output};
 
 use crate::util::*;
-
-const KEY: &str = "test-key-0123456789abcdef";
-
-pub fn run(project: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_parstat"))
-        .arg("--project")
-        .arg(project)
-        .args(args)
-        .env("PARSTAT_PII_KEY", KEY)
-        .output()
-        .expect("run parstat")
-}
-
-pub fn ok(o: Output) -> String {
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "stderr:\n{}\nstdout:\n{}",
-        stderr(&o),
-        stdout(&o)
-    );
-    stdout(&o)
-}
 
 type Row = HashMap<String, String>;
 

@@ -5,7 +5,7 @@ use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 
-use crate::report::{ok, write_fixture};
+use crate::report::write_fixture;
 use crate::util::*;
 
 struct S3Server {
@@ -92,7 +92,7 @@ fn the_warehouse_on_s3_gives_the_same_results_as_a_folder() {
             if remote {
                 run_s3(p, port, args)
             } else {
-                crate::report::run(p, args)
+                run(p, args)
             }
         };
         ok(go(&["extract", "dossier", "satisfaction_vote"]));

@@ -89,3 +89,41 @@ pub fn delta_commits(log: &Path) -> usize {
         })
         .unwrap_or(0)
 }
+
+/// The hashing key the tests extract with.
+pub const KEY: &str = "test-key-0123456789abcdef";
+
+/// Runs parstat on `project` with the hashing key set.
+pub fn run(project: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_parstat"))
+        .arg("--project")
+        .arg(project)
+        .args(args)
+        .env("PARSTAT_PII_KEY", KEY)
+        .output()
+        .expect("run parstat")
+}
+
+/// Its stdout, after asserting that it succeeded.
+pub fn ok(o: Output) -> String {
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "stderr:\n{}\nstdout:\n{}",
+        stderr(&o),
+        stdout(&o)
+    );
+    stdout(&o)
+}
+
+/// The month before today in Hà Tĩnh (UTC+7), `YYYY-MM`: what `previous_month` jobs report on.
+pub fn previous_month_label() -> String {
+    use chrono::Datelike;
+    let local = (chrono::Utc::now() + chrono::Duration::hours(7)).date_naive();
+    let (y, m) = if local.month() == 1 {
+        (local.year() - 1, 12)
+    } else {
+        (local.year(), local.month() - 1)
+    };
+    format!("{y:04}-{m:02}")
+}

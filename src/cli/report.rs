@@ -85,7 +85,7 @@ pub async fn run(project_dir: &Path, args: ReportArgs) -> Result<(), Failure> {
         println!("{}", f.display());
     }
     for (t, v) in &outcome.published {
-        println!("published_{t}: version {v}");
+        println!("{}: version {v}", crate::query::published_name(t));
     }
     for d in &outcome.delivered {
         let what = match d.outcome {

@@ -65,10 +65,10 @@ pub async fn run(
     let mut files = Vec::new();
     let mut versions = Vec::new();
     let mut delivered = Vec::new();
-    let provenance = provenance(project, &wh, pipeline, &computed, &run_id).await?;
     match opts.preview {
         Some(dir) => {
             files = write_preview(project, &computed, &run_id, dir).await?;
+            let provenance = provenance(project, &wh, pipeline, &computed, &run_id).await?;
             let email = render::render(project, pipeline, &computed, &provenance)?;
             files.extend(write_email(project, pipeline, &computed, &email, dir)?);
         }
@@ -88,6 +88,8 @@ pub async fn run(
             }
             if opts.send {
                 let job = pipeline.as_report().expect("a report pipeline");
+                // Only an email needs the provenance (it reads each needed table's log).
+                let provenance = provenance(project, &wh, pipeline, &computed, &run_id).await?;
                 let email = render::render(project, pipeline, &computed, &provenance)?;
                 let recipients: Vec<String> = job.to.iter().chain(&job.cc).cloned().collect();
                 delivered = deliver::deliver(

@@ -10,8 +10,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, RecordBatch, UInt64Array};
-use arrow::compute::cast;
+use arrow::array::{RecordBatch, UInt64Array};
 use arrow::datatypes::{DataType, Field, Schema as ArrowSchema, SchemaRef};
 use datafusion::common::metadata::ScalarAndMetadata;
 use datafusion::common::{ParamValues, ScalarValue};
@@ -24,10 +23,7 @@ use crate::config::Project;
 use crate::warehouse::{self, Warehouse, WarehouseError};
 pub use period::Period;
 
-/// The published copy of report table `t` in the warehouse and in SQL.
-pub fn published_name(table: &str) -> String {
-    format!("published_{table}")
-}
+pub use crate::warehouse::published::published_name;
 
 #[derive(Debug, thiserror::Error)]
 pub enum QueryError {
@@ -226,27 +222,12 @@ pub async fn session(
 /// Seeds: small reference tables kept as CSV beside the SQL (area names, for example). Every
 /// column is text, so codes like `0436` keep their leading zeros.
 async fn register_seeds(ctx: &SessionContext, dir: &Path) -> Result<(), QueryError> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Ok(());
-    };
-    let mut files: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "csv"))
-        .collect();
-    files.sort();
-    for f in files {
+    for f in seed_files(dir) {
         let io = |source| QueryError::Io {
             path: f.clone(),
             source,
         };
-        let text = std::fs::read_to_string(&f).map_err(io)?;
-        let header = text.lines().next().unwrap_or_default();
-        let fields: Vec<Field> = header
-            .split(',')
-            .map(|h| Field::new(h.trim(), DataType::Utf8, true))
-            .collect();
-        let schema = ArrowSchema::new(fields);
-        let name = crate::config::pipeline::table_name(&f);
+        let (name, schema) = seed_schema(&f).map_err(io)?;
         ctx.register_csv(
             &name,
             f.to_string_lossy().as_ref(),
@@ -259,6 +240,33 @@ async fn register_seeds(ctx: &SessionContext, dir: &Path) -> Result<(), QueryErr
         })?;
     }
     Ok(())
+}
+
+/// The seed CSV files in `dir` (`sql/seeds`), sorted.
+pub fn seed_files(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return vec![];
+    };
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "csv"))
+        .collect();
+    files.sort();
+    files
+}
+
+/// A seed's table name and schema: its header's columns, all text.
+pub fn seed_schema(file: &Path) -> Result<(String, ArrowSchema), std::io::Error> {
+    let text = std::fs::read_to_string(file)?;
+    let header = text.lines().next().unwrap_or_default();
+    let fields: Vec<Field> = header
+        .split(',')
+        .map(|h| Field::new(h.trim(), DataType::Utf8, true))
+        .collect();
+    Ok((
+        crate::config::pipeline::table_name(file),
+        ArrowSchema::new(fields),
+    ))
 }
 
 fn register_batches(
@@ -298,18 +306,10 @@ pub async fn run_sql(
         .map(|(k, v)| (k.clone(), ScalarAndMetadata::from(v.clone())))
         .collect();
     let df = df.with_param_values(ParamValues::Map(map)).map_err(err)?;
-    let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-    let batches = df.collect().await.map_err(err)?;
-    let plain = plain_schema(&schema);
-    let batches = batches
-        .iter()
-        .map(|b| plain_batch(b, &plain))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| QueryError::Sql {
-            file: origin.to_string(),
-            message: e.to_string(),
-        })?;
-    Ok((plain, batches))
+    collect_plain(df).await.map_err(|message| QueryError::Sql {
+        file: origin.to_string(),
+        message,
+    })
 }
 
 fn plain_type(t: &DataType) -> DataType {
@@ -334,23 +334,19 @@ fn plain_schema(s: &ArrowSchema) -> SchemaRef {
     ))
 }
 
-fn plain_batch(
-    b: &RecordBatch,
-    schema: &SchemaRef,
-) -> Result<RecordBatch, arrow::error::ArrowError> {
-    let cols = b
-        .columns()
+/// Collects `df` with plain types: no view, dictionary or unsigned types, which neither Delta
+/// nor the workbook want. The schema is returned too, for an empty result.
+async fn collect_plain(
+    df: datafusion::dataframe::DataFrame,
+) -> Result<(SchemaRef, Vec<RecordBatch>), String> {
+    let plain = plain_schema(df.schema().as_arrow());
+    let batches = df.collect().await.map_err(|e| e.to_string())?;
+    let batches = batches
         .iter()
-        .zip(schema.fields())
-        .map(|(c, f)| {
-            if c.data_type() == f.data_type() {
-                Ok(c.clone())
-            } else {
-                cast(c, f.data_type())
-            }
-        })
-        .collect::<Result<Vec<ArrayRef>, _>>()?;
-    RecordBatch::try_new(schema.clone(), cols)
+        .map(|b| warehouse::cast_batch(b, &plain))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
+    Ok((plain, batches))
 }
 
 fn sha256_hex(text: &str) -> String {
@@ -575,14 +571,7 @@ async fn join_previous(
     let df = df
         .drop_columns(&["__row"])
         .map_err(|e| err(e.to_string()))?;
-    let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-    let batches = df.collect().await.map_err(|e| err(e.to_string()))?;
-    let plain = plain_schema(&schema);
-    let out = batches
-        .iter()
-        .map(|b| plain_batch(b, &plain))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| err(e.to_string()))?;
+    let (plain, out) = collect_plain(df).await.map_err(err)?;
     if out.is_empty() {
         return Ok(vec![RecordBatch::new_empty(plain)]);
     }

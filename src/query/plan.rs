@@ -52,33 +52,10 @@ pub async fn check(
         );
     }
     let mut known_tables: Vec<String> = project.schemas.keys().cloned().collect();
-    if let Ok(entries) = std::fs::read_dir(project.root.join("sql/seeds")) {
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.extension().is_some_and(|x| x == "csv") {
-                let name = crate::config::pipeline::table_name(&p);
-                let header = std::fs::read_to_string(&p).unwrap_or_default();
-                let fields: Vec<arrow::datatypes::Field> = header
-                    .lines()
-                    .next()
-                    .unwrap_or_default()
-                    .split(',')
-                    .map(|h| {
-                        arrow::datatypes::Field::new(
-                            h.trim(),
-                            arrow::datatypes::DataType::Utf8,
-                            true,
-                        )
-                    })
-                    .collect();
-                empty(
-                    &ctx,
-                    &mut columns,
-                    &name,
-                    Arc::new(arrow::datatypes::Schema::new(fields)),
-                );
-                known_tables.push(name);
-            }
+    for f in super::seed_files(&project.root.join("sql/seeds")) {
+        if let Ok((name, schema)) = super::seed_schema(&f) {
+            empty(&ctx, &mut columns, &name, Arc::new(schema));
+            known_tables.push(name);
         }
     }
     for p in &project.pipelines {
@@ -106,7 +83,7 @@ pub async fn check(
                     empty(
                         &ctx,
                         &mut columns,
-                        &format!("published_{name}"),
+                        &super::published_name(&name),
                         warehouse::published::schema(&schema),
                     );
                     known_tables.push(name.clone());

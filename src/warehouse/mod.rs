@@ -166,7 +166,14 @@ pub fn commit_properties(
 
 /// Delta has no unsigned integers: UInt8/16/32 are stored as the next wider signed type.
 pub fn to_delta(batch: &RecordBatch) -> Result<RecordBatch, arrow::error::ArrowError> {
-    let schema = delta_schema(batch.schema().as_ref());
+    cast_batch(batch, &Arc::new(delta_schema(batch.schema().as_ref())))
+}
+
+/// `batch` with each column cast to the type of its field in `schema` (same order).
+pub fn cast_batch(
+    batch: &RecordBatch,
+    schema: &arrow::datatypes::SchemaRef,
+) -> Result<RecordBatch, arrow::error::ArrowError> {
     let cols: Vec<ArrayRef> = batch
         .columns()
         .iter()
@@ -179,7 +186,7 @@ pub fn to_delta(batch: &RecordBatch) -> Result<RecordBatch, arrow::error::ArrowE
             }
         })
         .collect::<Result<_, _>>()?;
-    RecordBatch::try_new(Arc::new(schema), cols)
+    RecordBatch::try_new(schema.clone(), cols)
 }
 
 pub fn delta_schema(schema: &ArrowSchema) -> ArrowSchema {

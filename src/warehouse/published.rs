@@ -21,6 +21,11 @@ pub const COLUMNS: &[&str] = &[
     "published_at",
 ];
 
+/// The published copy of report table `table`, in the warehouse and in SQL.
+pub fn published_name(table: &str) -> String {
+    format!("published_{table}")
+}
+
 /// What identifies one publication of a table.
 #[derive(Debug, Clone)]
 pub struct Publication {
@@ -101,7 +106,7 @@ pub async fn publish(
     batches: &[RecordBatch],
     p: &Publication,
 ) -> Result<u64, WarehouseError> {
-    let name = format!("published_{table}");
+    let name = published_name(table);
     let data = |e: arrow::error::ArrowError| WarehouseError::Data {
         table: name.clone(),
         message: e.to_string(),
