@@ -397,17 +397,7 @@ fn the_outbox_and_the_preview_and_a_screenshot_of_the_email() {
     assert!(text.contains("Content-Type: multipart/mixed"));
     // A preview writes the email and its parts and sends nothing.
     let dir = p.path().join("preview");
-    ok(run(
-        p.path(),
-        &[
-            "report",
-            "monthly_par",
-            "--period",
-            "2021-11",
-            "--preview",
-            dir.to_str().unwrap(),
-        ],
-    ));
+    preview(p.path(), "monthly_par", "2021-11", &dir);
     for f in [
         "email.eml",
         "email.html",

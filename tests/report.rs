@@ -415,17 +415,7 @@ fn fixture_project() -> tempfile::TempDir {
 fn the_fixture_matches_the_hand_worked_values_in_calendar_months() {
     let p = fixture_project();
     let out = p.path().join("preview");
-    let text = ok(run(
-        p.path(),
-        &[
-            "report",
-            "monthly_par",
-            "--period",
-            "2026-10",
-            "--preview",
-            out.to_str().unwrap(),
-        ],
-    ));
+    let text = preview(p.path(), "monthly_par", "2026-10", &out);
     assert!(
         text.contains("Từ ngày 01/10/2026 đến ngày 31/10/2026"),
         "{text}"
@@ -562,17 +552,7 @@ fn the_fixture_matches_the_hand_worked_values_under_decree09() {
         "period_rule = \"decree09\"",
     );
     let out = p.path().join("preview");
-    let text = ok(run(
-        p.path(),
-        &[
-            "report",
-            "monthly_par",
-            "--period",
-            "2026-10",
-            "--preview",
-            out.to_str().unwrap(),
-        ],
-    ));
+    let text = preview(p.path(), "monthly_par", "2026-10", &out);
     assert!(
         text.contains("Từ ngày 15/09/2026 đến ngày 14/10/2026"),
         "{text}"
@@ -661,17 +641,7 @@ fn published_periods_feed_the_comparison_and_the_trend() {
     .unwrap();
     ok(run(p.path(), &["extract", "dossier"]));
     let out = p.path().join("preview");
-    ok(run(
-        p.path(),
-        &[
-            "report",
-            "monthly_par",
-            "--period",
-            "2026-10",
-            "--preview",
-            out.to_str().unwrap(),
-        ],
-    ));
+    preview(p.path(), "monthly_par", "2026-10", &out);
     let rows = read_csv(&out.join("dossier_monthly.csv"));
     let province = group(&rows, "province", "province");
     assert_eq!(
@@ -700,17 +670,7 @@ fn published_periods_feed_the_comparison_and_the_trend() {
         &["report", "monthly_par", "--period", "2026-10"],
     ));
     let q = p.path().join("q");
-    ok(run(
-        p.path(),
-        &[
-            "report",
-            "monthly_par",
-            "--period",
-            "2026-11",
-            "--preview",
-            q.to_str().unwrap(),
-        ],
-    ));
+    preview(p.path(), "monthly_par", "2026-11", &q);
     let trend = read_csv(&q.join("trend_monthly.csv"));
     let periods: Vec<&str> = trend.iter().map(|r| r["period"].as_str()).collect();
     assert_eq!(periods, ["2026-09", "2026-10", "2026-11"]);
@@ -722,17 +682,7 @@ fn published_periods_feed_the_comparison_and_the_trend() {
 fn a_month_without_data_says_so() {
     let p = fixture_project();
     let out = p.path().join("preview");
-    let text = ok(run(
-        p.path(),
-        &[
-            "report",
-            "monthly_par",
-            "--period",
-            "2031-01",
-            "--preview",
-            out.to_str().unwrap(),
-        ],
-    ));
+    let text = preview(p.path(), "monthly_par", "2031-01", &out);
     assert!(
         text.contains("dossier_monthly: no data for tháng 1/2031"),
         "{text}"
@@ -821,17 +771,7 @@ fn a_broken_sql_file_is_named_with_exit_code_2() {
 fn the_demo_reproduces_the_provinces_published_facts() {
     let p = demo_project();
     let out = p.path().join("inv");
-    ok(run(
-        p.path(),
-        &[
-            "report",
-            "monthly_investment",
-            "--period",
-            "2021-10",
-            "--preview",
-            out.to_str().unwrap(),
-        ],
-    ));
+    preview(p.path(), "monthly_investment", "2021-10", &out);
     let rows = read_csv(&out.join("investment_monthly.csv"));
     let province = group(&rows, "province", "province");
     // Cumulative valid investment at the end of October 2021: 1,402 projects, 417,021 billion.
@@ -844,17 +784,7 @@ fn the_demo_reproduces_the_provinces_published_facts() {
     assert_eq!(new.len() as i64, int(province, "new_projects"));
 
     let out = p.path().join("par");
-    ok(run(
-        p.path(),
-        &[
-            "report",
-            "monthly_par",
-            "--period",
-            "2021-10",
-            "--preview",
-            out.to_str().unwrap(),
-        ],
-    ));
+    preview(p.path(), "monthly_par", "2021-10", &out);
     let par = read_csv(&out.join("par_index.csv"));
     let y2019 = par.iter().find(|r| r["year"] == "2019").expect("2019 row");
     assert_eq!(num(y2019, "score"), 83.25);

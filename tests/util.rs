@@ -127,3 +127,18 @@ pub fn previous_month_label() -> String {
     };
     format!("{y:04}-{m:02}")
 }
+
+/// `parstat report REPORT --period PERIOD --preview OUT`, which must succeed; its stdout.
+pub fn preview(project: &Path, report: &str, period: &str, out: &Path) -> String {
+    ok(run(
+        project,
+        &[
+            "report",
+            report,
+            "--period",
+            period,
+            "--preview",
+            out.to_str().unwrap(),
+        ],
+    ))
+}
