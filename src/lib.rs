@@ -14,4 +14,5 @@ pub mod logtail;
 pub mod query;
 pub mod render;
 pub mod serve;
+pub mod testing;
 pub mod warehouse;

@@ -10,3 +10,4 @@ mod report;
 mod s3;
 mod serve;
 mod util;
+mod workbench;

@@ -11,6 +11,11 @@ pub async fn run(project: &Path) -> Result<(), Failure> {
     if let Some(p) = &loaded.project {
         let mut diags = crate::config::diag::Diagnostics::default();
         crate::query::plan::check(p, &mut diags).await;
+        // Report unit tests name reports, tables and inputs that must exist.
+        let (_, unit_diags) = crate::testing::load_unit_tests(p);
+        for d in unit_diags.sorted() {
+            diags.push(d);
+        }
         if diags.has_errors() {
             loaded.project = None;
         }

@@ -9,6 +9,7 @@ mod query;
 mod report;
 mod run;
 mod runs;
+mod test;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -62,6 +63,8 @@ pub enum Command {
     },
     /// Ad hoc SQL over the warehouse, with the period parameters bound.
     Query(query::QueryArgs),
+    /// Data tests declared in schemas/ and report unit tests beside the SQL.
+    Test(test::TestArgs),
     /// The scheduler daemon: every job on its schedule, one scheduler at a time.
     Serve,
     /// The run history: `runs list`, `runs show RUN_ID`.
@@ -188,6 +191,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             crate::serve::serve(project).await.map_err(Failure::failed)
         }
         Command::Runs(args) => runs::run(&cli.project, args).await,
+        Command::Test(args) => test::run(&cli.project, args).await,
     }
 }
 

@@ -2,7 +2,9 @@
 //! [-o FILE]`: ad hoc SQL over every warehouse table, published report table and seed, with
 //! the period parameters bound when a period is given. Readable on a terminal, exact in files.
 
-use std::io::Write;
+mod prompt;
+
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
 use datafusion::dataframe::DataFrameWriteOptions;
@@ -22,8 +24,9 @@ pub enum Format {
 
 #[derive(clap::Args, Debug)]
 pub struct QueryArgs {
-    /// The SQL (DataFusion dialect).
-    #[arg(conflicts_with = "file", required_unless_present = "file")]
+    /// The SQL (DataFusion dialect). Without it (and without -f), an interactive prompt on a
+    /// terminal, or the statements read from standard input.
+    #[arg(conflicts_with = "file")]
     pub sql: Option<String>,
     /// Read the SQL from this file.
     #[arg(short = 'f', long = "file", value_name = "FILE")]
@@ -49,6 +52,17 @@ pub enum RuleArg {
 
 pub async fn run(project_dir: &Path, args: QueryArgs) -> Result<(), Failure> {
     let project = load_project(project_dir)?;
+    let rule = match args.rule {
+        RuleArg::Calendar => PeriodRule::Calendar,
+        RuleArg::Decree09 => PeriodRule::Decree09,
+    };
+    let params = match &args.period {
+        Some(p) => {
+            let period = Period::parse(p, rule).map_err(Failure::usage)?;
+            query::params(&period, project.settings.timezone)
+        }
+        None => vec![],
+    };
     let (origin, sql) = match (&args.sql, &args.file) {
         (Some(s), _) => ("query".to_string(), s.clone()),
         (None, Some(f)) => (
@@ -56,24 +70,35 @@ pub async fn run(project_dir: &Path, args: QueryArgs) -> Result<(), Failure> {
             std::fs::read_to_string(f)
                 .map_err(|e| Failure::usage(anyhow::anyhow!("{}: {e}", f.display())))?,
         ),
-        (None, None) => unreachable!("clap requires one"),
+        (None, None) => {
+            let wh = Warehouse::new(&project.root, &project.settings.warehouse_url)?;
+            let (ctx, _) = query::session(&project, &wh).await?;
+            let format = match args.format {
+                Format::Parquet => {
+                    return Err(Failure::usage(anyhow::anyhow!(
+                        "--format parquet needs the SQL on the command line and -o FILE"
+                    )))
+                }
+                f => f,
+            };
+            let state = prompt::State {
+                params,
+                format,
+                rule,
+                tz: project.settings.timezone,
+            };
+            return if std::io::stdin().is_terminal() {
+                prompt::interactive(&ctx, state).await
+            } else {
+                prompt::script(&ctx, state).await
+            };
+        }
     };
     if args.format == Format::Parquet && args.output.is_none() {
         return Err(Failure::usage(anyhow::anyhow!(
             "--format parquet writes a file: give it with -o FILE"
         )));
     }
-    let params = match &args.period {
-        Some(p) => {
-            let rule = match args.rule {
-                RuleArg::Calendar => PeriodRule::Calendar,
-                RuleArg::Decree09 => PeriodRule::Decree09,
-            };
-            let period = Period::parse(p, rule).map_err(Failure::usage)?;
-            query::params(&period, project.settings.timezone)
-        }
-        None => vec![],
-    };
     let wh = Warehouse::new(&project.root, &project.settings.warehouse_url)?;
     let (ctx, _) = query::session(&project, &wh).await?;
     let (schema, batches) = match query::run_sql(&ctx, &origin, &sql, &params).await {
@@ -99,31 +124,12 @@ pub async fn run(project_dir: &Path, args: QueryArgs) -> Result<(), Failure> {
     let werr =
         |e: &dyn std::fmt::Display| Failure::failed(anyhow::anyhow!("writing the result: {e}"));
     match args.format {
-        Format::Table => {
-            let text =
-                arrow::util::pretty::pretty_format_batches(&batches).map_err(|e| werr(&e))?;
-            writeln!(out, "{text}").map_err(|e| werr(&e))?;
-            let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
-            eprintln!("{rows} row(s)");
-        }
-        Format::Csv => {
-            let mut w = arrow::csv::WriterBuilder::new()
-                .with_header(true)
-                .build(&mut out);
-            if batches.is_empty() {
-                w.write(&arrow::array::RecordBatch::new_empty(schema.clone()))
-                    .map_err(|e| werr(&e))?;
+        Format::Table | Format::Csv | Format::Json => {
+            write_result(&mut out, args.format, &schema, &batches).map_err(|e| werr(&e))?;
+            if args.format == Format::Table {
+                let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+                eprintln!("{rows} row(s)");
             }
-            for b in &batches {
-                w.write(b).map_err(|e| werr(&e))?;
-            }
-        }
-        Format::Json => {
-            let mut w = arrow::json::LineDelimitedWriter::new(&mut out);
-            for b in &batches {
-                w.write(b).map_err(|e| werr(&e))?;
-            }
-            w.finish().map_err(|e| werr(&e))?;
         }
         Format::Parquet => {
             let path = args.output.as_ref().expect("checked above");
@@ -147,6 +153,47 @@ pub async fn run(project_dir: &Path, args: QueryArgs) -> Result<(), Failure> {
     out.flush().map_err(|e| werr(&e))?;
     if let Some(p) = &args.output {
         println!("{}", p.display());
+    }
+    Ok(())
+}
+
+/// Writes a result as a text table, CSV (with header) or JSON lines.
+pub(crate) fn write_result(
+    out: &mut dyn Write,
+    format: Format,
+    schema: &arrow::datatypes::SchemaRef,
+    batches: &[arrow::array::RecordBatch],
+) -> Result<(), anyhow::Error> {
+    match format {
+        Format::Table => {
+            let text = if batches.is_empty() {
+                arrow::util::pretty::pretty_format_batches(&[
+                    arrow::array::RecordBatch::new_empty(schema.clone()),
+                ])?
+            } else {
+                arrow::util::pretty::pretty_format_batches(batches)?
+            };
+            writeln!(out, "{text}")?;
+        }
+        Format::Csv => {
+            let mut w = arrow::csv::WriterBuilder::new()
+                .with_header(true)
+                .build(out);
+            if batches.is_empty() {
+                w.write(&arrow::array::RecordBatch::new_empty(schema.clone()))?;
+            }
+            for b in batches {
+                w.write(b)?;
+            }
+        }
+        Format::Json => {
+            let mut w = arrow::json::LineDelimitedWriter::new(out);
+            for b in batches {
+                w.write(b)?;
+            }
+            w.finish()?;
+        }
+        Format::Parquet => anyhow::bail!("parquet is written to a file"),
     }
     Ok(())
 }

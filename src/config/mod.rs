@@ -6,7 +6,7 @@ pub mod env;
 pub mod pipeline;
 pub mod schema;
 pub mod settings;
-mod toml_file;
+pub(crate) mod toml_file;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -101,6 +101,43 @@ fn toml_files(root: &Path, dir: &str, diags: &mut Diagnostics) -> Vec<PathBuf> {
     out
 }
 
+/// The `relationships` data tests name another dataset and its column: both must exist.
+fn relationships(
+    schemas: &BTreeMap<String, Schema>,
+    sources: &BTreeMap<String, Source>,
+    diags: &mut Diagnostics,
+) {
+    let names: Vec<&str> = schemas.keys().map(|k| k.as_str()).collect();
+    for (name, s) in schemas {
+        let src = &sources[name];
+        for t in &s.tests {
+            let (schema::DataTestKind::Relationship { to, field, .. }, Some(span)) =
+                (&t.kind, &t.to_span)
+            else {
+                continue;
+            };
+            match schemas.get(to) {
+                None => diags.error_at(
+                    src,
+                    span.clone(),
+                    format!("`{to}` is not a dataset"),
+                    Some(diag::suggest(to, &names)),
+                ),
+                Some(other) if other.arrow_schema().field_with_name(field).is_err() => {
+                    let cols: Vec<&str> = other.stored_columns().map(|c| c.name.as_str()).collect();
+                    diags.error_at(
+                        src,
+                        span.clone(),
+                        format!("dataset `{to}` has no stored column `{field}`"),
+                        Some(diag::suggest(field, &cols)),
+                    )
+                }
+                Some(_) => {}
+            }
+        }
+    }
+}
+
 /// Loads and validates everything, gathering all diagnostics.
 pub fn load(root: &Path) -> Loaded {
     let mut diags = Diagnostics::default();
@@ -113,14 +150,17 @@ pub fn load(root: &Path) -> Loaded {
     .and_then(|src| settings::load(&src, &mut diags).map(|s| (s, src)));
 
     let mut schemas = BTreeMap::new();
+    let mut schema_sources = BTreeMap::new();
     for rel in toml_files(root, "schemas", &mut diags) {
         let stem = pipeline::table_name(&rel);
         if let Some(src) = read(root, &rel, &mut diags, None) {
             if let Some(s) = schema::load(&src, &stem, &mut diags) {
+                schema_sources.insert(s.name.clone(), src);
                 schemas.insert(s.name.clone(), s);
             }
         }
     }
+    relationships(&schemas, &schema_sources, &mut diags);
 
     let mut pipelines = Vec::new();
     let files = toml_files(root, "pipelines", &mut diags);

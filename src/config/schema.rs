@@ -22,6 +22,43 @@ struct RawSchema {
     columns: Vec<Spanned<RawColumn>>,
     #[serde(default)]
     rules: Vec<Spanned<RawRule>>,
+    #[serde(default)]
+    tests: Vec<Spanned<RawTest>>,
+}
+
+/// A data test as written: exactly one of the kinds, with an optional name, severity and
+/// row filter.
+#[derive(Deserialize)]
+struct RawTest {
+    name: Option<Spanned<String>>,
+    severity: Option<Spanned<String>>,
+    #[serde(rename = "where")]
+    filter: Option<Spanned<String>>,
+    unique: Option<Spanned<Vec<Spanned<String>>>>,
+    not_null: Option<Spanned<Vec<Spanned<String>>>>,
+    accepted_values: Option<Spanned<RawAccepted>>,
+    relationships: Option<Spanned<RawRelationship>>,
+    row_count: Option<Spanned<RawRowCount>>,
+    sql: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+struct RawAccepted {
+    column: Spanned<String>,
+    values: Spanned<Vec<Spanned<toml::Value>>>,
+}
+
+#[derive(Deserialize)]
+struct RawRelationship {
+    column: Spanned<String>,
+    to: Spanned<String>,
+    field: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+struct RawRowCount {
+    min: Option<Spanned<i64>>,
+    max: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -106,6 +143,52 @@ pub struct Rule {
     pub message: String,
 }
 
+/// How a failing data test counts: `error` fails `parstat test`, `warn` is only shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TestSeverity {
+    Error,
+    Warn,
+}
+
+/// What a data test asserts of the stored table.
+#[derive(Debug, Clone)]
+pub enum DataTestKind {
+    /// No two rows share these columns' values.
+    Unique(Vec<String>),
+    /// None of these columns is NULL.
+    NotNull(Vec<String>),
+    /// The column holds only these values (or NULL).
+    AcceptedValues {
+        column: String,
+        values: Vec<AllowedValue>,
+    },
+    /// Every non-null value of `column` is a `field` of dataset `to`.
+    Relationship {
+        column: String,
+        to: String,
+        field: String,
+    },
+    /// The number of rows lies within the bounds.
+    RowCount { min: Option<i64>, max: Option<i64> },
+    /// SQL that returns the offending rows: none means the test passes.
+    Sql(String),
+}
+
+/// A data test declared in a schema file, run by `parstat test` over the warehouse table.
+#[derive(Debug, Clone)]
+pub struct DataTest {
+    pub name: String,
+    pub severity: TestSeverity,
+    /// A SQL predicate: only the rows it keeps are tested.
+    pub filter: Option<String>,
+    pub kind: DataTestKind,
+    /// Line of the test in its schema file, for messages.
+    pub line: usize,
+    /// Where `relationships.to` is written, checked once every schema is known.
+    pub(crate) to_span: Option<std::ops::Range<usize>>,
+}
+
 #[derive(Debug, Clone)]
 pub struct Schema {
     pub name: String,
@@ -116,6 +199,7 @@ pub struct Schema {
     pub partition: Option<Partition>,
     pub watermark: Option<String>,
     pub rules: Vec<Rule>,
+    pub tests: Vec<DataTest>,
 }
 
 impl Schema {
@@ -210,6 +294,10 @@ fn known_keys() -> Vec<&'static str> {
         fields_of::<RawPartition>(),
         fields_of::<RawColumn>(),
         fields_of::<RawRule>(),
+        fields_of::<RawTest>(),
+        fields_of::<RawAccepted>(),
+        fields_of::<RawRelationship>(),
+        fields_of::<RawRowCount>(),
     ]
     .concat()
 }
@@ -533,6 +621,8 @@ pub fn load(src: &Source, stem: &str, diags: &mut Diagnostics) -> Option<Schema>
         });
     }
 
+    let tests = data_tests(src, &raw.tests, &columns, partition.as_ref(), diags);
+
     (diags.error_count() == before).then_some(Schema {
         name,
         label: raw.label.get_ref().clone(),
@@ -547,7 +637,286 @@ pub fn load(src: &Source, stem: &str, diags: &mut Diagnostics) -> Option<Schema>
         partition,
         watermark: raw.watermark.map(|w| w.into_inner()),
         rules,
+        tests,
     })
+}
+
+/// Reads the `[[tests]]` of a schema: each names exactly one kind, and every column it
+/// names is a stored column (or the partition column).
+fn data_tests(
+    src: &Source,
+    raw: &[Spanned<RawTest>],
+    columns: &[Column],
+    partition: Option<&Partition>,
+    diags: &mut Diagnostics,
+) -> Vec<DataTest> {
+    let mut names: Vec<&str> = columns
+        .iter()
+        .filter(|c| c.personal != Some(Personal::Drop))
+        .map(|c| c.name.as_str())
+        .collect();
+    if let Some(p) = partition {
+        if !names.contains(&p.column.as_str()) {
+            names.push(p.column.as_str());
+        }
+    }
+    let mut column_ok = |c: &Spanned<String>, diags: &mut Diagnostics| -> bool {
+        if names.contains(&c.get_ref().as_str()) {
+            return true;
+        }
+        let dropped = columns
+            .iter()
+            .any(|col| &col.name == c.get_ref() && col.personal == Some(Personal::Drop));
+        diags.error_at(
+            src,
+            c.span(),
+            if dropped {
+                format!(
+                    "column `{}` is never stored (personal = \"drop\")",
+                    c.get_ref()
+                )
+            } else {
+                format!("`{}` is not a column of this dataset", c.get_ref())
+            },
+            Some(suggest(c.get_ref(), &names)),
+        );
+        false
+    };
+    let mut out = Vec::new();
+    let mut seen = BTreeSet::new();
+    for t in raw {
+        let span = t.span();
+        let t = t.get_ref();
+        let line = src.line_col(span.start).0;
+        let given = [
+            t.unique.is_some(),
+            t.not_null.is_some(),
+            t.accepted_values.is_some(),
+            t.relationships.is_some(),
+            t.row_count.is_some(),
+            t.sql.is_some(),
+        ]
+        .iter()
+        .filter(|g| **g)
+        .count();
+        if given != 1 {
+            diags.error_at(
+                src,
+                span.start..span.start,
+                if given == 0 {
+                    "a data test names no kind".to_string()
+                } else {
+                    "a data test names more than one kind".to_string()
+                },
+                Some("write exactly one of `unique`, `not_null`, `accepted_values`, `relationships`, `row_count`, `sql` in each `[[tests]]`".into()),
+            );
+            continue;
+        }
+        let severity = match t
+            .severity
+            .as_ref()
+            .map(|s| (s.get_ref().as_str(), s.span()))
+        {
+            None | Some(("error", _)) => TestSeverity::Error,
+            Some(("warn", _)) => TestSeverity::Warn,
+            Some((other, span)) => {
+                diags.error_at(
+                    src,
+                    span,
+                    format!("unknown severity `{other}`"),
+                    Some(suggest(other, &["error", "warn"])),
+                );
+                TestSeverity::Error
+            }
+        };
+        let list = |l: &Spanned<Vec<Spanned<String>>>,
+                    what: &str,
+                    diags: &mut Diagnostics,
+                    column_ok: &mut dyn FnMut(&Spanned<String>, &mut Diagnostics) -> bool|
+         -> Option<Vec<String>> {
+            if l.get_ref().is_empty() {
+                diags.error_at(
+                    src,
+                    l.span(),
+                    format!("`{what}` names no column"),
+                    Some("list one or more columns".into()),
+                );
+                return None;
+            }
+            let mut ok = true;
+            for c in l.get_ref() {
+                ok &= column_ok(c, diags);
+            }
+            ok.then(|| l.get_ref().iter().map(|c| c.get_ref().clone()).collect())
+        };
+        let mut to_span = None;
+        let (kind, default_name) = if let Some(l) = &t.unique {
+            let Some(cols) = list(l, "unique", diags, &mut column_ok) else {
+                continue;
+            };
+            let n = format!("unique({})", cols.join(", "));
+            (DataTestKind::Unique(cols), n)
+        } else if let Some(l) = &t.not_null {
+            let Some(cols) = list(l, "not_null", diags, &mut column_ok) else {
+                continue;
+            };
+            let n = format!("not_null({})", cols.join(", "));
+            (DataTestKind::NotNull(cols), n)
+        } else if let Some(a) = &t.accepted_values {
+            let a = a.get_ref();
+            if !column_ok(&a.column, diags) {
+                continue;
+            }
+            let col = a.column.get_ref().clone();
+            let integer = columns
+                .iter()
+                .find(|c| c.name == col)
+                .is_some_and(|c| c.data_type.is_integer());
+            let mut values = Vec::new();
+            for v in a.values.get_ref() {
+                match v.get_ref() {
+                    toml::Value::Integer(i) if integer => values.push(AllowedValue::Int(*i)),
+                    toml::Value::String(s) if !integer => {
+                        values.push(AllowedValue::Text(s.clone()))
+                    }
+                    other => diags.error_at(
+                        src,
+                        v.span(),
+                        format!("value {other} does not fit column `{col}`"),
+                        Some(
+                            if integer {
+                                "write integers"
+                            } else {
+                                "write strings"
+                            }
+                            .into(),
+                        ),
+                    ),
+                }
+            }
+            if a.values.get_ref().is_empty() {
+                diags.error_at(
+                    src,
+                    a.values.span(),
+                    "no accepted value",
+                    Some("list the values".into()),
+                );
+                continue;
+            }
+            let n = format!("accepted_values({col})");
+            (
+                DataTestKind::AcceptedValues {
+                    column: col,
+                    values,
+                },
+                n,
+            )
+        } else if let Some(r) = &t.relationships {
+            let r = r.get_ref();
+            if !column_ok(&r.column, diags) {
+                continue;
+            }
+            let column = r.column.get_ref().clone();
+            let field = r
+                .field
+                .as_ref()
+                .map(|f| f.get_ref().clone())
+                .unwrap_or_else(|| column.clone());
+            to_span = Some(r.to.span());
+            let n = format!("relationships({column} → {}.{field})", r.to.get_ref());
+            (
+                DataTestKind::Relationship {
+                    column,
+                    to: r.to.get_ref().clone(),
+                    field,
+                },
+                n,
+            )
+        } else if let Some(rc) = &t.row_count {
+            let rcs = rc.span();
+            let rc = rc.get_ref();
+            let min = rc.min.as_ref().map(|m| *m.get_ref());
+            let max = rc.max.as_ref().map(|m| *m.get_ref());
+            if min.is_none() && max.is_none() {
+                diags.error_at(
+                    src,
+                    rcs,
+                    "`row_count` has no bound",
+                    Some("give `min`, `max` or both".into()),
+                );
+                continue;
+            }
+            if let (Some(a), Some(b)) = (min, max) {
+                if a > b {
+                    diags.error_at(
+                        src,
+                        rcs,
+                        format!("`row_count` min {a} is above max {b}"),
+                        None,
+                    );
+                    continue;
+                }
+            }
+            let n = match (min, max) {
+                (Some(a), Some(b)) => format!("row_count({a}..={b})"),
+                (Some(a), None) => format!("row_count(>= {a})"),
+                (None, Some(b)) => format!("row_count(<= {b})"),
+                (None, None) => unreachable!("checked above"),
+            };
+            (DataTestKind::RowCount { min, max }, n)
+        } else if let Some(q) = &t.sql {
+            if q.get_ref().trim().is_empty() {
+                diags.error_at(
+                    src,
+                    q.span(),
+                    "empty test SQL",
+                    Some("write a query that returns the offending rows".into()),
+                );
+                continue;
+            }
+            if t.name.is_none() {
+                diags.error_at(
+                    src,
+                    q.span(),
+                    "a SQL data test needs a `name`",
+                    Some(
+                        "name it after what it asserts, e.g. `name = \"finished_after_received\"`"
+                            .into(),
+                    ),
+                );
+                continue;
+            }
+            (DataTestKind::Sql(q.get_ref().clone()), String::new())
+        } else {
+            unreachable!("exactly one kind is given")
+        };
+        let name = t
+            .name
+            .as_ref()
+            .map(|n| n.get_ref().clone())
+            .unwrap_or(default_name);
+        if !seen.insert(name.clone()) {
+            diags.error_at(
+                src,
+                t.name
+                    .as_ref()
+                    .map(|n| n.span())
+                    .unwrap_or(span.start..span.start),
+                format!("duplicate data test `{name}`"),
+                Some("give each test its own `name`".into()),
+            );
+            continue;
+        }
+        out.push(DataTest {
+            name,
+            severity,
+            filter: t.filter.as_ref().map(|f| f.get_ref().clone()),
+            kind,
+            line,
+            to_span,
+        });
+    }
+    out
 }
 
 /// Lower-case SQL identifier: the same name in TOML, SQL and warehouse paths.

@@ -31,6 +31,12 @@ pub async fn write(project: &Project, dir: &Path) -> anyhow::Result<PathBuf> {
                 "watermark": s.watermark,
                 "producer": project.producer(&s.name).map(|p| p.name.clone()),
                 "rules": s.rules.iter().map(|r| json!({"check": r.check, "message": r.message})).collect::<Vec<_>>(),
+                "tests": s.tests.iter().map(|t| json!({
+                    "name": t.name,
+                    "severity": t.severity,
+                    "filter": t.filter,
+                    "sql": crate::testing::data::failing_sql(&s.name, s, t),
+                })).collect::<Vec<_>>(),
                 "columns": s.columns.iter().map(|c| json!({
                     "name": c.name,
                     "type": c.type_name,

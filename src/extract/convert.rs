@@ -61,6 +61,30 @@ impl RowPlan {
         tz: chrono_tz::Tz,
         hasher: Option<Hasher>,
     ) -> RowPlan {
+        Self::with_maps(schema, &job.formats, &job.values, source_names, tz, hasher)
+    }
+
+    /// A plan for text cells with no pipeline around them (report unit tests' inputs): the
+    /// default time formats, no value mapping, personal data kept as written.
+    pub fn plain(schema: &Schema, source_names: &[String], tz: chrono_tz::Tz) -> RowPlan {
+        Self::with_maps(
+            schema,
+            &BTreeMap::new(),
+            &BTreeMap::new(),
+            source_names,
+            tz,
+            None,
+        )
+    }
+
+    fn with_maps(
+        schema: &Schema,
+        formats: &BTreeMap<String, String>,
+        values: &BTreeMap<String, BTreeMap<String, toml::Value>>,
+        source_names: &[String],
+        tz: chrono_tz::Tz,
+        hasher: Option<Hasher>,
+    ) -> RowPlan {
         let columns: Vec<ColumnPlan> = schema
             .stored_columns()
             .map(|c| ColumnPlan {
@@ -72,8 +96,8 @@ impl RowPlan {
                 },
                 nullable: c.nullable,
                 source: source_names.iter().position(|n| n == &c.name),
-                format: job.formats.get(&c.name).cloned(),
-                values: job.values.get(&c.name).cloned(),
+                format: formats.get(&c.name).cloned(),
+                values: values.get(&c.name).cloned(),
                 allowed: c.allowed.clone(),
                 personal: c.personal,
             })

@@ -161,6 +161,27 @@ pub async fn session(
     project: &Project,
     wh: &Warehouse,
 ) -> Result<(SessionContext, Vec<InputTable>), QueryError> {
+    session_with(project, Inputs::Warehouse(wh)).await
+}
+
+/// Tables held in memory, by name, each with its schema.
+pub type MemoryTables = BTreeMap<String, (SchemaRef, Vec<RecordBatch>)>;
+
+/// Where a report's input tables come from.
+#[derive(Clone, Copy)]
+pub enum Inputs<'a> {
+    /// The warehouse: datasets and published report tables.
+    Warehouse(&'a Warehouse),
+    /// Tables given in memory, as report unit tests give them: a dataset not given reads as
+    /// empty; a seed given replaces the project's.
+    Memory(&'a MemoryTables),
+}
+
+/// A session over `inputs`, as [`session`] builds it over the warehouse.
+pub async fn session_with(
+    project: &Project,
+    inputs: Inputs<'_>,
+) -> Result<(SessionContext, Vec<InputTable>), QueryError> {
     // Operators may tune DataFusion with its own DATAFUSION_* variables (for example
     // DATAFUSION_EXECUTION_TARGET_PARTITIONS); parstat's defaults apply where they are unset.
     let mut config = SessionConfig::from_env()
@@ -184,6 +205,22 @@ pub async fn session(
     }
     let ctx = SessionContext::new_with_config(config);
     udf::register(&ctx, project.settings.timezone);
+    let wh = match inputs {
+        Inputs::Warehouse(wh) => wh,
+        Inputs::Memory(tables) => {
+            register_seeds(&ctx, &project.root.join("sql").join("seeds")).await?;
+            for (name, schema) in &project.schemas {
+                if !tables.contains_key(name) {
+                    let empty = Arc::new(warehouse::delta_schema(&schema.arrow_schema()));
+                    register_batches(&ctx, name, empty, vec![])?;
+                }
+            }
+            for (name, (schema, batches)) in tables {
+                register_batches(&ctx, name, schema.clone(), batches.clone())?;
+            }
+            return Ok((ctx, vec![]));
+        }
+    };
     let mut inputs = Vec::new();
     for (name, schema) in &project.schemas {
         let table = wh.open(name).await?;
@@ -362,13 +399,23 @@ pub async fn compute(
     pipeline: &Pipeline,
     period: Period,
 ) -> Result<Computed, QueryError> {
+    compute_with(project, Inputs::Warehouse(wh), pipeline, period).await
+}
+
+/// [`compute`] over any inputs: report unit tests compute from tables held in memory.
+pub async fn compute_with(
+    project: &Project,
+    source: Inputs<'_>,
+    pipeline: &Pipeline,
+    period: Period,
+) -> Result<Computed, QueryError> {
     let report = pipeline
         .as_report()
         .expect("compute is called for report pipelines");
-    let (ctx, inputs) = session(project, wh).await?;
+    let (ctx, inputs) = session_with(project, source).await?;
     let mut tables = run_files(project, &ctx, report, &period).await?;
     if !report.compare.is_empty() {
-        let previous = previous_values(project, wh, &ctx, report, &period).await?;
+        let previous = previous_values(project, source, &ctx, report, &period).await?;
         for t in tables.iter_mut() {
             let Some(keys) = report.compare.get(&t.name) else {
                 continue;
@@ -443,7 +490,7 @@ async fn run_files(
 /// nothing was, the same SQL computed for that period (not published).
 async fn previous_values(
     project: &Project,
-    wh: &Warehouse,
+    source: Inputs<'_>,
     ctx: &SessionContext,
     report: &ReportJob,
     period: &Period,
@@ -453,8 +500,11 @@ async fn previous_values(
     let mut missing = Vec::new();
     for table in report.compare.keys() {
         let pname = published_name(table);
-        let stored = wh.open(&pname).await?;
-        if stored.version().is_some() {
+        let published = match source {
+            Inputs::Warehouse(wh) => wh.open(&pname).await?.version().is_some(),
+            Inputs::Memory(tables) => tables.contains_key(&pname),
+        };
+        if published {
             let (_, batches) = run_sql(
                 ctx,
                 &pname,
@@ -473,7 +523,7 @@ async fn previous_values(
     }
     if !missing.is_empty() {
         tracing::debug!(period = %prev, tables = ?missing, "previous period not published; computing it for the comparison");
-        let (pctx, _) = session(project, wh).await?;
+        let (pctx, _) = session_with(project, source).await?;
         let tables = run_files(project, &pctx, report, &prev).await?;
         for t in tables {
             if missing.contains(&t.name) {
