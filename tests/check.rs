@@ -558,6 +558,24 @@ fn report_sql_is_planned_against_the_schemas() {
 }
 
 #[test]
+fn a_type_error_in_report_sql_is_placed_at_its_expression() {
+    let p = project_copy();
+    let sql = edit(
+        p.path(),
+        "sql/investment/new_projects.sql",
+        "    e.land_area_ha\n",
+        "    e.land_area_ha + e.event_date AS nonsense\n",
+    );
+    let err = check(p.path(), 2);
+    expect(
+        &err,
+        "sql/investment/new_projects.sql",
+        pos(&sql, "e.land_area_ha + e.event_date"),
+        "Cannot coerce arithmetic expression Float64 + Date32 to valid types",
+    );
+}
+
+#[test]
 fn docs_writes_a_data_dictionary() {
     let p = project_copy();
     let out = parstat(p.path(), &["docs", "-o", "dictionary"]);

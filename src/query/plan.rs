@@ -40,7 +40,11 @@ pub async fn check(
     diags: &mut Diagnostics,
 ) -> std::collections::BTreeMap<String, Vec<String>> {
     let mut planned = std::collections::BTreeMap::new();
-    let ctx = SessionContext::new();
+    // Spans let DataFusion place type errors (`a + b` of incompatible types) in the SQL.
+    let ctx = SessionContext::new_with_config(
+        datafusion::prelude::SessionConfig::new()
+            .set_bool("datafusion.sql_parser.collect_spans", true),
+    );
     super::udf::register(&ctx, project.settings.timezone);
     let mut columns: Vec<String> = Vec::new();
     for (name, schema) in &project.schemas {
@@ -88,7 +92,15 @@ pub async fn check(
                     );
                     known_tables.push(name.clone());
                 }
-                Err(e) => report(&src, &e.to_string(), &known_tables, &columns, diags),
+                Err(e) => {
+                    // DataFusion places some errors itself (type errors); the name an error
+                    // quotes is looked for first, as it also gives a suggestion.
+                    let placed = e
+                        .diagnostic()
+                        .and_then(|d| d.span)
+                        .and_then(|sp| span_of(&src.text, sp));
+                    report(&src, &e.to_string(), placed, &known_tables, &columns, diags)
+                }
             }
         }
         let pipeline_src = Source::new(
@@ -161,6 +173,7 @@ fn unknown_parameters(src: &Source, diags: &mut Diagnostics) {
 fn report(
     src: &Source,
     message: &str,
+    placed: Option<std::ops::Range<usize>>,
     tables: &[String],
     columns: &[String],
     diags: &mut Diagnostics,
@@ -204,8 +217,19 @@ fn report(
     });
     let span = at
         .map(|a| a..a + bare.as_deref().map(str::len).unwrap_or(1))
+        .or(placed)
         .unwrap_or(0..0);
     diags.error_at(src, span, msg, help);
+}
+
+/// The byte range of a span DataFusion attached to an error (1-based lines and columns).
+fn span_of(text: &str, sp: datafusion::common::Span) -> Option<std::ops::Range<usize>> {
+    if sp.start.line == 0 {
+        return None;
+    }
+    let start = offset_of(text, (sp.start.line as usize, sp.start.column as usize))?;
+    let end = offset_of(text, (sp.end.line as usize, sp.end.column as usize)).unwrap_or(start);
+    Some(start..end.max(start + 1))
 }
 
 /// "… at Line: 3, Column: 5".
