@@ -487,59 +487,35 @@ enum Value {
 }
 
 fn values_of(col: &ArrayRef) -> Result<Vec<Value>, String> {
-    let e = |e: arrow::error::ArrowError| e.to_string();
     let t = col.data_type();
-    let n = col.len();
-    let out = if t.is_integer() {
-        let a = cast(col, &DataType::Int64).map_err(e)?;
-        let a = a.as_primitive::<Int64Type>();
-        (0..n)
-            .map(|i| {
-                if a.is_null(i) {
-                    Value::Null
-                } else {
-                    Value::Int(a.value(i))
-                }
-            })
-            .collect()
-    } else if t.is_floating() || matches!(t, DataType::Decimal128(..) | DataType::Decimal256(..)) {
-        let a = cast(col, &DataType::Float64).map_err(e)?;
-        let a = a.as_primitive::<Float64Type>();
-        (0..n)
-            .map(|i| {
-                if a.is_null(i) {
-                    Value::Null
-                } else {
-                    Value::Float(a.value(i))
-                }
-            })
-            .collect()
+    // Integers and instants are read as Int64, every other number as Float64, the rest as text.
+    let (target, wrap): (DataType, fn(&ArrayRef, usize) -> Value) = if t.is_integer() {
+        (DataType::Int64, |a, i| {
+            Value::Int(a.as_primitive::<Int64Type>().value(i))
+        })
     } else if matches!(t, DataType::Timestamp(..)) {
-        let a = cast(col, &DataType::Int64).map_err(e)?;
-        let a = a.as_primitive::<Int64Type>();
-        (0..n)
-            .map(|i| {
-                if a.is_null(i) {
-                    Value::Null
-                } else {
-                    Value::Micros(a.value(i))
-                }
-            })
-            .collect()
+        (DataType::Int64, |a, i| {
+            Value::Micros(a.as_primitive::<Int64Type>().value(i))
+        })
+    } else if t.is_floating() || matches!(t, DataType::Decimal128(..) | DataType::Decimal256(..)) {
+        (DataType::Float64, |a, i| {
+            Value::Float(a.as_primitive::<Float64Type>().value(i))
+        })
     } else {
-        let a = cast(col, &DataType::Utf8).map_err(e)?;
-        let a = a.as_string::<i32>();
-        (0..n)
-            .map(|i| {
-                if a.is_null(i) {
-                    Value::Null
-                } else {
-                    Value::Text(a.value(i).to_string())
-                }
-            })
-            .collect()
+        (DataType::Utf8, |a, i| {
+            Value::Text(a.as_string::<i32>().value(i).to_string())
+        })
     };
-    Ok(out)
+    let a = cast(col, &target).map_err(|e| e.to_string())?;
+    Ok((0..a.len())
+        .map(|i| {
+            if a.is_null(i) {
+                Value::Null
+            } else {
+                wrap(&a, i)
+            }
+        })
+        .collect())
 }
 
 /// Whether an expected cell matches a computed value. An empty cell is NULL; a number
