@@ -576,6 +576,25 @@ fn a_type_error_in_report_sql_is_placed_at_its_expression() {
 }
 
 #[test]
+fn a_sort_column_must_be_stored() {
+    let p = project_copy();
+    let text = edit(
+        p.path(),
+        "schemas/dossier.toml",
+        "sort_by = [\"finished_at\"]",
+        "sort_by = [\"finished\"]",
+    );
+    let err = check(p.path(), 2);
+    expect(
+        &err,
+        "schemas/dossier.toml",
+        pos(&text, "\"finished\"]"),
+        "`sort_by` column `finished` is not a stored column",
+    );
+    assert!(err.contains("did you mean `finished_at`?"), "{err}");
+}
+
+#[test]
 fn docs_writes_a_data_dictionary() {
     let p = project_copy();
     let out = parstat(p.path(), &["docs", "-o", "dictionary"]);

@@ -556,3 +556,52 @@ async fn the_sync_api_gives_the_same_table_as_the_files() {
     assert!(!again.contains("2500 read"), "{again}");
     assert_eq!(dossier_dump(p.path()).await, from_files);
 }
+
+#[test]
+fn dossier_files_are_sorted_by_finish_time_with_the_unfinished_last() {
+    use arrow::array::{Array, AsArray};
+    use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    let p = crate::report::demo_project();
+    let mut files = Vec::new();
+    for month in std::fs::read_dir(p.path().join("warehouse/dossier")).unwrap() {
+        let month = month.unwrap().path();
+        if !month.is_dir() || month.ends_with("_delta_log") {
+            continue;
+        }
+        for f in std::fs::read_dir(&month).unwrap() {
+            files.push(f.unwrap().path());
+        }
+    }
+    assert!(files.len() > 12, "{files:?}");
+    let (mut finished, mut unfinished) = (0, 0);
+    for f in files {
+        let reader = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&f).unwrap())
+            .unwrap()
+            .build()
+            .unwrap();
+        let mut values: Vec<Option<i64>> = Vec::new();
+        for b in reader {
+            let b = b.unwrap();
+            let col = b
+                .column(b.schema().index_of("finished_at").unwrap())
+                .clone();
+            let col = arrow::compute::cast(&col, &arrow::datatypes::DataType::Int64).unwrap();
+            let a = col.as_primitive::<arrow::datatypes::Int64Type>();
+            values.extend((0..a.len()).map(|i| (!a.is_null(i)).then(|| a.value(i))));
+        }
+        finished += values.iter().filter(|v| v.is_some()).count();
+        unfinished += values.iter().filter(|v| v.is_none()).count();
+        // Ascending, and once a NULL comes, only NULLs.
+        for w in values.windows(2) {
+            match (w[0], w[1]) {
+                (Some(a), Some(b)) => assert!(a <= b, "{}: {a} before {b}", f.display()),
+                (None, Some(_)) => panic!(
+                    "{}: a finished dossier after an unfinished one",
+                    f.display()
+                ),
+                _ => {}
+            }
+        }
+    }
+    assert!(finished > 0 && unfinished > 0, "{finished} {unfinished}");
+}

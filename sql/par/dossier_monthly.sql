@@ -142,13 +142,18 @@ SELECT
     COALESCE(v.votes, 0) AS votes,
     CASE WHEN COALESCE(v.votes, 0) = 0 THEN NULL
          ELSE v.votes_satisfied * 100.0 / v.votes END AS satisfaction_rate
-FROM counts c
+FROM (
+    -- The province's activity on every row, by a window over the few grouped rows: joining
+    -- `counts` to itself would have the engine, which inlines a CTE at each use, scan the
+    -- dossiers twice.
+    SELECT counts.*,
+           MAX(CASE WHEN group_kind = 'province' THEN received + resolved + withdrawn END)
+               OVER () AS activity
+    FROM counts
+) c
 LEFT JOIN votes v ON v.group_kind = c.group_kind AND v.group_code = c.group_code
 LEFT JOIN area a ON c.group_kind = 'area' AND a.area_code = c.group_code
-CROSS JOIN (
-    SELECT received + resolved + withdrawn AS activity FROM counts WHERE group_kind = 'province'
-) act
-WHERE act.activity > 0
+WHERE c.activity > 0
 ORDER BY
     CASE c.group_kind WHEN 'province' THEN 0 WHEN 'level' THEN 1 WHEN 'agency' THEN 2 WHEN 'area' THEN 3 ELSE 4 END,
     c.group_code

@@ -14,13 +14,18 @@ WITH v AS (
       AND v.voted_at >= $period_start AND v.voted_at < $period_end
 ),
 by_group AS (
-    SELECT 'province' AS group_kind, 'province' AS group_code, 'Toàn tỉnh' AS group_name,
-           CAST(NULL AS VARCHAR) AS agency_level, level
+    -- Each vote once for the province and once for its dossier's agency. A CROSS JOIN rather
+    -- than a UNION ALL of two selections from v: the engine inlines a CTE at each use, and the
+    -- vote -> dossier join (a scan of every dossier) would run twice.
+    SELECT
+        k.group_kind,
+        CASE k.group_kind WHEN 'province' THEN 'province' ELSE v.agency_code END AS group_code,
+        CASE k.group_kind WHEN 'province' THEN 'Toàn tỉnh' ELSE v.agency_name END AS group_name,
+        CASE k.group_kind WHEN 'province' THEN CAST(NULL AS VARCHAR) ELSE v.agency_level END AS agency_level,
+        v.level
     FROM v
-    UNION ALL
-    SELECT 'agency', agency_code, agency_name, agency_level, level
-    FROM v
-    WHERE agency_code IS NOT NULL
+    CROSS JOIN (VALUES ('province'), ('agency')) AS k(group_kind)
+    WHERE k.group_kind = 'province' OR v.agency_code IS NOT NULL
 )
 SELECT
     group_kind,

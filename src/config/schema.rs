@@ -18,6 +18,7 @@ struct RawSchema {
     primary_key: Spanned<Vec<Spanned<String>>>,
     partition: Option<Spanned<RawPartition>>,
     watermark: Option<Spanned<String>>,
+    sort_by: Option<Spanned<Vec<Spanned<String>>>>,
     #[serde(default)]
     columns: Vec<Spanned<RawColumn>>,
     #[serde(default)]
@@ -198,6 +199,9 @@ pub struct Schema {
     pub primary_key: Vec<String>,
     pub partition: Option<Partition>,
     pub watermark: Option<String>,
+    /// Columns each written batch is sorted by (ascending, NULLs last), so that Parquet page
+    /// statistics let queries skip what they filter out.
+    pub sort_by: Vec<String>,
     pub rules: Vec<Rule>,
     pub tests: Vec<DataTest>,
 }
@@ -622,6 +626,18 @@ pub fn load(src: &Source, stem: &str, diags: &mut Diagnostics) -> Option<Schema>
     }
 
     let tests = data_tests(src, &raw.tests, &columns, partition.as_ref(), diags);
+    let mut sort_by = Vec::new();
+    for c in raw.sort_by.iter().flat_map(|l| l.get_ref()) {
+        match find(c.get_ref()) {
+            Some(col) if col.personal != Some(Personal::Drop) => sort_by.push(c.get_ref().clone()),
+            _ => diags.error_at(
+                src,
+                c.span(),
+                format!("`sort_by` column `{}` is not a stored column", c.get_ref()),
+                Some(suggest(c.get_ref(), &names)),
+            ),
+        }
+    }
 
     (diags.error_count() == before).then_some(Schema {
         name,
@@ -636,6 +652,7 @@ pub fn load(src: &Source, stem: &str, diags: &mut Diagnostics) -> Option<Schema>
             .collect(),
         partition,
         watermark: raw.watermark.map(|w| w.into_inner()),
+        sort_by,
         rules,
         tests,
     })

@@ -393,6 +393,19 @@ pub async fn run(
             continue;
         }
         let partition = schema.partition.as_ref().map(|p| p.column.as_str());
+        // The key breaks ties, so the same rows give the same files whatever the source.
+        let order: Vec<String> = if schema.sort_by.is_empty() {
+            vec![]
+        } else {
+            schema
+                .sort_by
+                .iter()
+                .chain(&schema.primary_key)
+                .cloned()
+                .collect()
+        };
+        let batch = warehouse::sort_batch(&batch, &order)
+            .map_err(|e| ExtractError::Source(format!("sorting by {order:?}: {e}")))?;
         let (batch, mode) = match new_keys.as_mut() {
             Some(keys) => {
                 let (new, again) = keys

@@ -161,7 +161,37 @@ pub async fn session(
     project: &Project,
     wh: &Warehouse,
 ) -> Result<(SessionContext, Vec<InputTable>), QueryError> {
-    session_with(project, Inputs::Warehouse(wh)).await
+    session_with(project, Inputs::Warehouse(wh), None).await
+}
+
+/// The words of `texts` that could name a table: a report's session opens only the warehouse
+/// tables its SQL and checks name (each opening reads a Delta log).
+pub fn named_tables<'a>(
+    texts: impl IntoIterator<Item = &'a str>,
+) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    for t in texts {
+        for w in t.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+            if !w.is_empty() {
+                out.insert(w.to_ascii_lowercase());
+            }
+        }
+    }
+    out
+}
+
+/// The tables a report's SQL files and checks name.
+fn report_tables(project: &Project, report: &ReportJob) -> std::collections::BTreeSet<String> {
+    let texts: Vec<String> = report
+        .sql
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(project.root.join(f)).ok())
+        .chain(report.checks.iter().map(|c| c.sql.clone()))
+        .collect();
+    let mut names = named_tables(texts.iter().map(|t| t.as_str()));
+    // The comparison reads what was published for the previous period.
+    names.extend(report.compare.keys().map(|t| published_name(t)));
+    names
 }
 
 /// Tables held in memory, by name, each with its schema.
@@ -181,7 +211,9 @@ pub enum Inputs<'a> {
 pub async fn session_with(
     project: &Project,
     inputs: Inputs<'_>,
+    only: Option<&std::collections::BTreeSet<String>>,
 ) -> Result<(SessionContext, Vec<InputTable>), QueryError> {
+    let wanted = |name: &str| only.is_none_or(|o| o.contains(name));
     // Operators may tune DataFusion with its own DATAFUSION_* variables (for example
     // DATAFUSION_EXECUTION_TARGET_PARTITIONS); parstat's defaults apply where they are unset.
     let mut config = SessionConfig::from_env()
@@ -223,6 +255,9 @@ pub async fn session_with(
     };
     let mut inputs = Vec::new();
     for (name, schema) in &project.schemas {
+        if !wanted(name) {
+            continue;
+        }
         let table = wh.open(name).await?;
         match table.version() {
             Some(v) => {
@@ -246,6 +281,9 @@ pub async fn session_with(
         let Some(r) = p.as_report() else { continue };
         for t in r.tables() {
             let pname = published_name(&t);
+            if !wanted(&pname) {
+                continue;
+            }
             let table = wh.open(&pname).await?;
             if table.version().is_some() {
                 warehouse::register(&ctx, &table, &pname).await?;
@@ -412,7 +450,8 @@ pub async fn compute_with(
     let report = pipeline
         .as_report()
         .expect("compute is called for report pipelines");
-    let (ctx, inputs) = session_with(project, source).await?;
+    let only = report_tables(project, report);
+    let (ctx, inputs) = session_with(project, source, Some(&only)).await?;
     let mut tables = run_files(project, &ctx, report, &period).await?;
     if !report.compare.is_empty() {
         let previous = previous_values(project, source, &ctx, report, &period).await?;
@@ -523,7 +562,8 @@ async fn previous_values(
     }
     if !missing.is_empty() {
         tracing::debug!(period = %prev, tables = ?missing, "previous period not published; computing it for the comparison");
-        let (pctx, _) = session_with(project, source).await?;
+        let only = report_tables(project, report);
+        let (pctx, _) = session_with(project, source, Some(&only)).await?;
         let tables = run_files(project, &pctx, report, &prev).await?;
         for t in tables {
             if missing.contains(&t.name) {

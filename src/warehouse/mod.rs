@@ -304,6 +304,32 @@ impl NewKeys {
     }
 }
 
+/// `batch` sorted by `columns` (ascending, NULLs last); unchanged when there are none. The
+/// writer keeps the order within each partition's file, so the file's pages hold ranges of
+/// the first column and a filter on it skips pages by their statistics.
+pub fn sort_batch(
+    batch: &RecordBatch,
+    columns: &[String],
+) -> Result<RecordBatch, arrow::error::ArrowError> {
+    if columns.is_empty() || batch.num_rows() < 2 {
+        return Ok(batch.clone());
+    }
+    let keys = columns
+        .iter()
+        .map(|c| {
+            Ok(arrow::compute::SortColumn {
+                values: batch.column(batch.schema().index_of(c)?).clone(),
+                options: Some(arrow::compute::SortOptions {
+                    descending: false,
+                    nulls_first: false,
+                }),
+            })
+        })
+        .collect::<Result<Vec<_>, arrow::error::ArrowError>>()?;
+    let order = arrow::compute::lexsort_to_indices(&keys, None)?;
+    arrow::compute::take_record_batch(batch, &order)
+}
+
 /// How a batch joins the table.
 pub enum WriteMode<'a> {
     /// Plain insert: the caller knows none of the keys is stored.
