@@ -488,6 +488,9 @@ pub async fn compute_with(
     })
 }
 
+/// Runs the report's SQL files. A file reads the tables of the files before it that it names
+/// (or their `published_` history); files that do not depend on one another run at the same
+/// time, in waves, so that small queries overlap the big scans. Results keep the file order.
 async fn run_files(
     project: &Project,
     ctx: &SessionContext,
@@ -495,34 +498,65 @@ async fn run_files(
     period: &Period,
 ) -> Result<Vec<ResultTable>, QueryError> {
     let params = params(period, project.settings.timezone);
-    let mut tables = Vec::new();
+    let mut files = Vec::new();
     for file in &report.sql {
         let path = project.root.join(file);
         let sql = std::fs::read_to_string(&path).map_err(|source| QueryError::Io {
             path: path.clone(),
             source,
         })?;
-        let name = crate::config::pipeline::table_name(file);
-        let origin = file.display().to_string();
-        let started = std::time::Instant::now();
-        let (schema, batches) = run_sql(ctx, &origin, &sql, &params).await?;
-        tracing::debug!(table = %name, seconds = started.elapsed().as_secs_f64(), "computed");
-        register_batches(ctx, &name, schema.clone(), batches.clone())?;
-        // A report table whose history is not published yet reads as empty, so that trend
-        // queries over `published_<table>` work from the first run on.
-        let pname = published_name(&name);
-        if !ctx.table_exist(pname.as_str()).unwrap_or(false) {
-            register_batches(ctx, &pname, warehouse::published::schema(&schema), vec![])?;
-        }
-        tables.push(ResultTable {
-            name,
-            sql_file: file.clone(),
-            sql_sha256: sha256_hex(&sql),
-            schema,
-            batches,
-        });
+        files.push((file.clone(), crate::config::pipeline::table_name(file), sql));
     }
-    Ok(tables)
+    let deps: Vec<Vec<usize>> = files
+        .iter()
+        .enumerate()
+        .map(|(i, (_, _, sql))| {
+            let words = named_tables([sql.as_str()]);
+            (0..i)
+                .filter(|&j| {
+                    let n = &files[j].1;
+                    words.contains(n) || words.contains(&published_name(n))
+                })
+                .collect()
+        })
+        .collect();
+    let mut done: Vec<Option<ResultTable>> = files.iter().map(|_| None).collect();
+    while done.iter().any(|d| d.is_none()) {
+        let wave: Vec<usize> = (0..files.len())
+            .filter(|&i| done[i].is_none() && deps[i].iter().all(|&j| done[j].is_some()))
+            .collect();
+        let runs = wave.iter().map(|&i| {
+            let (file, name, sql) = &files[i];
+            let origin = file.display().to_string();
+            let params = &params;
+            async move {
+                let started = std::time::Instant::now();
+                let out = run_sql(ctx, &origin, sql, params).await;
+                tracing::debug!(table = %name, seconds = started.elapsed().as_secs_f64(), "computed");
+                out
+            }
+        });
+        let outs = futures_util::future::join_all(runs).await;
+        for (&i, out) in wave.iter().zip(outs) {
+            let (file, name, sql) = &files[i];
+            let (schema, batches) = out?;
+            register_batches(ctx, name, schema.clone(), batches.clone())?;
+            // A report table whose history is not published yet reads as empty, so that trend
+            // queries over `published_<table>` work from the first run on.
+            let pname = published_name(name);
+            if !ctx.table_exist(pname.as_str()).unwrap_or(false) {
+                register_batches(ctx, &pname, warehouse::published::schema(&schema), vec![])?;
+            }
+            done[i] = Some(ResultTable {
+                name: name.clone(),
+                sql_file: file.clone(),
+                sql_sha256: sha256_hex(sql),
+                schema,
+                batches,
+            });
+        }
+    }
+    Ok(done.into_iter().flatten().collect())
 }
 
 /// The previous period's values of each compared table: what was published for it, or, when
