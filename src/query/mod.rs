@@ -424,6 +424,28 @@ async fn collect_plain(
     Ok((plain, batches))
 }
 
+/// The first `n` rows of a result as a text table, with a note of how many more there are.
+pub fn sample(batches: &[RecordBatch], n: usize) -> String {
+    let total: usize = batches.iter().map(|b| b.num_rows()).sum();
+    let mut first = Vec::new();
+    let mut left = n;
+    for b in batches {
+        if left == 0 {
+            break;
+        }
+        let k = b.num_rows().min(left);
+        first.push(b.slice(0, k));
+        left -= k;
+    }
+    let mut text = arrow::util::pretty::pretty_format_batches(&first)
+        .map(|t| t.to_string())
+        .unwrap_or_default();
+    if total > n {
+        text.push_str(&format!("\n… and {} more", total - n));
+    }
+    text
+}
+
 fn sha256_hex(text: &str) -> String {
     hex::encode(Sha256::digest(text.as_bytes()))
 }
@@ -776,23 +798,7 @@ async fn check(
     let sample = if offending == 0 {
         String::new()
     } else {
-        let mut first = Vec::new();
-        let mut left = 10usize;
-        for b in &batches {
-            if left == 0 {
-                break;
-            }
-            let n = b.num_rows().min(left);
-            first.push(b.slice(0, n));
-            left -= n;
-        }
-        let mut text = arrow::util::pretty::pretty_format_batches(&first)
-            .map(|t| t.to_string())
-            .unwrap_or_default();
-        if offending > 10 {
-            text.push_str(&format!("\n… and {} more", offending - 10));
-        }
-        text
+        sample(&batches, 10)
     };
     Ok(CheckOutcome {
         name: name.to_string(),

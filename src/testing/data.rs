@@ -175,7 +175,7 @@ pub async fn run(
                             ));
                         }
                         detail.push('\n');
-                        detail.push_str(&super::sample(&batches, 5));
+                        detail.push_str(&query::sample(&batches, 5));
                         Outcome {
                             label,
                             origin: PathBuf::from(&origin),

@@ -6,8 +6,6 @@ pub mod unit;
 
 use std::path::PathBuf;
 
-use arrow::array::RecordBatch;
-
 use crate::config::diag::Diagnostics;
 use crate::config::Project;
 use crate::query::{self, Period, QueryError};
@@ -51,28 +49,6 @@ impl Selection {
                 .iter()
                 .any(|f| label.contains(f.as_str()) || origin.contains(f.as_str()))
     }
-}
-
-/// The first `n` rows of a result as a text table, with a note of how many more there are.
-pub fn sample(batches: &[RecordBatch], n: usize) -> String {
-    let total: usize = batches.iter().map(|b| b.num_rows()).sum();
-    let mut first = Vec::new();
-    let mut left = n;
-    for b in batches {
-        if left == 0 {
-            break;
-        }
-        let k = b.num_rows().min(left);
-        first.push(b.slice(0, k));
-        left -= k;
-    }
-    let mut text = arrow::util::pretty::pretty_format_batches(&first)
-        .map(|t| t.to_string())
-        .unwrap_or_default();
-    if total > n {
-        text.push_str(&format!("\n… and {} more", total - n));
-    }
-    text
 }
 
 /// Loads the unit tests, reporting malformed files as diagnostics (a configuration error).
