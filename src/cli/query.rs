@@ -63,6 +63,8 @@ pub async fn run(project_dir: &Path, args: QueryArgs) -> Result<(), Failure> {
         }
         None => vec![],
     };
+    let wh = Warehouse::new(&project.root, &project.settings.warehouse_url)?;
+    let (ctx, _) = query::session(&project, &wh).await?;
     let (origin, sql) = match (&args.sql, &args.file) {
         (Some(s), _) => ("query".to_string(), s.clone()),
         (None, Some(f)) => (
@@ -71,8 +73,6 @@ pub async fn run(project_dir: &Path, args: QueryArgs) -> Result<(), Failure> {
                 .map_err(|e| Failure::usage(anyhow::anyhow!("{}: {e}", f.display())))?,
         ),
         (None, None) => {
-            let wh = Warehouse::new(&project.root, &project.settings.warehouse_url)?;
-            let (ctx, _) = query::session(&project, &wh).await?;
             let format = match args.format {
                 Format::Parquet => {
                     return Err(Failure::usage(anyhow::anyhow!(
@@ -99,8 +99,6 @@ pub async fn run(project_dir: &Path, args: QueryArgs) -> Result<(), Failure> {
             "--format parquet writes a file: give it with -o FILE"
         )));
     }
-    let wh = Warehouse::new(&project.root, &project.settings.warehouse_url)?;
-    let (ctx, _) = query::session(&project, &wh).await?;
     let (schema, batches) = match query::run_sql(&ctx, &origin, &sql, &params).await {
         Ok(r) => r,
         Err(e @ QueryError::Sql { .. }) => {

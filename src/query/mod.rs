@@ -180,18 +180,32 @@ pub fn named_tables<'a>(
     out
 }
 
-/// The tables a report's SQL files and checks name.
-fn report_tables(project: &Project, report: &ReportJob) -> std::collections::BTreeSet<String> {
-    let texts: Vec<String> = report
-        .sql
-        .iter()
-        .filter_map(|f| std::fs::read_to_string(project.root.join(f)).ok())
-        .chain(report.checks.iter().map(|c| c.sql.clone()))
-        .collect();
-    let mut names = named_tables(texts.iter().map(|t| t.as_str()));
+/// A report's SQL files, read once per computation: (file, result table, SQL text) in the
+/// pipeline's order, and the tables they, the checks and the comparison name.
+struct SqlFiles {
+    files: Vec<(PathBuf, String, String)>,
+    names: std::collections::BTreeSet<String>,
+}
+
+fn read_files(project: &Project, report: &ReportJob) -> Result<SqlFiles, QueryError> {
+    let mut files = Vec::new();
+    for file in &report.sql {
+        let path = project.root.join(file);
+        let sql = std::fs::read_to_string(&path).map_err(|source| QueryError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        files.push((file.clone(), crate::config::pipeline::table_name(file), sql));
+    }
+    let mut names = named_tables(
+        files
+            .iter()
+            .map(|(_, _, sql)| sql.as_str())
+            .chain(report.checks.iter().map(|c| c.sql.as_str())),
+    );
     // The comparison reads what was published for the previous period.
     names.extend(report.compare.keys().map(|t| published_name(t)));
-    names
+    Ok(SqlFiles { files, names })
 }
 
 /// Tables held in memory, by name, each with its schema.
@@ -472,11 +486,11 @@ pub async fn compute_with(
     let report = pipeline
         .as_report()
         .expect("compute is called for report pipelines");
-    let only = report_tables(project, report);
-    let (ctx, inputs) = session_with(project, source, Some(&only)).await?;
-    let mut tables = run_files(project, &ctx, report, &period).await?;
+    let sql = read_files(project, report)?;
+    let (ctx, inputs) = session_with(project, source, Some(&sql.names)).await?;
+    let mut tables = run_files(project, &ctx, &sql, &period).await?;
     if !report.compare.is_empty() {
-        let previous = previous_values(project, source, &ctx, report, &period).await?;
+        let previous = previous_values(project, source, &ctx, report, &sql, &period).await?;
         for t in tables.iter_mut() {
             let Some(keys) = report.compare.get(&t.name) else {
                 continue;
@@ -516,19 +530,11 @@ pub async fn compute_with(
 async fn run_files(
     project: &Project,
     ctx: &SessionContext,
-    report: &ReportJob,
+    sql: &SqlFiles,
     period: &Period,
 ) -> Result<Vec<ResultTable>, QueryError> {
     let params = params(period, project.settings.timezone);
-    let mut files = Vec::new();
-    for file in &report.sql {
-        let path = project.root.join(file);
-        let sql = std::fs::read_to_string(&path).map_err(|source| QueryError::Io {
-            path: path.clone(),
-            source,
-        })?;
-        files.push((file.clone(), crate::config::pipeline::table_name(file), sql));
-    }
+    let files = &sql.files;
     let deps: Vec<Vec<usize>> = files
         .iter()
         .enumerate()
@@ -588,6 +594,7 @@ async fn previous_values(
     source: Inputs<'_>,
     ctx: &SessionContext,
     report: &ReportJob,
+    sql: &SqlFiles,
     period: &Period,
 ) -> Result<BTreeMap<String, Vec<RecordBatch>>, QueryError> {
     let prev = period.previous();
@@ -618,9 +625,8 @@ async fn previous_values(
     }
     if !missing.is_empty() {
         tracing::debug!(period = %prev, tables = ?missing, "previous period not published; computing it for the comparison");
-        let only = report_tables(project, report);
-        let (pctx, _) = session_with(project, source, Some(&only)).await?;
-        let tables = run_files(project, &pctx, report, &prev).await?;
+        let (pctx, _) = session_with(project, source, Some(&sql.names)).await?;
+        let tables = run_files(project, &pctx, sql, &prev).await?;
         for t in tables {
             if missing.contains(&t.name) {
                 out.insert(t.name, t.batches);

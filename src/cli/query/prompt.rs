@@ -120,6 +120,7 @@ impl Catalog {
                 }
             }
         }
+        // Only the parameters' names are completed: any period gives them.
         let params = query::params(
             &Period::new(2000, 1, PeriodRule::Calendar),
             chrono_tz::Asia::Ho_Chi_Minh,
