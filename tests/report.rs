@@ -386,11 +386,10 @@ pub fn write_fixture(project: &Path) {
     std::fs::write(dir.join("danh_gia_hai_long.csv"), csv).unwrap();
 }
 
-/// The demo province until December 2021 (3,000 dossiers), extracted.
-pub fn demo_project() -> tempfile::TempDir {
-    let p = project_copy();
+/// The demo province's source files until December 2021 (3,000 dossiers), in `project`.
+pub fn demo_data(project: &Path) {
     ok(run(
-        p.path(),
+        project,
         &[
             "demo",
             "--data-only",
@@ -400,6 +399,12 @@ pub fn demo_project() -> tempfile::TempDir {
             "3000",
         ],
     ));
+}
+
+/// The demo province until December 2021 (3,000 dossiers), extracted.
+pub fn demo_project() -> tempfile::TempDir {
+    let p = project_copy();
+    demo_data(p.path());
     ok(run(p.path(), &["extract", "--all"]));
     p
 }

@@ -123,6 +123,16 @@ fn history(project: &Path) -> Vec<(String, String, String)> {
         .collect()
 }
 
+/// Adds `line` (a key of the report job) after the `period` line of a report pipeline.
+fn set_option(project: &Path, report: &str, line: &str) {
+    edit(
+        project,
+        &format!("pipelines/{report}.toml"),
+        "period = \"previous_month\"",
+        &format!("period = \"previous_month\"\n{line}"),
+    );
+}
+
 #[test]
 fn serve_runs_jobs_in_order_one_scheduler_at_a_time() {
     let p = demo_project();
@@ -192,18 +202,8 @@ fn the_catch_up_policy_is_applied_on_start() {
     let p = demo_project();
     // Reports every 2 seconds, extracts never within the test.
     schedules(p.path(), "0 0 3 1 1 *", "*/2 * * * * *");
-    edit(
-        p.path(),
-        "pipelines/monthly_par.toml",
-        "period = \"previous_month\"",
-        "period = \"previous_month\"\ncatch_up = \"all\"",
-    );
-    edit(
-        p.path(),
-        "pipelines/monthly_investment.toml",
-        "period = \"previous_month\"",
-        "period = \"previous_month\"\ncatch_up = \"none\"",
-    );
+    set_option(p.path(), "monthly_par", "catch_up = \"all\"");
+    set_option(p.path(), "monthly_investment", "catch_up = \"none\"");
     ok(run(
         p.path(),
         &["report", "monthly_par", "--period", "2021-10"],
@@ -232,12 +232,7 @@ fn the_catch_up_policy_is_applied_on_start() {
 fn a_job_that_still_fails_after_its_retries_alerts_the_operators() {
     let p = demo_project();
     schedules(p.path(), "0 0 3 1 1 *", "*/2 * * * * *");
-    edit(
-        p.path(),
-        "pipelines/monthly_par.toml",
-        "period = \"previous_month\"",
-        "period = \"previous_month\"\nretries = 1",
-    );
+    set_option(p.path(), "monthly_par", "retries = 1");
     edit(
         p.path(),
         "sql/par/late_procedures.sql",

@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use crate::report::demo_project;
+use crate::report::{demo_data, demo_project};
 use crate::util::{edit, ok, pos, project_copy, run, stderr, stdout};
 
 fn append(project: &Path, file: &str, text: &str) {
@@ -394,17 +394,7 @@ fn the_readme_example_adds_a_report_without_rust_and_it_runs_end_to_end() {
     assert!(out.ends_with("1 passed, 0 warned, 0 failed\n"), "{out}");
 
     // On the demo province: the report's numbers against the same count done independently.
-    ok(run(
-        p.path(),
-        &[
-            "demo",
-            "--data-only",
-            "--until",
-            "2021-12",
-            "--dossiers",
-            "3000",
-        ],
-    ));
+    demo_data(p.path());
     ok(run(p.path(), &["extract", "dossier"]));
     let preview = p.path().join("preview");
     ok(run(
