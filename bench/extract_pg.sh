@@ -5,6 +5,7 @@
 #   DuckDB (postgres extension) copying the same query to zstd Parquet,
 #   ConnectorX reading the same query into Arrow,
 # and prints seconds, peak memory and the ratios to parstat. Usage: bench/extract_pg.sh [N]
+# BENCH_KEEP=1 keeps the loaded schema for the next run, which reuses it when it holds N rows.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n="${1:-1000000}"
@@ -14,13 +15,22 @@ pip install -q duckdb==1.4.4 duckdb-ext-postgres==1.4.4.20260205 connectorx==0.4
 cargo build --release --quiet
 bin="$CARGO_TARGET_DIR/release/parstat"
 work="$(mktemp -d)"
-trap 'rm -rf "$work"; psql -q -h 127.0.0.1 -U postgres test -c "DROP SCHEMA IF EXISTS bench CASCADE" >/dev/null 2>&1 || true' EXIT
+if [ "${BENCH_KEEP:-0}" = 1 ]; then
+    trap 'rm -rf "$work"' EXIT
+else
+    trap 'rm -rf "$work"; psql -q -h 127.0.0.1 -U postgres test -c "DROP SCHEMA IF EXISTS bench CASCADE" >/dev/null 2>&1 || true' EXIT
+fi
 cp -r parstat.toml pipelines schemas sql reports "$work/"
 rm "$work/pipelines/dossier.toml"
 sed -i 's/^\[connections.exports\]/[connections.motcua]\nkind = "postgres"\nurl = "${MOTCUA_DATABASE_URL}"\n\n[connections.exports]/' "$work/parstat.toml"
 { printf 'kind = "extract"\ndataset = "dossier"\nconnection = "motcua"\nmode = "merge"\nquery = """\n'; grep -v '^--' bench/dossier_postgres.sql; printf '"""\n'; } > "$work/pipelines/dossier.toml"
-echo "loading $n dossiers into PostgreSQL (schema bench)..." >&2
-"$bin" -q --project "$work" demo --data-only --dossiers "$n" --until 2026-10 --postgres postgres://postgres@127.0.0.1:5432/test --pg-schema bench >/dev/null
+have="$(psql -qtA -h 127.0.0.1 -U postgres test -c "SELECT count(*) FROM bench.ho_so" 2>/dev/null || echo 0)"
+if [ "$have" = "$n" ]; then
+    echo "reusing the $n dossiers of schema bench" >&2
+else
+    echo "loading $n dossiers into PostgreSQL (schema bench)..." >&2
+    "$bin" -q --project "$work" demo --data-only --dossiers "$n" --until 2026-10 --postgres postgres://postgres@127.0.0.1:5432/test --pg-schema bench >/dev/null
+fi
 export MOTCUA_DATABASE_URL=postgres://postgres@127.0.0.1:5432/test PARSTAT_PII_KEY=bench-key-0123456789abcdef
 measure() { /usr/bin/time -f '%e %M' -o "$work/t" "$@" >/dev/null; cat "$work/t"; }
 read -r p_s p_k < <(measure "$bin" -q --project "$work" extract dossier)

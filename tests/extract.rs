@@ -413,6 +413,14 @@ async fn postgres_mariadb_and_files_give_identical_tables() {
             .unwrap();
         let out = ok(o);
         assert!(out.contains("2500 read, 2500 written"), "{kind}: {out}");
+        // Every source counts what it read: 2,500 dossiers are well over a megabyte.
+        let mb: f64 = out
+            .split(" MB in ")
+            .next()
+            .and_then(|head| head.rsplit(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{kind}: no size in {out}"));
+        assert!(mb > 0.5, "{kind}: {mb} MB read: {out}");
         dumps.push((kind, dossier_dump(p.path()).await));
     }
     for (kind, d) in &dumps {

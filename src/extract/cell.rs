@@ -2,13 +2,17 @@
 //! database column gives the extractor, converted to the dataset column's Arrow type by
 //! `convert`.
 
+use bytestring::ByteString;
 use chrono::{NaiveDate, NaiveDateTime};
 use std::fmt;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Cell {
     Null,
-    Text(String),
+    /// Text, owned or sharing the buffer it was read from (a database's wire messages): a
+    /// load reads tens of millions of text values, and a copy of each would cost more than
+    /// the rest of typing them.
+    Text(ByteString),
     Int(i64),
     Float(f64),
     Bool(bool),
@@ -23,14 +27,18 @@ pub enum Cell {
 
 impl Cell {
     pub fn is_null(&self) -> bool {
-        matches!(self, Cell::Null) || matches!(self, Cell::Text(s) if s.trim().is_empty())
+        match self {
+            Cell::Null => true,
+            Cell::Text(s) => trimmed(s).is_empty(),
+            _ => false,
+        }
     }
 
     /// The value as text, for value mappings and for the quarantine's copy of the row.
     pub fn text(&self) -> Option<String> {
         match self {
             Cell::Null => None,
-            Cell::Text(s) => Some(s.clone()),
+            Cell::Text(s) => Some(s.to_string()),
             Cell::Int(i) => Some(i.to_string()),
             Cell::Float(f) => Some(if f.fract() == 0.0 && f.abs() < 1e15 {
                 format!("{}", *f as i64)
@@ -70,6 +78,21 @@ impl fmt::Display for Cell {
             None => f.write_str("null"),
         }
     }
+}
+
+/// `s` without surrounding whitespace; most values have none, and checking the two ends is
+/// cheaper than `str::trim`'s scan.
+pub fn trimmed(s: &str) -> &str {
+    match (s.as_bytes().first(), s.as_bytes().last()) {
+        (Some(a), Some(b)) if is_plain(*a) && is_plain(*b) => s,
+        _ => s.trim(),
+    }
+}
+
+/// An ASCII byte that is not whitespace (a byte of a multi-byte character may belong to
+/// Unicode whitespace, so it is not plain).
+fn is_plain(b: u8) -> bool {
+    b.is_ascii() && !b.is_ascii_whitespace()
 }
 
 pub fn decimal_text(v: i128, scale: i8) -> String {

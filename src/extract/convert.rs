@@ -5,20 +5,27 @@
 use arrow::array::*;
 use arrow::datatypes::{DataType, Schema as ArrowSchema, TimeUnit};
 use arrow::record_batch::RecordBatch;
-use chrono::{DateTime, Datelike, NaiveDate, NaiveDateTime, TimeZone};
+use chrono::{DateTime, Datelike, NaiveDate, NaiveDateTime, Offset, TimeZone};
+use std::borrow::Cow;
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::cell::Cell;
+use super::cell::{trimmed, Cell};
 use super::pii::Hasher;
 use crate::config::pipeline::ExtractJob;
 use crate::config::schema::{AllowedValue, Granularity, Personal, Schema};
 
-/// A typed value of one column of one row.
+/// A typed value of one column of one row. Text borrows from the source cell where it can:
+/// a load of millions of rows would otherwise copy every string once more.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Typed {
+pub enum Typed<'a> {
     Null,
-    Str(String),
+    Str(Cow<'a, str>),
+    /// An HMAC-SHA256 digest, stored as lower-case hex.
+    Digest([u8; 32]),
+    /// A derived partition value: `YYYY-MM`, or `YYYY` when the month is `None`.
+    Period(i32, Option<u32>),
     Bool(bool),
     Int(i64),
     Float(f64),
@@ -26,6 +33,35 @@ pub enum Typed {
     Micros(i64),
     Days(i32),
     Dec(i128),
+}
+
+impl Typed<'_> {
+    fn into_owned(self) -> Typed<'static> {
+        match self {
+            Typed::Str(s) => Typed::Str(Cow::Owned(s.into_owned())),
+            Typed::Null => Typed::Null,
+            Typed::Digest(d) => Typed::Digest(d),
+            Typed::Period(y, m) => Typed::Period(y, m),
+            Typed::Bool(b) => Typed::Bool(b),
+            Typed::Int(i) => Typed::Int(i),
+            Typed::Float(f) => Typed::Float(f),
+            Typed::Micros(u) => Typed::Micros(u),
+            Typed::Days(d) => Typed::Days(d),
+            Typed::Dec(d) => Typed::Dec(d),
+        }
+    }
+}
+
+/// Space for one row's typed values, kept from row to row so that typing a row allocates
+/// nothing of its own.
+#[derive(Default)]
+pub struct Scratch(Vec<Typed<'static>>);
+
+/// An empty vector with `v`'s allocation, for values of another lifetime (the collect is done
+/// in place, as the element types have the same layout).
+fn recycle<'b>(mut v: Vec<Typed<'_>>) -> Vec<Typed<'b>> {
+    v.clear();
+    v.into_iter().map(|_| unreachable!("empty")).collect()
 }
 
 /// How one stored column is filled from the source row.
@@ -50,6 +86,25 @@ pub struct RowPlan {
     pub tz: chrono_tz::Tz,
     pub schema: Arc<ArrowSchema>,
     hasher: Option<Hasher>,
+    offsets: RefCell<OffsetCache>,
+}
+
+/// The zone's UTC offset by local day, for days without a transition: converting a local time
+/// through the zone's rules costs more than the rest of typing a timestamp, and a load
+/// converts several per row.
+struct OffsetCache {
+    /// Direct-mapped by day number: (day, offset in seconds).
+    slots: Vec<(i64, i32)>,
+}
+
+const OFFSET_SLOTS: usize = 4096;
+
+impl OffsetCache {
+    fn new() -> Self {
+        OffsetCache {
+            slots: vec![(i64::MIN, 0); OFFSET_SLOTS],
+        }
+    }
 }
 
 impl RowPlan {
@@ -113,11 +168,35 @@ impl RowPlan {
             tz,
             schema: schema.arrow_schema(),
             hasher,
+            offsets: RefCell::new(OffsetCache::new()),
         }
     }
 
+    /// Types one row and appends it to `builders`; an invalid row is not appended and `Err`
+    /// holds every reason it is invalid.
+    pub fn append_row(
+        &self,
+        cells: &[Cell],
+        builders: &mut [ColumnBuilder],
+        scratch: &mut Scratch,
+    ) -> Result<(), Vec<String>> {
+        let mut typed = recycle(std::mem::take(&mut scratch.0));
+        let result = self.type_row(cells, &mut typed);
+        if result.is_ok() {
+            for (b, v) in builders.iter_mut().zip(&typed) {
+                b.push(v);
+            }
+        }
+        scratch.0 = recycle(typed);
+        result
+    }
+
     /// Types one row. `Err` holds every reason the row is invalid.
-    pub fn type_row(&self, cells: &[Cell], out: &mut Vec<Typed>) -> Result<(), Vec<String>> {
+    pub fn type_row<'a>(
+        &'a self,
+        cells: &'a [Cell],
+        out: &mut Vec<Typed<'a>>,
+    ) -> Result<(), Vec<String>> {
         out.clear();
         let mut reasons = Vec::new();
         for c in &self.columns {
@@ -131,26 +210,17 @@ impl RowPlan {
             }
         }
         if let Some((_, i, g)) = &self.partition {
-            match &out[*i] {
-                Typed::Micros(us) => {
-                    let local =
-                        DateTime::from_timestamp_micros(*us).map(|t| t.with_timezone(&self.tz));
-                    out.push(match (local, g) {
-                        (Some(t), Granularity::Month) => Typed::Str(t.format("%Y-%m").to_string()),
-                        (Some(t), Granularity::Year) => Typed::Str(t.format("%Y").to_string()),
-                        (None, _) => Typed::Null,
-                    })
-                }
-                Typed::Days(d) => {
-                    let date = NaiveDate::from_num_days_from_ce_opt(*d + 719_163);
-                    out.push(match (date, g) {
-                        (Some(t), Granularity::Month) => Typed::Str(t.format("%Y-%m").to_string()),
-                        (Some(t), Granularity::Year) => Typed::Str(t.format("%Y").to_string()),
-                        (None, _) => Typed::Null,
-                    })
-                }
-                _ => out.push(Typed::Null),
-            }
+            let date = match &out[*i] {
+                Typed::Micros(us) => DateTime::from_timestamp_micros(*us)
+                    .map(|t| t.with_timezone(&self.tz).date_naive()),
+                Typed::Days(d) => NaiveDate::from_num_days_from_ce_opt(*d + 719_163),
+                _ => None,
+            };
+            out.push(match (date, g) {
+                (Some(t), Granularity::Month) => Typed::Period(t.year(), Some(t.month())),
+                (Some(t), Granularity::Year) => Typed::Period(t.year(), None),
+                (None, _) => Typed::Null,
+            });
         }
         if reasons.is_empty() {
             Ok(())
@@ -159,33 +229,30 @@ impl RowPlan {
         }
     }
 
-    fn type_cell(&self, c: &ColumnPlan, cell: &Cell) -> Result<Typed, String> {
+    fn type_cell<'a>(&'a self, c: &'a ColumnPlan, cell: &'a Cell) -> Result<Typed<'a>, String> {
         // Value mapping first: it works on the source's text.
-        let mapped;
-        let cell = match (&c.values, cell.text()) {
-            (Some(map), Some(t)) => match map.get(t.trim()) {
-                Some(toml::Value::String(s)) => {
-                    mapped = Cell::Text(s.clone());
-                    &mapped
-                }
-                Some(toml::Value::Integer(i)) => {
-                    mapped = Cell::Int(*i);
-                    &mapped
-                }
-                Some(toml::Value::Boolean(b)) => {
-                    mapped = Cell::Bool(*b);
-                    &mapped
-                }
-                Some(other) => return Err(format!("mapping gives unsupported value {other}")),
-                None => {
-                    return Err(format!(
-                        "value {:?} has no mapping in the pipeline's [values.{}]",
-                        t, c.name
-                    ))
-                }
-            },
-            _ => cell,
-        };
+        if let Some(map) = &c.values {
+            if let Some(t) = cell.text() {
+                let mapped = match map.get(t.trim()) {
+                    Some(toml::Value::String(s)) => Cell::Text(s.as_str().into()),
+                    Some(toml::Value::Integer(i)) => Cell::Int(*i),
+                    Some(toml::Value::Boolean(b)) => Cell::Bool(*b),
+                    Some(other) => return Err(format!("mapping gives unsupported value {other}")),
+                    None => {
+                        return Err(format!(
+                            "value {:?} has no mapping in the pipeline's [values.{}]",
+                            t, c.name
+                        ))
+                    }
+                };
+                return self.type_value(c, &mapped).map(Typed::into_owned);
+            }
+        }
+        self.type_value(c, cell)
+    }
+
+    /// Types a cell after value mapping: nulls, personal data, the type, allowed values.
+    fn type_value<'a>(&'a self, c: &ColumnPlan, cell: &'a Cell) -> Result<Typed<'a>, String> {
         if cell.is_null() {
             return if c.nullable {
                 Ok(Typed::Null)
@@ -194,13 +261,18 @@ impl RowPlan {
             };
         }
         if let (Some(Personal::Hash), Some(h)) = (c.personal, &self.hasher) {
-            return Ok(Typed::Str(h.hash(cell.text().unwrap_or_default().trim())));
+            return Ok(Typed::Digest(match cell {
+                Cell::Text(s) => h.digest(trimmed(s)),
+                other => h.digest(other.text().unwrap_or_default().trim()),
+            }));
         }
         let v = self.typed(c, cell)?;
         if let Some(allowed) = &c.allowed {
             let ok = match &v {
                 Typed::Int(i) => allowed.contains(&AllowedValue::Int(*i)),
-                Typed::Str(s) => allowed.contains(&AllowedValue::Text(s.clone())),
+                Typed::Str(s) => allowed
+                    .iter()
+                    .any(|a| matches!(a, AllowedValue::Text(t) if t == s)),
                 _ => true,
             };
             if !ok {
@@ -210,12 +282,12 @@ impl RowPlan {
         Ok(v)
     }
 
-    fn typed(&self, c: &ColumnPlan, cell: &Cell) -> Result<Typed, String> {
+    fn typed<'a>(&self, c: &ColumnPlan, cell: &'a Cell) -> Result<Typed<'a>, String> {
         let bad = || format!("cannot read {cell} as {}", c.data_type);
         match &c.data_type {
             DataType::Utf8 => Ok(Typed::Str(match cell {
-                Cell::Text(s) => s.trim().to_string(),
-                other => other.text().unwrap_or_default(),
+                Cell::Text(s) => Cow::Borrowed(trimmed(s)),
+                other => Cow::Owned(other.text().unwrap_or_default()),
             })),
             DataType::Boolean => match cell {
                 Cell::Bool(b) => Ok(Typed::Bool(*b)),
@@ -302,12 +374,35 @@ impl RowPlan {
         }
     }
 
-    /// A local time of the project's zone as a UTC instant.
+    /// A local time of the project's zone as a UTC instant (the earlier one when the local
+    /// time occurs twice).
     fn local_micros(&self, t: NaiveDateTime) -> Option<i64> {
-        self.tz
+        let local = t.and_utc().timestamp_micros();
+        let day = local.div_euclid(86_400_000_000);
+        let slot = day.rem_euclid(OFFSET_SLOTS as i64) as usize;
+        let cached = self.offsets.borrow().slots[slot];
+        if cached.0 == day {
+            return Some(local - cached.1 as i64 * 1_000_000);
+        }
+        let utc = self
+            .tz
             .from_local_datetime(&t)
             .earliest()
-            .map(|t| t.timestamp_micros())
+            .map(|t| t.timestamp_micros())?;
+        // Cache the day's offset only when the day has one: the same offset, unambiguous, at
+        // its first and last second.
+        let offset_at = |n: NaiveDateTime| match self.tz.offset_from_local_datetime(&n) {
+            chrono::LocalResult::Single(o) => Some(o.fix().local_minus_utc()),
+            _ => None,
+        };
+        let start = t.date().and_hms_opt(0, 0, 0).expect("midnight");
+        let end = t.date().and_hms_opt(23, 59, 59).expect("last second");
+        if let (Some(a), Some(b)) = (offset_at(start), offset_at(end)) {
+            if a == b {
+                self.offsets.borrow_mut().slots[slot] = (day, a);
+            }
+        }
+        Some(utc)
     }
 
     /// Times with an explicit offset keep it; times without one are local.
@@ -454,6 +549,20 @@ impl ColumnBuilder {
     pub fn push(&mut self, v: &Typed) {
         match (self, v) {
             (ColumnBuilder::Utf8(b), Typed::Str(s)) => b.append_value(s),
+            (ColumnBuilder::Utf8(b), Typed::Digest(d)) => {
+                let mut hex = [0u8; 64];
+                hex::encode_to_slice(d, &mut hex).expect("64 bytes for 32");
+                b.append_value(std::str::from_utf8(&hex).expect("hex is ASCII"));
+            }
+            (ColumnBuilder::Utf8(b), Typed::Period(y, m)) => {
+                use std::fmt::Write;
+                // The builder takes formatted text directly; `append_value("")` ends the value.
+                let _ = match m {
+                    Some(m) => write!(b, "{y:04}-{m:02}"),
+                    None => write!(b, "{y:04}"),
+                };
+                b.append_value("");
+            }
             (ColumnBuilder::Bool(b), Typed::Bool(x)) => b.append_value(*x),
             (ColumnBuilder::I16(b), Typed::Int(x)) => b.append_value(*x as i16),
             (ColumnBuilder::I32(b), Typed::Int(x)) => b.append_value(*x as i32),
@@ -511,6 +620,99 @@ impl ColumnBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::diag::{Diagnostics, Source};
+
+    fn events_plan(tz: chrono_tz::Tz) -> RowPlan {
+        let text = r#"
+name = "events"
+label = "Sự kiện"
+primary_key = ["id"]
+partition = { column = "at_month", from = "at", granularity = "month" }
+[[columns]]
+name = "id"
+type = "Int64"
+nullable = false
+label = "Mã"
+[[columns]]
+name = "at"
+type = "Timestamp"
+nullable = false
+label = "Thời điểm"
+"#;
+        let mut d = Diagnostics::default();
+        let schema =
+            crate::config::schema::load(&Source::new("events.toml", text.into()), "events", &mut d);
+        let schema = schema.unwrap_or_else(|| {
+            panic!(
+                "{:?}",
+                d.sorted().iter().map(|d| d.to_string()).collect::<Vec<_>>()
+            )
+        });
+        RowPlan::plain(&schema, &["id".into(), "at".into()], tz)
+    }
+
+    #[test]
+    fn local_times_convert_as_the_zone_says_around_its_transitions() {
+        // Berlin has two transitions a year; the day cache must give what chrono-tz gives for
+        // every hour of those days and of ordinary ones, asked in any order.
+        let tz: chrono_tz::Tz = "Europe/Berlin".parse().unwrap();
+        let plan = events_plan(tz);
+        let mut times = Vec::new();
+        for day in [
+            "2024-03-30",
+            "2024-03-31",
+            "2024-04-01",
+            "2024-10-26",
+            "2024-10-27",
+            "2024-10-28",
+        ] {
+            let d = NaiveDate::parse_from_str(day, "%Y-%m-%d").unwrap();
+            for minutes in (0..24 * 60).step_by(30) {
+                times.push(d.and_hms_opt(0, 0, 0).unwrap() + chrono::Duration::minutes(minutes));
+            }
+        }
+        for pass in 0..2 {
+            for t in &times {
+                let expected = tz
+                    .from_local_datetime(t)
+                    .earliest()
+                    .map(|t| t.timestamp_micros());
+                assert_eq!(plan.local_micros(*t), expected, "{t} (pass {pass})");
+            }
+        }
+    }
+
+    #[test]
+    fn the_partition_month_is_the_local_month() {
+        let tz: chrono_tz::Tz = "Asia/Ho_Chi_Minh".parse().unwrap();
+        let plan = events_plan(tz);
+        let mut builders = plan.builders(3);
+        let mut scratch = Scratch::default();
+        // 16:59:59Z on 31 Oct is 23:59:59 local; 17:00Z is midnight of 1 Nov, local.
+        for at in [
+            "2025-10-31T16:59:59Z",
+            "2025-10-31T17:00:00Z",
+            "2025-11-01 00:00:00",
+        ] {
+            plan.append_row(
+                &[Cell::Int(1), Cell::Text(at.into())],
+                &mut builders,
+                &mut scratch,
+            )
+            .unwrap();
+        }
+        let batch = plan.finish(&mut builders).unwrap();
+        let months = batch
+            .column_by_name("at_month")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap()
+            .iter()
+            .map(|m| m.unwrap().to_string())
+            .collect::<Vec<_>>();
+        assert_eq!(months, ["2025-10", "2025-11", "2025-11"]);
+    }
 
     #[test]
     fn parses_and_rescales_decimals() {

@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
 use super::cell::Cell;
-use super::{ExtractError, RawRow};
+use super::{ExtractError, Position, RawRow};
 use crate::config::pipeline::{ExtractJob, FileFormat, SourceExpr};
 
 /// The files a glob matches, sorted, with their path relative to `root`.
@@ -97,8 +97,8 @@ fn json_cell(v: &serde_json::Value) -> Cell {
             Some(i) => Cell::Int(i),
             None => Cell::Float(n.as_f64().unwrap_or(f64::NAN)),
         },
-        serde_json::Value::String(s) => Cell::Text(s.clone()),
-        other => Cell::Text(other.to_string()),
+        serde_json::Value::String(s) => Cell::Text(s.as_str().into()),
+        other => Cell::Text(other.to_string().into()),
     }
 }
 
@@ -166,6 +166,7 @@ fn read_ndjson(
 ) -> Result<(), ExtractError> {
     let f = std::fs::File::open(path).map_err(|e| ExtractError::io(path, e))?;
     let mut reader = BufReader::with_capacity(1 << 20, f);
+    let file: std::sync::Arc<str> = rel.into();
     let mut line = Vec::new();
     let mut n = 0u64;
     let mut checked = false;
@@ -191,7 +192,7 @@ fn read_ndjson(
                 String::from_utf8_lossy(bytes)
             }
         };
-        let position = format!("{rel}:{n}");
+        let position = Position::Line(file.clone(), n);
         let rec: serde_json::Map<String, serde_json::Value> = match serde_json::from_str(&text) {
             Ok(r) => r,
             Err(e) => {
@@ -260,6 +261,7 @@ fn read_csv(
         })
         .collect();
     let mut rec = csv::ByteRecord::new();
+    let file: std::sync::Arc<str> = rel.into();
     loop {
         let more = r
             .read_byte_record(&mut rec)
@@ -283,19 +285,19 @@ fn read_csv(
                 None => Cell::Null,
                 Some(b) => match std::str::from_utf8(b) {
                     Ok("") => Cell::Null,
-                    Ok(s) => Cell::Text(s.to_string()),
+                    Ok(s) => Cell::Text(s.into()),
                     Err(e) => {
                         errors.push(format!(
                             "{c}: broken encoding: invalid UTF-8 at byte {}",
                             e.valid_up_to()
                         ));
-                        Cell::Text(String::from_utf8_lossy(b).into_owned())
+                        Cell::Text(String::from_utf8_lossy(b).into_owned().into())
                     }
                 },
             })
             .collect();
         rows(RawRow {
-            position: format!("{rel}:{line}"),
+            position: Position::Line(file.clone(), line),
             cells,
             errors,
         })?;
@@ -306,7 +308,7 @@ fn read_csv(
 fn xlsx_cell(d: &Data) -> Cell {
     match d {
         Data::Empty => Cell::Null,
-        Data::String(s) => Cell::Text(s.clone()),
+        Data::String(s) => Cell::Text(s.as_str().into()),
         Data::Int(i) => Cell::Int(*i),
         Data::Float(f) if f.fract() == 0.0 && f.abs() < 9e15 => Cell::Int(*f as i64),
         Data::Float(f) => Cell::Float(*f),
@@ -324,8 +326,8 @@ fn xlsx_cell(d: &Data) -> Cell {
             })
             .unwrap_or(Cell::Null)
         }
-        Data::DateTimeIso(s) | Data::DurationIso(s) => Cell::Text(s.clone()),
-        Data::Error(e) => Cell::Text(format!("#{e:?}")),
+        Data::DateTimeIso(s) | Data::DurationIso(s) => Cell::Text(s.as_str().into()),
+        Data::Error(e) => Cell::Text(format!("#{e:?}").into()),
     }
 }
 
@@ -397,7 +399,7 @@ fn read_xlsx(
                 })
                 .collect();
             rows(RawRow {
-                position: format!("{rel}[{s}]:{}", i + first_row as usize + 1),
+                position: Position::Text(format!("{rel}[{s}]:{}", i + first_row as usize + 1)),
                 cells,
                 errors: Vec::new(),
             })?;

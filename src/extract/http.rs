@@ -6,7 +6,7 @@ use chrono::NaiveDateTime;
 use std::time::Duration;
 
 use super::file::{check_fields, eval};
-use super::{ExtractError, RawRow, RowSink};
+use super::{ExtractError, Position, RawRow, RowSink};
 use crate::config::pipeline::ExtractJob;
 
 /// Attempts per page before the run fails.
@@ -56,7 +56,7 @@ pub(crate) async fn stream(
         let count = list.len();
         for (i, rec) in list.into_iter().enumerate() {
             n += 1;
-            let position = format!("page {page} record {}", i + 1);
+            let position = Position::Text(format!("page {page} record {}", i + 1));
             let serde_json::Value::Object(rec) = rec else {
                 sink.push(RawRow {
                     position,

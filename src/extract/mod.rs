@@ -25,7 +25,7 @@ use crate::config::{Pipeline, Project};
 use crate::warehouse::quarantine::{self, Rejected};
 use crate::warehouse::{self, Warehouse, WarehouseError, WriteMode};
 use cell::Cell;
-use convert::{RowPlan, Typed};
+use convert::{RowPlan, Scratch};
 use pii::Hasher;
 
 #[derive(Debug, thiserror::Error)]
@@ -69,7 +69,8 @@ pub(crate) struct RowSink {
     bytes: u64,
 }
 
-const SEND_ROWS: usize = 50_000;
+/// Rows per message from a source to the typing: small, so that few rows wait as cells.
+const SEND_ROWS: usize = 10_000;
 
 impl RowSink {
     fn new(tx: mpsc::Sender<Msg>) -> Self {
@@ -117,10 +118,32 @@ fn stopped() -> ExtractError {
     ExtractError::Source("the writer stopped".into())
 }
 
+/// Where a row is in its source. Formatted only when the row is quarantined: most rows are
+/// valid, and a string per row would cost an allocation each.
+#[derive(Debug, Clone)]
+pub enum Position {
+    /// `row N` of a query's result.
+    Row(u64),
+    /// `file:line` of a CSV or NDJSON file.
+    Line(std::sync::Arc<str>, u64),
+    /// Anything else, already formatted (`file[sheet]:row`, `page P record R`).
+    Text(String),
+}
+
+impl std::fmt::Display for Position {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Position::Row(n) => write!(f, "row {n}"),
+            Position::Line(file, n) => write!(f, "{file}:{n}"),
+            Position::Text(t) => f.write_str(t),
+        }
+    }
+}
+
 /// One source row: cells in the order of the source's column names, or why it is unreadable.
 #[derive(Debug)]
 pub struct RawRow {
-    pub position: String,
+    pub position: Position,
     pub cells: Vec<Cell>,
     /// Problems found while reading (broken encoding, bad JSON): the row goes to quarantine.
     pub errors: Vec<String>,
@@ -205,7 +228,7 @@ pub async fn run(
         .collect();
     let hasher = Hasher::from_env(&schema.name, &hashed)?;
     let wh = Warehouse::new(&project.root, &project.settings.warehouse_url)?;
-    let mut table = wh.open(&schema.name).await?;
+    let table = wh.open(&schema.name).await?;
     let run_id = uuid::Uuid::now_v7().to_string();
     let previous = if opts.full {
         None
@@ -246,203 +269,156 @@ pub async fn run(
         ..Default::default()
     };
     let mut plan: Option<(RowPlan, Vec<String>)> = None;
+    // Typed batches and their rejected rows since the last commit, and how many rows they hold.
+    let mut pending_rows: Vec<(RecordBatch, Vec<Rejected>)> = Vec::new();
+    let mut pending_count = 0usize;
+    let mut pending_files: Vec<(String, i64)> = Vec::new();
+    let bar = progress(opts.progress, &pipeline.name);
+    let replace = job.mode == Mode::Replace;
+    // A table empty at the start of the run takes its rows by appends, merging only keys
+    // seen twice in the run (see `NewKeys`).
+    let new_keys = (table.version().is_none() && !replace).then(warehouse::NewKeys::default);
     let personal: BTreeMap<String, Personal> = schema
         .columns
         .iter()
         .filter_map(|c| c.personal.map(|p| (c.name.clone(), p)))
         .collect();
-    let mut pending_rows: Vec<RawRow> = Vec::new();
-    let mut pending_files: Vec<(String, i64)> = Vec::new();
-    let mut max_updated: Option<i64> = previous;
-    let bar = progress(opts.progress, &pipeline.name);
-    let replace = job.mode == Mode::Replace;
-    let mut replace_batches: Vec<RecordBatch> = Vec::new();
-    // A table empty at the start of the run takes its rows by appends, merging only keys
-    // seen twice in the run (see `NewKeys`).
-    let mut new_keys = (table.version().is_none() && !replace).then(warehouse::NewKeys::default);
+    // The committer is either here or in flight: while it types and writes one chunk, this
+    // loop gathers the next, so reading the source and writing the warehouse overlap.
+    let mut home = Some(Committer {
+        arrow_schema: None,
+        schema: schema.clone(),
+        job: job.clone(),
+        pipeline: pipeline.name.clone(),
+        run_id: run_id.clone(),
+        wh,
+        table,
+        new_keys,
+        replace_batches: Vec::new(),
+        // A one-column key and hashed personal data are (nearly) unique per row: no
+        // dictionary for them.
+        parquet: warehouse::writer_properties(
+            &schema
+                .primary_key
+                .iter()
+                .filter(|_| schema.primary_key.len() == 1)
+                .chain(&hashed)
+                .cloned()
+                .collect::<Vec<_>>(),
+        ),
+        max_updated: previous,
+        rows_written: 0,
+        rows_quarantined: 0,
+    });
+    let mut inflight: Option<tokio::task::JoinHandle<Result<Committer, ExtractError>>> = None;
+    let finished = async |h: tokio::task::JoinHandle<Result<Committer, ExtractError>>| {
+        h.await
+            .map_err(|e| ExtractError::Source(format!("the writer task stopped: {e}")))?
+    };
 
-    loop {
-        let msg = rx.recv().await;
-        let last = msg.is_none();
-        match msg {
-            Some(Msg::Columns(names)) => {
-                if let Some(missing) = missing_required(&schema, &names) {
-                    drop(rx);
-                    let _ = producer.await;
-                    return Err(ExtractError::Source(missing));
+    let outcome: Result<(), ExtractError> = async {
+        loop {
+            let msg = rx.recv().await;
+            let last = msg.is_none();
+            match msg {
+                Some(Msg::Columns(names)) => {
+                    if let Some(missing) = missing_required(&schema, &names) {
+                        return Err(ExtractError::Source(missing));
+                    }
+                    plan = Some((
+                        RowPlan::new(&schema, &job, &names, tz, hasher.clone()),
+                        names,
+                    ));
                 }
-                plan = Some((
-                    RowPlan::new(&schema, &job, &names, tz, hasher.clone()),
-                    names,
-                ));
+                Some(Msg::Rows(rows)) => {
+                    summary.rows_read += rows.len() as u64;
+                    bar.inc(rows.len() as u64);
+                    let Some(p) = plan.take() else {
+                        return Err(ExtractError::Source(
+                            "the source sent rows before its columns".into(),
+                        ));
+                    };
+                    // Rows are typed as they arrive, so that only typed columns wait for the
+                    // commit (a row of cells takes several times the memory). Typing is CPU
+                    // work: off the async workers, so the source goes on reading meanwhile.
+                    let personal = personal.clone();
+                    let schema = schema.clone();
+                    let (p, typed) = tokio::task::spawn_blocking(move || {
+                        let typed = validate(&p.0, &p.1, &personal, &schema, rows);
+                        (p, typed)
+                    })
+                    .await
+                    .map_err(|e| ExtractError::Source(format!("typing the rows stopped: {e}")))?;
+                    plan = Some(p);
+                    let (batch, rejected) = typed?;
+                    pending_count += batch.num_rows() + rejected.len();
+                    pending_rows.push((batch, rejected));
+                }
+                Some(Msg::FileDone {
+                    rel,
+                    fingerprint,
+                    bytes,
+                }) => {
+                    summary.files_loaded += 1;
+                    summary.bytes_read += bytes;
+                    pending_files.push((rel, fingerprint));
+                }
+                Some(Msg::FileSkipped) => summary.files_skipped += 1,
+                Some(Msg::Bytes(n)) => summary.bytes_read += n,
+                None => {}
             }
-            Some(Msg::Rows(rows)) => {
-                summary.rows_read += rows.len() as u64;
-                bar.inc(rows.len() as u64);
-                pending_rows.extend(rows);
-            }
-            Some(Msg::FileDone {
-                rel,
-                fingerprint,
-                bytes,
-            }) => {
-                summary.files_loaded += 1;
-                summary.bytes_read += bytes;
-                pending_files.push((rel, fingerprint));
-            }
-            Some(Msg::FileSkipped) => summary.files_skipped += 1,
-            Some(Msg::Bytes(n)) => summary.bytes_read += n,
-            None => {}
-        }
-        // Commit every `chunk` rows (small files share a commit, each marked as loaded in it)
-        // and at the end, which also carries the watermark.
-        let flush = last || pending_rows.len() >= chunk;
-        let nothing = pending_rows.is_empty()
-            && pending_files.is_empty()
-            && !(last && max_updated != previous);
-        if !flush || nothing {
-            if last {
-                break;
-            }
-            continue;
-        }
-        let Some((plan, names)) = &plan else {
-            if last {
-                break;
-            }
-            continue;
-        };
-        let rows = std::mem::take(&mut pending_rows);
-        let (batch, rejected) = validate(plan, names, &personal, &schema, rows)?;
-        let what = match pending_files.last() {
-            Some(f) => format!("the batch ending with {}", f.0),
-            None => format!("the batch read by `{}`", pipeline.name),
-        };
-        let total = batch.num_rows() + rejected.len();
-        if total > 0 {
-            let share = rejected.len() as f64 / total as f64;
-            if share > job.quarantine_max_share {
-                drop(rx);
-                let _ = producer.await;
-                let examples = rejected
-                    .iter()
-                    .take(3)
-                    .map(|r| format!("{}: {}", r.position, r.reasons.join(", ")))
-                    .collect::<Vec<_>>()
-                    .join(" | ");
-                return Err(ExtractError::TooManyInvalid {
-                    what,
-                    share: share * 100.0,
-                    max: job.quarantine_max_share * 100.0,
-                    examples,
-                });
-            }
-        }
-        if let Some(w) = schema
-            .watermark
-            .as_deref()
-            .and_then(|w| max_micros(&batch, w))
-        {
-            max_updated = Some(max_updated.map_or(w, |m| m.max(w)));
-        }
-        summary.rows_quarantined += rejected.len() as u64;
-        quarantine::store(&wh, &pipeline.name, &schema.name, &run_id, &rejected).await?;
-        let batch = if replace {
-            // The whole table is replaced at once, at the end.
-            replace_batches.push(batch);
-            if !last {
+            // Commit every `chunk` rows (small files share a commit, each marked as loaded in
+            // it) and at the end, which also carries the watermark.
+            if !(last || pending_count >= chunk) {
                 continue;
             }
-            arrow::compute::concat_batches(&plan.schema, &replace_batches)
-                .map_err(|e| ExtractError::Source(e.to_string()))?
-        } else {
-            batch
-        };
-        let batch = warehouse::dedup(&batch, &schema.primary_key, schema.watermark.as_deref())
-            .map_err(|e| ExtractError::Source(e.to_string()))?;
-        summary.rows_written += batch.num_rows() as u64;
-        // The watermark moves only with the last commit of a run: a crash before it leaves
-        // the old watermark, and the rerun's merge makes rows already stored count once.
-        let mut txns: Vec<(String, i64)> = pending_files
-            .drain(..)
-            .map(|(rel, fp)| (file_id(&pipeline.name, &rel), fp))
-            .collect();
-        if last {
-            if let Some(w) = max_updated {
-                txns.push((watermark_id(&pipeline.name), w));
-            }
-        }
-        let meta = vec![
-            (
-                "parstat.run_id".to_string(),
-                serde_json::Value::from(run_id.clone()),
-            ),
-            ("parstat.pipeline".to_string(), pipeline.name.clone().into()),
-        ];
-        let mode = match job.mode {
-            Mode::Merge => WriteMode::Merge {
-                key: &schema.primary_key,
-                order: schema.watermark.as_deref(),
-            },
-            Mode::Append => WriteMode::InsertNew {
-                key: &schema.primary_key,
-            },
-            Mode::Replace => WriteMode::Replace,
-        };
-        if table.version().is_none() && batch.num_rows() == 0 && !last {
-            continue;
-        }
-        let partition = schema.partition.as_ref().map(|p| p.column.as_str());
-        // The key breaks ties, so the same rows give the same files whatever the source.
-        let order: Vec<String> = if schema.sort_by.is_empty() {
-            vec![]
-        } else {
-            schema
-                .sort_by
-                .iter()
-                .chain(&schema.primary_key)
-                .cloned()
-                .collect()
-        };
-        let batch = warehouse::sort_batch(&batch, &order)
-            .map_err(|e| ExtractError::Source(format!("sorting by {order:?}: {e}")))?;
-        let (batch, mode) = match new_keys.as_mut() {
-            Some(keys) => {
-                let (new, again) = keys
-                    .split(&batch, &schema.primary_key)
-                    .map_err(|e| ExtractError::Source(e.to_string()))?;
-                if again.num_rows() > 0 {
-                    // Appended without the run's marks: if the merge below does not commit,
-                    // the rerun reloads the files and merges these rows once.
-                    table = warehouse::write(
-                        table,
-                        &schema.name,
-                        new,
-                        partition,
-                        WriteMode::Append,
-                        warehouse::commit_properties(meta.clone(), vec![]),
-                    )
-                    .await?;
-                    (again, mode)
-                } else {
-                    (new, WriteMode::Append)
+            if last {
+                if let Some(h) = inflight.take() {
+                    home = Some(finished(h).await?);
                 }
             }
-            None => (batch, mode),
-        };
-        table = warehouse::write(
-            table,
-            &schema.name,
-            batch,
-            partition,
-            mode,
-            warehouse::commit_properties(meta, txns),
-        )
-        .await?;
-        if last {
-            break;
+            let moved = home.as_ref().is_some_and(|c| c.max_updated != previous);
+            let nothing = pending_rows.is_empty() && pending_files.is_empty() && !(last && moved);
+            if nothing || plan.is_none() {
+                if last {
+                    return Ok(());
+                }
+                continue;
+            }
+            let mut c: Committer = match (home.take(), inflight.take()) {
+                (Some(c), _) => c,
+                (None, Some(h)) => finished(h).await?,
+                (None, None) => unreachable!("the committer is here or in flight"),
+            };
+            if c.arrow_schema.is_none() {
+                c.arrow_schema = plan.as_ref().map(|p| p.0.schema.clone());
+            }
+            let rows = std::mem::take(&mut pending_rows);
+            pending_count = 0;
+            let files = std::mem::take(&mut pending_files);
+            let h = tokio::spawn(c.commit(rows, files, last));
+            if last {
+                home = Some(finished(h).await?);
+                return Ok(());
+            }
+            inflight = Some(h);
         }
     }
+    .await;
+    if let Err(e) = outcome {
+        // Stop the source before reporting; a chunk in flight finishes or fails on its own.
+        drop(rx);
+        let _ = producer.await;
+        if let Some(h) = inflight.take() {
+            let _ = h.await;
+        }
+        return Err(e);
+    }
+    let committer = home.expect("the last commit came home");
+    summary.rows_written = committer.rows_written;
+    summary.rows_quarantined = committer.rows_quarantined;
+    let max_updated = committer.max_updated;
+    let table = committer.table;
     bar.finish_and_clear();
     match producer.await {
         Ok(Ok(())) => {}
@@ -459,6 +435,200 @@ pub async fn run(
         .map(|t| t.with_timezone(&tz).to_rfc3339());
     summary.table_version = table.version();
     Ok(summary)
+}
+
+/// Writes chunks of typed rows, one at a time, and keeps what a run learns from them (the
+/// watermark, the counts, the table's version).
+struct Committer {
+    /// The typed batches' schema; set once the source announced its columns.
+    arrow_schema: Option<arrow::datatypes::SchemaRef>,
+    schema: Schema,
+    job: ExtractJob,
+    pipeline: String,
+    run_id: String,
+    wh: Warehouse,
+    table: deltalake::DeltaTable,
+    new_keys: Option<warehouse::NewKeys>,
+    /// Replace mode: every batch of the run, written at once at the end.
+    replace_batches: Vec<RecordBatch>,
+    parquet: deltalake::parquet::file::properties::WriterProperties,
+    max_updated: Option<i64>,
+    rows_written: u64,
+    rows_quarantined: u64,
+}
+
+impl Committer {
+    /// Commits typed `chunk`s with their rejected rows, and marks `files` as loaded in the
+    /// same commit; the `last` commit of a run also carries the watermark.
+    async fn commit(
+        mut self,
+        chunk: Vec<(RecordBatch, Vec<Rejected>)>,
+        files: Vec<(String, i64)>,
+        last: bool,
+    ) -> Result<Committer, ExtractError> {
+        let arrow_schema = self
+            .arrow_schema
+            .clone()
+            .ok_or_else(|| ExtractError::Source("no columns from the source".into()))?;
+        let mut batches = Vec::with_capacity(chunk.len());
+        let mut rejected = Vec::new();
+        for (b, r) in chunk {
+            batches.push(b);
+            rejected.extend(r);
+        }
+        let batch = arrow::compute::concat_batches(&arrow_schema, &batches)
+            .map_err(|e| ExtractError::Source(e.to_string()))?;
+        drop(batches);
+        let what = match files.last() {
+            Some(f) => format!("the batch ending with {}", f.0),
+            None => format!("the batch read by `{}`", self.pipeline),
+        };
+        let total = batch.num_rows() + rejected.len();
+        if total > 0 {
+            let share = rejected.len() as f64 / total as f64;
+            if share > self.job.quarantine_max_share {
+                let examples = rejected
+                    .iter()
+                    .take(3)
+                    .map(|r| format!("{}: {}", r.position, r.reasons.join(", ")))
+                    .collect::<Vec<_>>()
+                    .join(" | ");
+                return Err(ExtractError::TooManyInvalid {
+                    what,
+                    share: share * 100.0,
+                    max: self.job.quarantine_max_share * 100.0,
+                    examples,
+                });
+            }
+        }
+        let schema = &self.schema;
+        if let Some(w) = schema
+            .watermark
+            .as_deref()
+            .and_then(|w| max_micros(&batch, w))
+        {
+            self.max_updated = Some(self.max_updated.map_or(w, |m| m.max(w)));
+        }
+        self.rows_quarantined += rejected.len() as u64;
+        quarantine::store(
+            &self.wh,
+            &self.pipeline,
+            &schema.name,
+            &self.run_id,
+            &rejected,
+        )
+        .await?;
+        let batch = if self.job.mode == Mode::Replace {
+            // The whole table is replaced at once, at the end.
+            self.replace_batches.push(batch);
+            if !last {
+                return Ok(self);
+            }
+            arrow::compute::concat_batches(&arrow_schema, &self.replace_batches)
+                .map_err(|e| ExtractError::Source(e.to_string()))?
+        } else {
+            batch
+        };
+        // The watermark moves only with the last commit of a run: a crash before it leaves
+        // the old watermark, and the rerun's merge makes rows already stored count once.
+        let mut txns: Vec<(String, i64)> = files
+            .into_iter()
+            .map(|(rel, fp)| (file_id(&self.pipeline, &rel), fp))
+            .collect();
+        if last {
+            if let Some(w) = self.max_updated {
+                txns.push((watermark_id(&self.pipeline), w));
+            }
+        }
+        let meta = vec![
+            (
+                "parstat.run_id".to_string(),
+                serde_json::Value::from(self.run_id.clone()),
+            ),
+            ("parstat.pipeline".to_string(), self.pipeline.clone().into()),
+        ];
+        let mode = match self.job.mode {
+            Mode::Merge => WriteMode::Merge {
+                key: &schema.primary_key,
+                order: schema.watermark.as_deref(),
+            },
+            Mode::Append => WriteMode::InsertNew {
+                key: &schema.primary_key,
+            },
+            Mode::Replace => WriteMode::Replace,
+        };
+        if self.table.version().is_none() && batch.num_rows() == 0 && !last {
+            return Ok(self);
+        }
+        let partition = schema.partition.as_ref().map(|p| p.column.as_str());
+        // The key breaks ties, so the same rows give the same files whatever the source.
+        let order: Vec<String> = if schema.sort_by.is_empty() {
+            vec![]
+        } else {
+            schema
+                .sort_by
+                .iter()
+                .chain(&schema.primary_key)
+                .cloned()
+                .collect()
+        };
+        // Each step replaces the batch, so that only one copy of the chunk is alive at a time.
+        let sorted = warehouse::sort_batch(&batch, &order)
+            .map_err(|e| ExtractError::Source(format!("sorting by {order:?}: {e}")))?;
+        drop(batch);
+        let mut batch = sorted;
+        let dedup = |b: &RecordBatch| {
+            warehouse::dedup(b, &schema.primary_key, schema.watermark.as_deref())
+                .map_err(|e| ExtractError::Source(e.to_string()))
+        };
+        let mut table = self.table.clone();
+        let mode = match self.new_keys.as_mut() {
+            Some(keys) => {
+                // Keys seen for the first time are unique already: only the rest needs the
+                // deduplication a merge requires.
+                let (new, again) = keys
+                    .split(&batch, &schema.primary_key)
+                    .map_err(|e| ExtractError::Source(e.to_string()))?;
+                if again.num_rows() > 0 {
+                    self.rows_written += new.num_rows() as u64;
+                    // Appended without the run's marks: if the merge below does not commit,
+                    // the rerun reloads the files and merges these rows once.
+                    table = warehouse::write_with(
+                        table,
+                        &schema.name,
+                        new,
+                        partition,
+                        WriteMode::Append,
+                        warehouse::commit_properties(meta.clone(), vec![]),
+                        Some(self.parquet.clone()),
+                    )
+                    .await?;
+                    batch = dedup(&again)?;
+                    mode
+                } else {
+                    batch = new;
+                    WriteMode::Append
+                }
+            }
+            None => {
+                batch = dedup(&batch)?;
+                mode
+            }
+        };
+        self.rows_written += batch.num_rows() as u64;
+        let table = warehouse::write_with(
+            table,
+            &schema.name,
+            batch,
+            partition,
+            mode,
+            warehouse::commit_properties(meta, txns),
+            Some(self.parquet.clone()),
+        )
+        .await?;
+        self.table = table;
+        Ok(self)
+    }
 }
 
 /// The required dataset columns the source does not provide, as an error message.
@@ -510,23 +680,25 @@ fn validate(
     rows: Vec<RawRow>,
 ) -> Result<(RecordBatch, Vec<Rejected>), ExtractError> {
     let mut builders = plan.builders(rows.len());
-    let mut typed: Vec<Typed> = Vec::with_capacity(plan.columns.len() + 1);
+    let mut scratch = Scratch::default();
     let mut rejected = Vec::new();
-    let mut kept_rows: Vec<(String, Vec<Cell>)> = Vec::with_capacity(rows.len());
+    let mut kept_rows: Vec<(Position, Vec<Cell>)> = Vec::with_capacity(rows.len());
     for r in rows {
         let mut reasons = r.errors;
-        if let Err(e) = plan.type_row(&r.cells, &mut typed) {
+        if reasons.is_empty() {
+            if let Err(e) = plan.append_row(&r.cells, &mut builders, &mut scratch) {
+                reasons = e;
+            }
+        } else if let Err(e) = plan.type_row(&r.cells, &mut Vec::new()) {
+            // Unreadable already: typed only to list every reason.
             reasons.extend(e);
         }
         if reasons.is_empty() {
-            for (b, v) in builders.iter_mut().zip(&typed) {
-                b.push(v);
-            }
             kept_rows.push((r.position, r.cells));
         } else {
             rejected.push(Rejected {
                 row_json: plan.safe_json(names, &r.cells, personal).to_string(),
-                position: r.position,
+                position: r.position.to_string(),
                 reasons,
             });
         }
@@ -552,7 +724,7 @@ fn validate(
     for (i, reasons) in why {
         let (position, cells) = &kept_rows[i];
         rejected.push(Rejected {
-            position: position.clone(),
+            position: position.to_string(),
             row_json: plan.safe_json(names, cells, personal).to_string(),
             reasons,
         });
@@ -670,10 +842,10 @@ fn spawn_source(
                         continue;
                     }
                     let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-                    let mut buf: Vec<RawRow> = Vec::with_capacity(chunk.min(50_000));
+                    let mut buf: Vec<RawRow> = Vec::with_capacity(chunk.min(SEND_ROWS));
                     let mut send = |r: RawRow| -> Result<(), ExtractError> {
                         buf.push(r);
-                        if buf.len() >= 50_000 {
+                        if buf.len() >= SEND_ROWS {
                             tx.blocking_send(Msg::Rows(std::mem::take(&mut buf)))
                                 .map_err(|_| ExtractError::Source("the writer stopped".into()))?;
                         }

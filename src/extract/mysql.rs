@@ -8,7 +8,7 @@ use mysql_async::prelude::Queryable;
 use mysql_async::Value;
 
 use super::cell::Cell;
-use super::{ExtractError, RawRow, RowSink};
+use super::{ExtractError, Position, RawRow, RowSink};
 
 fn cell(v: Value, t: ColumnType) -> Result<Cell, String> {
     Ok(match v {
@@ -39,11 +39,25 @@ fn cell(v: Value, t: ColumnType) -> Result<Cell, String> {
             })?;
             match t {
                 // DECIMAL arrives as text in the binary protocol: keep it exact.
-                ColumnType::MYSQL_TYPE_DECIMAL | ColumnType::MYSQL_TYPE_NEWDECIMAL => Cell::Text(s),
-                _ => Cell::Text(s),
+                ColumnType::MYSQL_TYPE_DECIMAL | ColumnType::MYSQL_TYPE_NEWDECIMAL => {
+                    Cell::Text(s.into())
+                }
+                _ => Cell::Text(s.into()),
             }
         }
     })
+}
+
+/// A value's size in the binary protocol, without the row's framing.
+fn wire_size(v: &Value) -> u64 {
+    match v {
+        Value::NULL => 0,
+        Value::Bytes(b) => b.len() as u64 + 1,
+        Value::Int(_) | Value::UInt(_) | Value::Double(_) => 8,
+        Value::Float(_) => 4,
+        Value::Date(..) => 12,
+        Value::Time(..) => 13,
+    }
 }
 
 /// Streams `query`'s rows with `$watermark` bound to `watermark` (local time).
@@ -94,8 +108,11 @@ pub(crate) async fn stream(
         let row = row.map_err(|e| ExtractError::Source(format!("reading row {}: {e}", n + 1)))?;
         n += 1;
         let mut errors = Vec::new();
-        let cells = row
-            .unwrap()
+        let values = row.unwrap();
+        // The driver does not expose the bytes on the wire: the values' own sizes in the
+        // binary protocol stand for them in the job's summary.
+        sink.count_bytes(values.iter().map(wire_size).sum());
+        let cells = values
             .into_iter()
             .zip(&types)
             .enumerate()
@@ -107,7 +124,7 @@ pub(crate) async fn stream(
             })
             .collect();
         sink.push(RawRow {
-            position: format!("row {n}"),
+            position: Position::Row(n),
             cells,
             errors,
         })

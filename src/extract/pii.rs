@@ -52,9 +52,14 @@ impl Hasher {
 
     /// Lower-case hex of HMAC-SHA256(key, value).
     pub fn hash(&self, value: &str) -> String {
+        hex::encode(self.digest(value))
+    }
+
+    /// HMAC-SHA256(key, value), the digest `hash` writes as hex.
+    pub fn digest(&self, value: &str) -> [u8; 32] {
         let mut mac = self.mac.clone();
         mac.update(value.as_bytes());
-        hex::encode(mac.finalize().into_bytes())
+        mac.finalize().into_bytes().into()
     }
 }
 

@@ -1,13 +1,14 @@
 //! PostgreSQL source: the job's query streamed with `COPY (query) TO STDOUT (FORMAT binary)`
 //! and the binary tuples decoded straight into cells, never through a row-by-row text path.
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
+use bytestring::ByteString;
 use chrono::{Duration, NaiveDate, NaiveDateTime};
 use futures_util::StreamExt;
 use tokio_postgres::types::Type;
 
 use super::cell::Cell;
-use super::{ExtractError, RawRow, RowSink};
+use super::{ExtractError, Position, RawRow, RowSink};
 
 const SIGNATURE: &[u8] = b"PGCOPY\n\xff\r\n\0";
 
@@ -53,7 +54,14 @@ fn decoder(t: &Type) -> Option<Decode> {
     })
 }
 
-fn decode(d: Decode, mut b: &[u8]) -> Result<Cell, String> {
+/// Decodes one value; text keeps sharing the message it arrived in.
+fn decode(d: Decode, value: Bytes) -> Result<Cell, String> {
+    if let Decode::Text = d {
+        return ByteString::try_from(value)
+            .map(Cell::Text)
+            .map_err(|e| format!("invalid UTF-8: {e}"));
+    }
+    let mut b: &[u8] = &value;
     let need = |n: usize, b: &[u8]| {
         if b.len() < n {
             Err(format!("truncated value ({} bytes)", b.len()))
@@ -86,11 +94,7 @@ fn decode(d: Decode, mut b: &[u8]) -> Result<Cell, String> {
             need(8, b)?;
             Cell::Float(b.get_f64())
         }
-        Decode::Text => Cell::Text(
-            std::str::from_utf8(b)
-                .map_err(|e| format!("invalid UTF-8: {e}"))?
-                .to_string(),
-        ),
+        Decode::Text => unreachable!("decoded above"),
         Decode::Timestamp => {
             need(8, b)?;
             Cell::Local(pg_epoch() + Duration::microseconds(b.get_i64()))
@@ -175,37 +179,46 @@ pub(crate) async fn stream(url: &str, query: &str, sink: &mut RowSink) -> Result
         .await
         .map_err(|e| ExtractError::Source(format!("COPY failed: {e}")))?;
     futures_util::pin_mut!(stream);
-    let mut buf = BytesMut::new();
+    // Bytes of a tuple split across messages (PostgreSQL sends one message per tuple, so
+    // this is rare): tuples are decoded in place, from the message they arrived in.
+    let mut partial = BytesMut::new();
     let mut header_done = false;
     let mut n = 0u64;
     while let Some(chunk) = stream.next().await {
         let chunk = chunk
             .map_err(|e| ExtractError::Source(format!("COPY stream failed after {n} rows: {e}")))?;
         sink.count_bytes(chunk.len() as u64);
-        buf.extend_from_slice(&chunk);
+        let mut data = if partial.is_empty() {
+            chunk
+        } else {
+            partial.extend_from_slice(&chunk);
+            partial.split().freeze()
+        };
         if !header_done {
-            if buf.len() < SIGNATURE.len() + 8 {
+            if data.len() < SIGNATURE.len() + 8 {
+                partial.extend_from_slice(&data);
                 continue;
             }
-            if &buf[..SIGNATURE.len()] != SIGNATURE {
+            if &data[..SIGNATURE.len()] != SIGNATURE {
                 return Err(ExtractError::Source(
                     "COPY did not return the binary format".into(),
                 ));
             }
             let ext = u32::from_be_bytes(
-                buf[SIGNATURE.len() + 4..SIGNATURE.len() + 8]
+                data[SIGNATURE.len() + 4..SIGNATURE.len() + 8]
                     .try_into()
                     .expect("4 bytes"),
             ) as usize;
-            if buf.len() < SIGNATURE.len() + 8 + ext {
+            if data.len() < SIGNATURE.len() + 8 + ext {
+                partial.extend_from_slice(&data);
                 continue;
             }
-            buf.advance(SIGNATURE.len() + 8 + ext);
+            data.advance(SIGNATURE.len() + 8 + ext);
             header_done = true;
         }
-        // Decode every complete tuple in the buffer.
-        while let Some(len) = tuple_len(&buf) {
-            let mut t = buf.split_to(len).freeze();
+        // Decode every complete tuple; keep the rest for the next message.
+        while let Some(len) = tuple_len(&data) {
+            let mut t = data.split_to(len);
             let count = t.get_i16();
             if count == -1 {
                 break;
@@ -219,8 +232,7 @@ pub(crate) async fn stream(url: &str, query: &str, sink: &mut RowSink) -> Result
                     cells.push(Cell::Null);
                     continue;
                 }
-                let v = t.split_to(l as usize);
-                match decode(*d, &v) {
+                match decode(*d, t.split_to(l as usize)) {
                     Ok(c) => cells.push(c),
                     Err(e) => {
                         errors.push(format!("{}: {e}", names[i]));
@@ -229,11 +241,14 @@ pub(crate) async fn stream(url: &str, query: &str, sink: &mut RowSink) -> Result
                 }
             }
             sink.push(RawRow {
-                position: format!("row {n}"),
+                position: Position::Row(n),
                 cells,
                 errors,
             })
             .await?;
+        }
+        if !data.is_empty() {
+            partial.extend_from_slice(&data);
         }
     }
     drop(client);

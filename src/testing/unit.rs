@@ -21,7 +21,7 @@ use crate::config::schema::Schema;
 use crate::config::toml_file::{self, fields_of};
 use crate::config::Project;
 use crate::extract::cell::Cell;
-use crate::extract::convert::{RowPlan, Typed};
+use crate::extract::convert::{RowPlan, Scratch};
 use crate::query::{self, Inputs, MemoryTables, Period, QueryError};
 
 #[derive(Deserialize)]
@@ -405,7 +405,7 @@ fn dataset_input(
     }
     let plan = RowPlan::plain(&relaxed, &header, tz);
     let mut builders = plan.builders(rows.len());
-    let mut typed: Vec<Typed> = Vec::new();
+    let mut scratch = Scratch::default();
     for (line, cells) in &rows {
         let cells: Vec<Cell> = cells
             .iter()
@@ -413,21 +413,19 @@ fn dataset_input(
                 if c.is_empty() {
                     Cell::Null
                 } else {
-                    Cell::Text(c.clone())
+                    Cell::Text(c.as_str().into())
                 }
             })
             .collect();
-        plan.type_row(&cells, &mut typed).map_err(|reasons| {
-            format!(
-                "{}:{line}: input `{}`: {}",
-                t.file.display(),
-                schema.name,
-                reasons.join("; ")
-            )
-        })?;
-        for (b, v) in builders.iter_mut().zip(&typed) {
-            b.push(v);
-        }
+        plan.append_row(&cells, &mut builders, &mut scratch)
+            .map_err(|reasons| {
+                format!(
+                    "{}:{line}: input `{}`: {}",
+                    t.file.display(),
+                    schema.name,
+                    reasons.join("; ")
+                )
+            })?;
     }
     let batch = plan.finish(&mut builders).map_err(|e| e.to_string())?;
     let target: SchemaRef = Arc::new(ArrowSchema::new(

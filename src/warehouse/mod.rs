@@ -8,6 +8,9 @@ use arrow::datatypes::{DataType, Schema as ArrowSchema};
 use arrow::row::{RowConverter, SortField};
 use deltalake::kernel::transaction::CommitProperties;
 use deltalake::kernel::Transaction;
+use deltalake::parquet::basic::Compression;
+use deltalake::parquet::file::properties::WriterProperties;
+use deltalake::parquet::schema::types::ColumnPath;
 use deltalake::protocol::SaveMode;
 use deltalake::DeltaTable;
 use std::collections::HashMap;
@@ -207,6 +210,34 @@ pub fn delta_schema(schema: &ArrowSchema) -> ArrowSchema {
     )
 }
 
+/// The key of each row as bytes: a one-column text key without nulls as its own bytes (no
+/// copy; the usual case), any other key in Arrow's row format.
+enum Keys {
+    Text(arrow::array::StringArray),
+    Rows(arrow::row::Rows),
+}
+
+impl Keys {
+    fn of(batch: &RecordBatch, key: &[String]) -> Result<Keys, arrow::error::ArrowError> {
+        if let [k] = key {
+            let c = batch.column(batch.schema().index_of(k)?);
+            if let Some(a) = c.as_any().downcast_ref::<arrow::array::StringArray>() {
+                if a.null_count() == 0 {
+                    return Ok(Keys::Text(a.clone()));
+                }
+            }
+        }
+        key_rows(batch, key).map(Keys::Rows)
+    }
+
+    fn get(&self, i: usize) -> &[u8] {
+        match self {
+            Keys::Text(a) => a.value(i).as_bytes(),
+            Keys::Rows(r) => r.row(i).data(),
+        }
+    }
+}
+
 /// The key columns of each row in a comparable, hashable byte form.
 fn key_rows(
     batch: &RecordBatch,
@@ -235,7 +266,7 @@ pub fn dedup(
     key: &[String],
     order: Option<&str>,
 ) -> Result<RecordBatch, arrow::error::ArrowError> {
-    let rows = key_rows(batch, key)?;
+    let keys = Keys::of(batch, key)?;
     let order_col = match order {
         Some(o) => Some(cast(
             batch.column(batch.schema().index_of(o)?),
@@ -250,9 +281,10 @@ pub fn dedup(
             .map(|a| if a.is_null(i) { i64::MIN } else { a.value(i) })
             .unwrap_or(0)
     };
-    let mut best: HashMap<&[u8], usize> = HashMap::with_capacity(batch.num_rows());
+    let mut best: HashMap<&[u8], usize, foldhash::fast::RandomState> =
+        HashMap::with_capacity_and_hasher(batch.num_rows(), Default::default());
     for i in 0..batch.num_rows() {
-        let k = rows.row(i).data();
+        let k = keys.get(i);
         match best.get(k) {
             Some(&j) if order_val(j) > order_val(i) => {}
             _ => {
@@ -280,8 +312,28 @@ pub fn dedup(
 /// a first load of millions of rows stays a sequence of appends instead of ever larger merges.
 #[derive(Default)]
 pub struct NewKeys {
-    seen: std::collections::HashSet<u64>,
-    state: std::hash::RandomState,
+    /// The hashes themselves are the set's hashes (`Identity`); about 16 bytes per key.
+    seen: std::collections::HashSet<u64, std::hash::BuildHasherDefault<Identity>>,
+    state: foldhash::quality::RandomState,
+}
+
+/// A hasher for values that are hashes already.
+#[derive(Default)]
+pub struct Identity(u64);
+
+impl std::hash::Hasher for Identity {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u64` is used; any other input still hashes deterministically.
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
 }
 
 impl NewKeys {
@@ -292,10 +344,11 @@ impl NewKeys {
         key: &[String],
     ) -> Result<(RecordBatch, RecordBatch), arrow::error::ArrowError> {
         use std::hash::BuildHasher;
-        let rows = key_rows(batch, key)?;
+        let keys = Keys::of(batch, key)?;
         let mut fresh = arrow::array::BooleanBufferBuilder::new(batch.num_rows());
+        self.seen.reserve(batch.num_rows());
         for i in 0..batch.num_rows() {
-            fresh.append(self.seen.insert(self.state.hash_one(rows.row(i).data())));
+            fresh.append(self.seen.insert(self.state.hash_one(keys.get(i))));
         }
         let mask = arrow::array::BooleanArray::new(fresh.finish(), None);
         let new = arrow::compute::filter_record_batch(batch, &mask)?;
@@ -345,6 +398,16 @@ pub enum WriteMode<'a> {
     Replace,
 }
 
+/// Sets a builder's Parquet settings when there are some.
+macro_rules! with_parquet {
+    ($builder:expr, $props:expr) => {
+        match $props.clone() {
+            Some(p) => $builder.with_writer_properties(p),
+            None => $builder,
+        }
+    };
+}
+
 /// Writes `batch` (already deduplicated) to the table in one commit with `props`.
 pub async fn write(
     table: DeltaTable,
@@ -353,6 +416,30 @@ pub async fn write(
     partition: Option<&str>,
     mode: WriteMode<'_>,
     props: CommitProperties,
+) -> Result<DeltaTable, WarehouseError> {
+    write_with(table, name, batch, partition, mode, props, None).await
+}
+
+/// Parquet settings for a dataset's files: Snappy, as the Delta writer's default, and no
+/// dictionary for `unique` columns (the key, hashed personal data): a dictionary of values
+/// that never repeat is only work before the writer gives it up.
+pub fn writer_properties(unique: &[String]) -> WriterProperties {
+    let mut b = WriterProperties::builder().set_compression(Compression::SNAPPY);
+    for c in unique {
+        b = b.set_column_dictionary_enabled(ColumnPath::from(c.as_str()), false);
+    }
+    b.build()
+}
+
+/// `write` with the table's own Parquet settings (`None`: the Delta writer's defaults).
+pub async fn write_with(
+    table: DeltaTable,
+    name: &str,
+    batch: RecordBatch,
+    partition: Option<&str>,
+    mode: WriteMode<'_>,
+    props: CommitProperties,
+    parquet: Option<WriterProperties>,
 ) -> Result<DeltaTable, WarehouseError> {
     let err = |source: deltalake::DeltaTableError| WarehouseError::Delta {
         table: name.to_string(),
@@ -365,8 +452,7 @@ pub async fn write(
     let partitions: Vec<String> = partition.into_iter().map(String::from).collect();
     let fresh = table.version().is_none();
     match mode {
-        WriteMode::Replace => table
-            .write(vec![batch])
+        WriteMode::Replace => with_parquet!(table.write(vec![batch]), parquet)
             .with_save_mode(SaveMode::Overwrite)
             .with_partition_columns(partitions)
             .with_commit_properties(props)
@@ -374,13 +460,14 @@ pub async fn write(
             .map_err(err),
         // A new table has nothing to merge with, and an empty batch nothing to merge: a plain
         // write, which still commits the watermark and loaded files.
-        _ if fresh || batch.num_rows() == 0 || matches!(mode, WriteMode::Append) => table
-            .write(vec![batch])
-            .with_save_mode(SaveMode::Append)
-            .with_partition_columns(partitions)
-            .with_commit_properties(props)
-            .await
-            .map_err(err),
+        _ if fresh || batch.num_rows() == 0 || matches!(mode, WriteMode::Append) => {
+            with_parquet!(table.write(vec![batch]), parquet)
+                .with_save_mode(SaveMode::Append)
+                .with_partition_columns(partitions)
+                .with_commit_properties(props)
+                .await
+                .map_err(err)
+        }
         WriteMode::Merge { .. } | WriteMode::InsertNew { .. } => {
             let (key, order) = match &mode {
                 WriteMode::Merge { key, order } => (*key, *order),
@@ -404,8 +491,7 @@ pub async fn write(
                 .map(|k| format!("t.{k} = s.{k}"))
                 .collect::<Vec<_>>()
                 .join(" AND ");
-            let mut m = table
-                .merge(source, predicate)
+            let mut m = with_parquet!(table.merge(source, predicate), parquet)
                 .with_source_alias("s")
                 .with_target_alias("t")
                 .with_commit_properties(props);
