@@ -283,8 +283,8 @@ pub async fn run(
         .iter()
         .filter_map(|c| c.personal.map(|p| (c.name.clone(), p)))
         .collect();
-    // The committer is either here or in flight: while it types and writes one chunk, this
-    // loop gathers the next, so reading the source and writing the warehouse overlap.
+    // The committer is either here or in flight: while it writes one chunk, this loop types
+    // the next, so reading the source, typing and writing the warehouse overlap.
     let mut home = Some(Committer {
         arrow_schema: None,
         schema: schema.clone(),
