@@ -80,8 +80,8 @@ impl fmt::Display for Cell {
     }
 }
 
-/// `s` without surrounding whitespace; most values have none, and checking the two ends is
-/// cheaper than `str::trim`'s scan.
+/// `s` without surrounding whitespace. Most values have none: looking at the two end bytes
+/// first is cheaper than `str::trim`, which decodes characters from both ends.
 pub fn trimmed(s: &str) -> &str {
     match (s.as_bytes().first(), s.as_bytes().last()) {
         (Some(a), Some(b)) if is_plain(*a) && is_plain(*b) => s,
