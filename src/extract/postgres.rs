@@ -179,25 +179,58 @@ pub(crate) async fn stream(url: &str, query: &str, sink: &mut RowSink) -> Result
         .await
         .map_err(|e| ExtractError::Source(format!("COPY failed: {e}")))?;
     futures_util::pin_mut!(stream);
-    // Bytes of a tuple split across messages (PostgreSQL sends one message per tuple, so
-    // this is rare): tuples are decoded in place, from the message they arrived in.
-    let mut partial = BytesMut::new();
-    let mut header_done = false;
-    let mut n = 0u64;
+    let mut copy = CopyDecoder::new(decoders, names);
+    let mut rows = Vec::new();
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk
-            .map_err(|e| ExtractError::Source(format!("COPY stream failed after {n} rows: {e}")))?;
+        let chunk = chunk.map_err(|e| {
+            ExtractError::Source(format!("COPY stream failed after {} rows: {e}", copy.rows))
+        })?;
         sink.count_bytes(chunk.len() as u64);
-        let mut data = if partial.is_empty() {
+        copy.feed(chunk, &mut rows)?;
+        for r in rows.drain(..) {
+            sink.push(r).await?;
+        }
+    }
+    drop(client);
+    let _ = task.await;
+    Ok(())
+}
+
+/// The binary COPY format, decoded message by message: the header once, then the tuples.
+/// PostgreSQL sends one message per tuple, so a tuple is decoded from the message it arrived
+/// in; a tuple split across messages waits in a small buffer for the rest.
+struct CopyDecoder {
+    decoders: Vec<Decode>,
+    names: Vec<String>,
+    partial: BytesMut,
+    header_done: bool,
+    /// Tuples decoded so far.
+    rows: u64,
+}
+
+impl CopyDecoder {
+    fn new(decoders: Vec<Decode>, names: Vec<String>) -> Self {
+        CopyDecoder {
+            decoders,
+            names,
+            partial: BytesMut::new(),
+            header_done: false,
+            rows: 0,
+        }
+    }
+
+    /// Decodes the complete tuples that `chunk` ends, into `out`.
+    fn feed(&mut self, chunk: Bytes, out: &mut Vec<RawRow>) -> Result<(), ExtractError> {
+        let mut data = if self.partial.is_empty() {
             chunk
         } else {
-            partial.extend_from_slice(&chunk);
-            partial.split().freeze()
+            self.partial.extend_from_slice(&chunk);
+            self.partial.split().freeze()
         };
-        if !header_done {
+        if !self.header_done {
             if data.len() < SIGNATURE.len() + 8 {
-                partial.extend_from_slice(&data);
-                continue;
+                self.partial.extend_from_slice(&data);
+                return Ok(());
             }
             if &data[..SIGNATURE.len()] != SIGNATURE {
                 return Err(ExtractError::Source(
@@ -210,23 +243,22 @@ pub(crate) async fn stream(url: &str, query: &str, sink: &mut RowSink) -> Result
                     .expect("4 bytes"),
             ) as usize;
             if data.len() < SIGNATURE.len() + 8 + ext {
-                partial.extend_from_slice(&data);
-                continue;
+                self.partial.extend_from_slice(&data);
+                return Ok(());
             }
             data.advance(SIGNATURE.len() + 8 + ext);
-            header_done = true;
+            self.header_done = true;
         }
-        // Decode every complete tuple; keep the rest for the next message.
         while let Some(len) = tuple_len(&data) {
             let mut t = data.split_to(len);
-            let count = t.get_i16();
-            if count == -1 {
-                break;
+            if t.get_i16() == -1 {
+                // The trailer: nothing follows.
+                return Ok(());
             }
-            n += 1;
-            let mut cells = Vec::with_capacity(decoders.len());
+            self.rows += 1;
+            let mut cells = Vec::with_capacity(self.decoders.len());
             let mut errors = Vec::new();
-            for (i, d) in decoders.iter().enumerate() {
+            for (i, d) in self.decoders.iter().enumerate() {
                 let l = t.get_i32();
                 if l < 0 {
                     cells.push(Cell::Null);
@@ -235,25 +267,20 @@ pub(crate) async fn stream(url: &str, query: &str, sink: &mut RowSink) -> Result
                 match decode(*d, t.split_to(l as usize)) {
                     Ok(c) => cells.push(c),
                     Err(e) => {
-                        errors.push(format!("{}: {e}", names[i]));
+                        errors.push(format!("{}: {e}", self.names[i]));
                         cells.push(Cell::Null);
                     }
                 }
             }
-            sink.push(RawRow {
-                position: Position::Row(n),
+            out.push(RawRow {
+                position: Position::Row(self.rows),
                 cells,
                 errors,
-            })
-            .await?;
+            });
         }
-        if !data.is_empty() {
-            partial.extend_from_slice(&data);
-        }
+        self.partial.extend_from_slice(&data);
+        Ok(())
     }
-    drop(client);
-    let _ = task.await;
-    Ok(())
 }
 
 /// The byte length of the next complete tuple (or trailer) in `b`, if all of it is there.
@@ -291,6 +318,66 @@ pub fn watermark_literal(t: NaiveDateTime) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A binary COPY stream of (int4, text) tuples, the text NULL when `None`.
+    fn copy_bytes(rows: &[(i32, Option<&str>)]) -> Vec<u8> {
+        let mut b = SIGNATURE.to_vec();
+        b.extend_from_slice(&0u32.to_be_bytes()); // flags
+        b.extend_from_slice(&0u32.to_be_bytes()); // header extension length
+        for (i, t) in rows {
+            b.extend_from_slice(&2i16.to_be_bytes());
+            b.extend_from_slice(&4i32.to_be_bytes());
+            b.extend_from_slice(&i.to_be_bytes());
+            match t {
+                Some(t) => {
+                    b.extend_from_slice(&(t.len() as i32).to_be_bytes());
+                    b.extend_from_slice(t.as_bytes());
+                }
+                None => b.extend_from_slice(&(-1i32).to_be_bytes()),
+            }
+        }
+        b.extend_from_slice(&(-1i16).to_be_bytes());
+        b
+    }
+
+    fn decoded(chunks: &[&[u8]]) -> Vec<(u64, Vec<Cell>)> {
+        let mut d = CopyDecoder::new(
+            vec![Decode::Int4, Decode::Text],
+            vec!["id".into(), "name".into()],
+        );
+        let mut out = Vec::new();
+        for c in chunks {
+            d.feed(Bytes::copy_from_slice(c), &mut out).unwrap();
+        }
+        out.into_iter()
+            .map(|r| {
+                assert!(r.errors.is_empty(), "{:?}", r.errors);
+                let Position::Row(n) = r.position else {
+                    panic!("{}", r.position)
+                };
+                (n, r.cells)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn tuples_split_anywhere_across_messages_decode_the_same() {
+        let rows = [(1, Some("Hà Tĩnh")), (2, None), (-3, Some(""))];
+        let bytes = copy_bytes(&rows);
+        let expected: Vec<(u64, Vec<Cell>)> = vec![
+            (1, vec![Cell::Int(1), Cell::Text("Hà Tĩnh".into())]),
+            (2, vec![Cell::Int(2), Cell::Null]),
+            (3, vec![Cell::Int(-3), Cell::Text("".into())]),
+        ];
+        assert_eq!(decoded(&[&bytes]), expected, "one message");
+        // Every cut into two messages, including inside the header and inside a character.
+        for cut in 1..bytes.len() {
+            let (a, b) = bytes.split_at(cut);
+            assert_eq!(decoded(&[a, b]), expected, "cut at byte {cut}");
+        }
+        let singles: Vec<&[u8]> = bytes.chunks(1).collect();
+        assert_eq!(decoded(&singles), expected, "a byte per message");
+    }
 
     #[test]
     fn decodes_numeric() {
