@@ -268,7 +268,7 @@ pub async fn run(
         run_id: run_id.clone(),
         ..Default::default()
     };
-    let mut plan: Option<(RowPlan, Vec<String>)> = None;
+    let mut typing: Option<Typing> = None;
     // Typed batches and their rejected rows since the last commit, and how many rows they hold.
     let mut pending_rows: Vec<(RecordBatch, Vec<Rejected>)> = Vec::new();
     let mut pending_count = 0usize;
@@ -278,11 +278,6 @@ pub async fn run(
     // A table empty at the start of the run takes its rows by appends, merging only keys
     // seen twice in the run (see `NewKeys`).
     let new_keys = (table.version().is_none() && !replace).then(warehouse::NewKeys::default);
-    let personal: BTreeMap<String, Personal> = schema
-        .columns
-        .iter()
-        .filter_map(|c| c.personal.map(|p| (c.name.clone(), p)))
-        .collect();
     // The committer is either here or in flight: while it writes one chunk, this loop types
     // the next, so reading the source, typing and writing the warehouse overlap.
     let mut home = Some(Committer {
@@ -325,31 +320,36 @@ pub async fn run(
                     if let Some(missing) = missing_required(&schema, &names) {
                         return Err(ExtractError::Source(missing));
                     }
-                    plan = Some((
-                        RowPlan::new(&schema, &job, &names, tz, hasher.clone()),
+                    typing = Some(Typing {
+                        plan: RowPlan::new(&schema, &job, &names, tz, hasher.clone()),
                         names,
-                    ));
+                        personal: schema
+                            .columns
+                            .iter()
+                            .filter_map(|c| c.personal.map(|p| (c.name.clone(), p)))
+                            .collect(),
+                        schema: schema.clone(),
+                    });
                 }
                 Some(Msg::Rows(rows)) => {
                     summary.rows_read += rows.len() as u64;
                     bar.inc(rows.len() as u64);
-                    let Some(p) = plan.take() else {
+                    let Some(t) = typing.take() else {
                         return Err(ExtractError::Source(
                             "the source sent rows before its columns".into(),
                         ));
                     };
                     // Rows are typed as they arrive, so that only typed columns wait for the
                     // commit (a row of cells takes several times the memory). Typing is CPU
-                    // work: off the async workers, so the source goes on reading meanwhile.
-                    let personal = personal.clone();
-                    let schema = schema.clone();
-                    let (p, typed) = tokio::task::spawn_blocking(move || {
-                        let typed = validate(&p.0, &p.1, &personal, &schema, rows);
-                        (p, typed)
+                    // work: off the async workers, so the source goes on reading meanwhile; the
+                    // typing goes to the blocking thread and comes back with the batch.
+                    let (t, typed) = tokio::task::spawn_blocking(move || {
+                        let typed = t.validate(rows);
+                        (t, typed)
                     })
                     .await
                     .map_err(|e| ExtractError::Source(format!("typing the rows stopped: {e}")))?;
-                    plan = Some(p);
+                    typing = Some(t);
                     let (batch, rejected) = typed?;
                     pending_count += batch.num_rows() + rejected.len();
                     pending_rows.push((batch, rejected));
@@ -379,7 +379,7 @@ pub async fn run(
             }
             let moved = home.as_ref().is_some_and(|c| c.max_updated != previous);
             let nothing = pending_rows.is_empty() && pending_files.is_empty() && !(last && moved);
-            if nothing || plan.is_none() {
+            if nothing || typing.is_none() {
                 if last {
                     return Ok(());
                 }
@@ -391,7 +391,7 @@ pub async fn run(
                 (None, None) => unreachable!("the committer is here or in flight"),
             };
             if c.arrow_schema.is_none() {
-                c.arrow_schema = plan.as_ref().map(|p| p.0.schema.clone());
+                c.arrow_schema = typing.as_ref().map(|t| t.plan.schema.clone());
             }
             let rows = std::mem::take(&mut pending_rows);
             pending_count = 0;
@@ -671,68 +671,79 @@ fn max_micros(batch: &RecordBatch, column: &str) -> Option<i64> {
     arrow::compute::max(a)
 }
 
-/// Types and validates rows: the valid ones as a batch, the rest with their reasons.
-fn validate(
-    plan: &RowPlan,
-    names: &[String],
-    personal: &BTreeMap<String, Personal>,
-    schema: &Schema,
-    rows: Vec<RawRow>,
-) -> Result<(RecordBatch, Vec<Rejected>), ExtractError> {
-    let mut builders = plan.builders(rows.len());
-    let mut scratch = Scratch::default();
-    let mut rejected = Vec::new();
-    let mut kept_rows: Vec<(Position, Vec<Cell>)> = Vec::with_capacity(rows.len());
-    for r in rows {
-        let mut reasons = r.errors;
-        if reasons.is_empty() {
-            if let Err(e) = plan.append_row(&r.cells, &mut builders, &mut scratch) {
-                reasons = e;
+/// What types a source's rows: the plan for its columns, their names, and what the quarantine
+/// needs to write a rejected row without personal data.
+struct Typing {
+    plan: RowPlan,
+    names: Vec<String>,
+    personal: BTreeMap<String, Personal>,
+    schema: Schema,
+}
+
+impl Typing {
+    /// Types and validates rows: the valid ones as a batch, the rest with their reasons.
+    fn validate(&self, rows: Vec<RawRow>) -> Result<(RecordBatch, Vec<Rejected>), ExtractError> {
+        let Typing {
+            plan,
+            names,
+            personal,
+            schema,
+        } = self;
+        let mut builders = plan.builders(rows.len());
+        let mut scratch = Scratch::default();
+        let mut rejected = Vec::new();
+        let mut kept_rows: Vec<(Position, Vec<Cell>)> = Vec::with_capacity(rows.len());
+        for r in rows {
+            let mut reasons = r.errors;
+            if reasons.is_empty() {
+                if let Err(e) = plan.append_row(&r.cells, &mut builders, &mut scratch) {
+                    reasons = e;
+                }
+            } else if let Err(e) = plan.type_row(&r.cells, &mut Vec::new()) {
+                // Unreadable already: typed only to list every reason.
+                reasons.extend(e);
             }
-        } else if let Err(e) = plan.type_row(&r.cells, &mut Vec::new()) {
-            // Unreadable already: typed only to list every reason.
-            reasons.extend(e);
+            if reasons.is_empty() {
+                kept_rows.push((r.position, r.cells));
+            } else {
+                rejected.push(Rejected {
+                    row_json: plan.safe_json(names, &r.cells, personal).to_string(),
+                    position: r.position.to_string(),
+                    reasons,
+                });
+            }
         }
-        if reasons.is_empty() {
-            kept_rows.push((r.position, r.cells));
-        } else {
+        let batch = plan
+            .finish(&mut builders)
+            .map_err(|e| ExtractError::Source(e.to_string()))?;
+        // Row rules of the schema, evaluated on the typed batch.
+        let failures = rules::evaluate(schema, &batch)?;
+        if failures.iter().all(|f| f.is_empty()) {
+            return Ok((batch, rejected));
+        }
+        let mut keep = vec![true; batch.num_rows()];
+        let mut why: BTreeMap<usize, Vec<String>> = BTreeMap::new();
+        for (rule, rows) in schema.rules.iter().zip(&failures) {
+            for &i in rows {
+                keep[i] = false;
+                why.entry(i)
+                    .or_default()
+                    .push(format!("rule {}: {}", rule.name, rule.message));
+            }
+        }
+        for (i, reasons) in why {
+            let (position, cells) = &kept_rows[i];
             rejected.push(Rejected {
-                row_json: plan.safe_json(names, &r.cells, personal).to_string(),
-                position: r.position.to_string(),
+                position: position.to_string(),
+                row_json: plan.safe_json(names, cells, personal).to_string(),
                 reasons,
             });
         }
+        let mask = arrow::array::BooleanArray::from(keep);
+        let batch = arrow::compute::filter_record_batch(&batch, &mask)
+            .map_err(|e| ExtractError::Source(e.to_string()))?;
+        Ok((batch, rejected))
     }
-    let batch = plan
-        .finish(&mut builders)
-        .map_err(|e| ExtractError::Source(e.to_string()))?;
-    // Row rules of the schema, evaluated on the typed batch.
-    let failures = rules::evaluate(schema, &batch)?;
-    if failures.iter().all(|f| f.is_empty()) {
-        return Ok((batch, rejected));
-    }
-    let mut keep = vec![true; batch.num_rows()];
-    let mut why: BTreeMap<usize, Vec<String>> = BTreeMap::new();
-    for (rule, rows) in schema.rules.iter().zip(&failures) {
-        for &i in rows {
-            keep[i] = false;
-            why.entry(i)
-                .or_default()
-                .push(format!("rule {}: {}", rule.name, rule.message));
-        }
-    }
-    for (i, reasons) in why {
-        let (position, cells) = &kept_rows[i];
-        rejected.push(Rejected {
-            position: position.to_string(),
-            row_json: plan.safe_json(names, cells, personal).to_string(),
-            reasons,
-        });
-    }
-    let mask = arrow::array::BooleanArray::from(keep);
-    let batch = arrow::compute::filter_record_batch(&batch, &mask)
-        .map_err(|e| ExtractError::Source(e.to_string()))?;
-    Ok((batch, rejected))
 }
 
 fn progress(enabled: bool, name: &str) -> indicatif::ProgressBar {
