@@ -6,6 +6,7 @@ pub mod cell;
 pub mod convert;
 pub mod file;
 pub mod http;
+mod memory;
 pub mod mysql;
 pub mod pii;
 pub mod postgres;
@@ -208,6 +209,7 @@ pub async fn run(
     opts: &ExtractOptions,
 ) -> Result<Summary, ExtractError> {
     let started = Instant::now();
+    let _memory = memory::KeepFreedMemory::hold();
     let job = pipeline
         .as_extract()
         .ok_or_else(|| {
@@ -290,16 +292,13 @@ pub async fn run(
         table,
         new_keys,
         replace_batches: Vec::new(),
-        // A one-column key and hashed personal data are (nearly) unique per row: no
-        // dictionary for them.
+        // A one-column key is unique per row, hashed personal data random.
         parquet: warehouse::writer_properties(
-            &schema
-                .primary_key
-                .iter()
-                .filter(|_| schema.primary_key.len() == 1)
-                .chain(&hashed)
-                .cloned()
-                .collect::<Vec<_>>(),
+            match schema.primary_key.as_slice() {
+                [one] => std::slice::from_ref(one),
+                _ => &[],
+            },
+            &hashed,
         ),
         max_updated: previous,
         rows_written: 0,
@@ -320,8 +319,10 @@ pub async fn run(
                     if let Some(missing) = missing_required(&schema, &names) {
                         return Err(ExtractError::Source(missing));
                     }
+                    let plan = RowPlan::new(&schema, &job, &names, tz, hasher.clone());
                     typing = Some(Typing {
-                        plan: RowPlan::new(&schema, &job, &names, tz, hasher.clone()),
+                        rules: rules::Rules::plan(&schema, &plan.schema)?,
+                        plan,
                         names,
                         personal: schema
                             .columns
@@ -675,6 +676,7 @@ fn max_micros(batch: &RecordBatch, column: &str) -> Option<i64> {
 /// needs to write a rejected row without personal data.
 struct Typing {
     plan: RowPlan,
+    rules: rules::Rules,
     names: Vec<String>,
     personal: BTreeMap<String, Personal>,
     schema: Schema,
@@ -685,6 +687,7 @@ impl Typing {
     fn validate(&self, rows: Vec<RawRow>) -> Result<(RecordBatch, Vec<Rejected>), ExtractError> {
         let Typing {
             plan,
+            rules,
             names,
             personal,
             schema,
@@ -717,7 +720,7 @@ impl Typing {
             .finish(&mut builders)
             .map_err(|e| ExtractError::Source(e.to_string()))?;
         // Row rules of the schema, evaluated on the typed batch.
-        let failures = rules::evaluate(schema, &batch)?;
+        let failures = rules.evaluate(&batch)?;
         if failures.iter().all(|f| f.is_empty()) {
             return Ok((batch, rejected));
         }
@@ -900,13 +903,24 @@ fn spawn_source(
                 .resolve()
                 .map_err(|e| ExtractError::Config(e.to_string()))?;
             let query = query.clone();
+            let dropped: Vec<String> = project
+                .schemas
+                .get(&job.dataset)
+                .map(|s| {
+                    s.columns
+                        .iter()
+                        .filter(|c| c.personal == Some(Personal::Drop))
+                        .map(|c| c.name.clone())
+                        .collect()
+                })
+                .unwrap_or_default();
             Ok(tokio::spawn(async move {
                 let mut sink = RowSink::new(tx);
                 match kind {
                     ConnectionKind::Postgres => {
                         let q =
                             query.replace("$watermark", &postgres::watermark_literal(since_local));
-                        postgres::stream(url.expose(), &q, &mut sink).await?
+                        postgres::stream(url.expose(), &q, &dropped, &mut sink).await?
                     }
                     _ => mysql::stream(url.expose(), &query, since_local, &mut sink).await?,
                 }

@@ -3,7 +3,7 @@
 
 use bytes::{Buf, Bytes, BytesMut};
 use bytestring::ByteString;
-use chrono::{Duration, NaiveDate, NaiveDateTime};
+use chrono::{DateTime, Duration, NaiveDate, NaiveDateTime};
 use futures_util::StreamExt;
 use tokio_postgres::types::Type;
 
@@ -95,17 +95,34 @@ fn decode(d: Decode, value: Bytes) -> Result<Cell, String> {
             Cell::Float(b.get_f64())
         }
         Decode::Text => unreachable!("decoded above"),
+        // 'infinity' and '-infinity' are the extreme values: out of range, as is anything
+        // chrono cannot hold.
         Decode::Timestamp => {
             need(8, b)?;
-            Cell::Local(pg_epoch() + Duration::microseconds(b.get_i64()))
+            let t = b
+                .get_i64()
+                .checked_add(PG_EPOCH_MICROS)
+                .and_then(DateTime::from_timestamp_micros)
+                .ok_or("timestamp out of range (infinity?)")?;
+            Cell::Local(t.naive_utc())
         }
         Decode::TimestampTz => {
             need(8, b)?;
-            Cell::Instant(b.get_i64() + PG_EPOCH_MICROS)
+            Cell::Instant(
+                b.get_i64()
+                    .checked_add(PG_EPOCH_MICROS)
+                    .filter(|t| DateTime::from_timestamp_micros(*t).is_some())
+                    .ok_or("timestamp out of range (infinity?)")?,
+            )
         }
         Decode::Date => {
             need(4, b)?;
-            Cell::Date(pg_epoch().date() + Duration::days(b.get_i32() as i64))
+            Cell::Date(
+                pg_epoch()
+                    .date()
+                    .checked_add_signed(Duration::days(b.get_i32() as i64))
+                    .ok_or("date out of range (infinity?)")?,
+            )
         }
         Decode::Numeric => decode_numeric(b)?,
     })
@@ -154,8 +171,14 @@ fn decode_numeric(mut b: &[u8]) -> Result<Cell, String> {
     ))
 }
 
-/// Streams `query`'s rows into `sink`, its column names first.
-pub(crate) async fn stream(url: &str, query: &str, sink: &mut RowSink) -> Result<(), ExtractError> {
+/// Streams `query`'s rows into `sink`, its column names first. The `dropped` columns (personal
+/// data the dataset never stores) arrive as NULL, not even decoded.
+pub(crate) async fn stream(
+    url: &str,
+    query: &str,
+    dropped: &[String],
+    sink: &mut RowSink,
+) -> Result<(), ExtractError> {
     let mut names = Vec::new();
     let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
         .await
@@ -168,9 +191,13 @@ pub(crate) async fn stream(url: &str, query: &str, sink: &mut RowSink) -> Result
     let mut decoders = Vec::new();
     for c in stmt.columns() {
         names.push(c.name().to_string());
-        decoders.push(decoder(c.type_()).ok_or_else(|| {
+        if dropped.iter().any(|d| d == c.name()) {
+            decoders.push(None);
+            continue;
+        }
+        decoders.push(Some(decoder(c.type_()).ok_or_else(|| {
             ExtractError::Source(format!("column `{}` has type {} that parstat does not read; cast it in the query, e.g. `{}::text`", c.name(), c.type_(), c.name()))
-        })?);
+        })?));
     }
     sink.columns(names.clone()).await?;
     let copy = format!("COPY ({query}) TO STDOUT (FORMAT binary)");
@@ -200,7 +227,8 @@ pub(crate) async fn stream(url: &str, query: &str, sink: &mut RowSink) -> Result
 /// PostgreSQL sends one message per tuple, so a tuple is decoded from the message it arrived
 /// in; a tuple split across messages waits in a small buffer for the rest.
 struct CopyDecoder {
-    decoders: Vec<Decode>,
+    /// Per column; `None` for a column that is skipped.
+    decoders: Vec<Option<Decode>>,
     names: Vec<String>,
     partial: BytesMut,
     header_done: bool,
@@ -209,7 +237,7 @@ struct CopyDecoder {
 }
 
 impl CopyDecoder {
-    fn new(decoders: Vec<Decode>, names: Vec<String>) -> Self {
+    fn new(decoders: Vec<Option<Decode>>, names: Vec<String>) -> Self {
         CopyDecoder {
             decoders,
             names,
@@ -260,10 +288,11 @@ impl CopyDecoder {
             let mut errors = Vec::new();
             for (i, d) in self.decoders.iter().enumerate() {
                 let l = t.get_i32();
-                if l < 0 {
+                let (Some(d), true) = (d, l >= 0) else {
+                    t.advance(l.max(0) as usize);
                     cells.push(Cell::Null);
                     continue;
-                }
+                };
                 match decode(*d, t.split_to(l as usize)) {
                     Ok(c) => cells.push(c),
                     Err(e) => {
@@ -342,7 +371,7 @@ mod tests {
 
     fn decoded(chunks: &[&[u8]]) -> Vec<(u64, Vec<Cell>)> {
         let mut d = CopyDecoder::new(
-            vec![Decode::Int4, Decode::Text],
+            vec![Some(Decode::Int4), Some(Decode::Text)],
             vec!["id".into(), "name".into()],
         );
         let mut out = Vec::new();
@@ -377,6 +406,65 @@ mod tests {
         }
         let singles: Vec<&[u8]> = bytes.chunks(1).collect();
         assert_eq!(decoded(&singles), expected, "a byte per message");
+    }
+
+    #[test]
+    fn a_skipped_column_is_null_and_never_decoded() {
+        let mut bytes = copy_bytes(&[(7, Some("x"))]);
+        // The text value "x" becomes a byte that is not UTF-8: an error if it were decoded.
+        let at = bytes.iter().rposition(|b| *b == b'x').unwrap();
+        bytes[at] = 0xff;
+        let mut d = CopyDecoder::new(
+            vec![Some(Decode::Int4), None],
+            vec!["id".into(), "phone".into()],
+        );
+        let mut out = Vec::new();
+        d.feed(Bytes::from(bytes.clone()), &mut out).unwrap();
+        assert_eq!(out.len(), 1);
+        assert!(out[0].errors.is_empty(), "{:?}", out[0].errors);
+        assert_eq!(out[0].cells, vec![Cell::Int(7), Cell::Null]);
+        // Decoded, the same value is an error of its row.
+        let mut d = CopyDecoder::new(
+            vec![Some(Decode::Int4), Some(Decode::Text)],
+            vec!["id".into(), "phone".into()],
+        );
+        let mut out = Vec::new();
+        d.feed(Bytes::from(bytes), &mut out).unwrap();
+        assert!(
+            out[0].errors[0].starts_with("phone: invalid UTF-8"),
+            "{:?}",
+            out[0].errors
+        );
+    }
+
+    #[test]
+    fn times_decode_and_infinity_is_an_error_not_a_panic() {
+        let micros = |v: i64| Bytes::copy_from_slice(&v.to_be_bytes());
+        // 2026-09-30 23:59:59.5 as micros since 2000-01-01.
+        let v = 844_127_999_500_000i64;
+        let expected = NaiveDate::from_ymd_opt(2026, 9, 30)
+            .unwrap()
+            .and_hms_micro_opt(23, 59, 59, 500_000)
+            .unwrap();
+        assert_eq!(
+            decode(Decode::Timestamp, micros(v)).unwrap(),
+            Cell::Local(expected)
+        );
+        assert_eq!(
+            decode(Decode::TimestampTz, micros(v)).unwrap(),
+            Cell::Instant(expected.and_utc().timestamp_micros())
+        );
+        let day = Bytes::copy_from_slice(&(-1i32).to_be_bytes());
+        assert_eq!(
+            decode(Decode::Date, day).unwrap(),
+            Cell::Date(NaiveDate::from_ymd_opt(1999, 12, 31).unwrap())
+        );
+        for d in [Decode::Timestamp, Decode::TimestampTz] {
+            assert!(decode(d, micros(i64::MAX)).is_err());
+            assert!(decode(d, micros(i64::MIN)).is_err());
+        }
+        let infinity = Bytes::copy_from_slice(&i32::MAX.to_be_bytes());
+        assert!(decode(Decode::Date, infinity).is_err());
     }
 
     #[test]
