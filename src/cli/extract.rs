@@ -18,7 +18,7 @@ pub struct ExtractArgs {
     /// Reload everything: files already loaded, rows older than the watermark.
     #[arg(long)]
     pub full: bool,
-    /// Rows per Delta commit (default 200000): smaller commits, less memory.
+    /// Rows per Delta commit (default 150000): smaller commits, less memory.
     #[arg(long, value_name = "N", default_value_t = 0, hide_default_value = true)]
     pub chunk_rows: usize,
 }
