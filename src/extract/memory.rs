@@ -4,9 +4,10 @@
 //! Each chunk of a load frees and allocates again hundreds of MiB. With mimalloc's default
 //! purge delay that memory went back to the OS between chunks, and every page came back
 //! zeroed by the kernel: a sixth of a 10-million-row load's CPU time (`perf record` over
-//! `bench/extract_pg.sh`). The peak stays the same; the memory is returned when the last
-//! running load ends, so a long-running `serve` does not keep it. This only has an effect when
-//! mimalloc is the global allocator, as in the `parstat` binary.
+//! `bench/extract_pg.sh`). The peak rises a little (70–100 MiB there), since memory freed
+//! early is not returned before the peak; it is returned when the last running load ends, so
+//! a long-running `serve` does not keep it. This only has an effect when mimalloc is the
+//! global allocator, as in the `parstat` binary.
 
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 
