@@ -211,6 +211,15 @@ impl Schema {
         self.columns.iter().find(|c| c.name == name)
     }
 
+    /// The names of the columns marked `personal = <how>`.
+    pub fn personal_columns(&self, how: Personal) -> Vec<String> {
+        self.columns
+            .iter()
+            .filter(|c| c.personal == Some(how))
+            .map(|c| c.name.clone())
+            .collect()
+    }
+
     /// The columns that are stored in the warehouse (personal `drop` columns are not).
     pub fn stored_columns(&self) -> impl Iterator<Item = &Column> {
         self.columns

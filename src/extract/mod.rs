@@ -225,12 +225,7 @@ pub async fn run(
         .ok_or_else(|| ExtractError::Config(format!("unknown dataset `{}`", job.dataset)))?
         .clone();
     let tz = project.settings.timezone;
-    let hashed: Vec<String> = schema
-        .columns
-        .iter()
-        .filter(|c| c.personal == Some(Personal::Hash))
-        .map(|c| c.name.clone())
-        .collect();
+    let hashed = schema.personal_columns(Personal::Hash);
     let hasher = Hasher::from_env(&schema.name, &hashed)?;
     let wh = Warehouse::new(&project.root, &project.settings.warehouse_url)?;
     let table = wh.open(&schema.name).await?;
@@ -906,16 +901,10 @@ fn spawn_source(
                 .resolve()
                 .map_err(|e| ExtractError::Config(e.to_string()))?;
             let query = query.clone();
-            let dropped: Vec<String> = project
+            let dropped = project
                 .schemas
                 .get(&job.dataset)
-                .map(|s| {
-                    s.columns
-                        .iter()
-                        .filter(|c| c.personal == Some(Personal::Drop))
-                        .map(|c| c.name.clone())
-                        .collect()
-                })
+                .map(|s| s.personal_columns(Personal::Drop))
                 .unwrap_or_default();
             Ok(tokio::spawn(async move {
                 let mut sink = RowSink::new(tx);
