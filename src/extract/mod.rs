@@ -277,7 +277,15 @@ pub async fn run(
     let replace = job.mode == Mode::Replace;
     // A table empty at the start of the run takes its rows by appends, merging only keys
     // seen twice in the run (see `NewKeys`).
-    let new_keys = (table.version().is_none() && !replace).then(warehouse::NewKeys::default);
+    let new_keys = if table.version().is_none() && !replace {
+        Some(warehouse::NewKeys::new().map_err(|e| {
+            ExtractError::Source(format!(
+                "creating the new-key file in the temporary folder (TMPDIR): {e}"
+            ))
+        })?)
+    } else {
+        None
+    };
     // The committer is either here or in flight: while it writes one chunk, this loop types
     // the next, so reading the source, typing and writing the warehouse overlap.
     let mut home = Some(Committer {

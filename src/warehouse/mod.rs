@@ -18,9 +18,12 @@ use std::path::Path;
 use std::sync::Arc;
 use url::Url;
 
+mod new_keys;
 pub mod published;
 pub mod quarantine;
 pub mod runs;
+
+pub use new_keys::NewKeys;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WarehouseError {
@@ -304,57 +307,6 @@ pub fn dedup(
         .map(|c| arrow::compute::take(c, &indices, None))
         .collect::<Result<Vec<_>, _>>()?;
     RecordBatch::try_new(batch.schema(), cols)
-}
-
-/// Keys written so far into a table that was empty when the run began, as 64-bit hashes:
-/// a row whose key hash is new cannot be in the table and is appended; only the others (a
-/// repeated key, or the rare hash collision) need the slower merge. Correct either way, and
-/// a first load of millions of rows stays a sequence of appends instead of ever larger merges.
-#[derive(Default)]
-pub struct NewKeys {
-    /// The hashes themselves are the set's hashes (`Identity`); about 16 bytes per key.
-    seen: std::collections::HashSet<u64, std::hash::BuildHasherDefault<Identity>>,
-    state: foldhash::quality::RandomState,
-}
-
-/// A hasher for values that are hashes already.
-#[derive(Default)]
-pub struct Identity(u64);
-
-impl std::hash::Hasher for Identity {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        // Only `write_u64` is used; any other input still hashes deterministically.
-        for b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
-        }
-    }
-    fn write_u64(&mut self, v: u64) {
-        self.0 = v;
-    }
-}
-
-impl NewKeys {
-    /// Splits `batch` into (rows with a key never seen in this run, the other rows).
-    pub fn split(
-        &mut self,
-        batch: &RecordBatch,
-        key: &[String],
-    ) -> Result<(RecordBatch, RecordBatch), arrow::error::ArrowError> {
-        use std::hash::BuildHasher;
-        let keys = Keys::of(batch, key)?;
-        let mut fresh = arrow::array::BooleanBufferBuilder::new(batch.num_rows());
-        self.seen.reserve(batch.num_rows());
-        for i in 0..batch.num_rows() {
-            fresh.append(self.seen.insert(self.state.hash_one(keys.get(i))));
-        }
-        let mask = arrow::array::BooleanArray::new(fresh.finish(), None);
-        let new = arrow::compute::filter_record_batch(batch, &mask)?;
-        let again = arrow::compute::filter_record_batch(batch, &arrow::compute::not(&mask)?)?;
-        Ok((new, again))
-    }
 }
 
 /// `batch` sorted by `columns` (ascending, NULLs last); unchanged when there are none. The
