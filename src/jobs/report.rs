@@ -125,15 +125,19 @@ async fn provenance(
     run_id: &str,
 ) -> Result<Provenance, ReportError> {
     let job = pipeline.as_report().expect("a report pipeline");
+    // Each dataset's log is read at the same time, as the query stage reads them.
+    let watermarks = futures_util::future::try_join_all(job.needs.iter().filter_map(|dataset| {
+        let producer = project.producer(dataset)?;
+        Some(async move {
+            let table = wh.open(dataset).await?;
+            let id = crate::extract::watermark_id(&producer.name);
+            let w = crate::warehouse::app_version(&table, &id).await?;
+            Ok::<_, ReportError>((dataset, w))
+        })
+    }))
+    .await?;
     let mut data_as_of = std::collections::BTreeMap::new();
-    for dataset in &job.needs {
-        let Some(producer) = project.producer(dataset) else {
-            continue;
-        };
-        let table = wh.open(dataset).await?;
-        let w =
-            crate::warehouse::app_version(&table, &crate::extract::watermark_id(&producer.name))
-                .await?;
+    for (dataset, w) in watermarks {
         if let Some(t) = w.and_then(chrono::DateTime::from_timestamp_micros) {
             data_as_of.insert(
                 dataset.clone(),

@@ -267,12 +267,28 @@ pub async fn session_with(
             return Ok((ctx, vec![]));
         }
     };
+    // Each table's Delta log is read at the same time: a report names several tables, and
+    // reading a log is mostly waiting on files or the object store.
+    let datasets: Vec<_> = project
+        .schemas
+        .iter()
+        .filter(|(name, _)| wanted(name))
+        .collect();
+    let published: Vec<String> = project
+        .pipelines
+        .iter()
+        .filter_map(|p| p.as_report())
+        .flat_map(|r| r.tables())
+        .map(|t| published_name(&t))
+        .filter(|p| wanted(p))
+        .collect();
+    let (opened, published_opened) = futures_util::future::try_join(
+        futures_util::future::try_join_all(datasets.iter().map(|(name, _)| wh.open(name))),
+        futures_util::future::try_join_all(published.iter().map(|p| wh.open(p))),
+    )
+    .await?;
     let mut inputs = Vec::new();
-    for (name, schema) in &project.schemas {
-        if !wanted(name) {
-            continue;
-        }
-        let table = wh.open(name).await?;
+    for ((name, schema), table) in datasets.into_iter().zip(opened) {
         match table.version() {
             Some(v) => {
                 warehouse::register(&ctx, &table, name).await?;
@@ -291,17 +307,9 @@ pub async fn session_with(
             }
         }
     }
-    for p in &project.pipelines {
-        let Some(r) = p.as_report() else { continue };
-        for t in r.tables() {
-            let pname = published_name(&t);
-            if !wanted(&pname) {
-                continue;
-            }
-            let table = wh.open(&pname).await?;
-            if table.version().is_some() {
-                warehouse::register(&ctx, &table, &pname).await?;
-            }
+    for (pname, table) in published.iter().zip(published_opened) {
+        if table.version().is_some() {
+            warehouse::register(&ctx, &table, pname).await?;
         }
     }
     register_seeds(&ctx, &project.root.join("sql").join("seeds")).await?;
