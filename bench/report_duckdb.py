@@ -4,7 +4,8 @@ Usage: report_duckdb.py PROJECT REPORT PERIOD  (calendar periods)
 Reads pipelines/REPORT.toml for the SQL list, the active files of each Delta table (through the
 `deltalake` package, so files a merge replaced are not read twice), binds the same parameters by
 name, defines local_date/local_month as macros in Asia/Ho_Chi_Minh, and runs the files in order,
-each result a table the next can read. Prints the seconds spent on the SQL (not the set-up)."""
+each result a table the next can read. Prints the seconds spent on the SQL (not the set-up), and
+each file's seconds on standard error."""
 import datetime as dt
 import pathlib
 import re
@@ -68,7 +69,9 @@ for file in spec["sql"]:
     used = {k: v for k, v in params.items() if re.search(r"\$" + k + r"\b", sql)}
     start = time.perf_counter()
     con.execute(f"CREATE TEMP TABLE {name} AS {sql}", used)
-    elapsed += time.perf_counter() - start
+    took = time.perf_counter() - start
+    elapsed += took
+    print(f"{name} {took:.3f}", file=sys.stderr)
     if not con.execute(
         "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [f"published_{name}"]
     ).fetchone()[0]:

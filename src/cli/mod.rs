@@ -165,6 +165,12 @@ pub fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<(), Failure> {
+    if matches!(
+        cli.command,
+        Command::Report(_) | Command::Query(_) | Command::Test(_)
+    ) {
+        crate::query::pages::use_small_pages();
+    }
     match cli.command {
         Command::Demo(args) => demo::run(&cli.project, args).await,
         Command::Check => check::run(&cli.project).await,

@@ -2,6 +2,7 @@
 //! with the period parameters bound as typed values, each previous-period value joined in,
 //! and the publish checks run before anything leaves this stage.
 
+pub mod pages;
 pub mod period;
 pub mod plan;
 pub mod udf;
