@@ -587,13 +587,19 @@ mod tests {
         .unwrap()
     }
 
-    fn tags(b: &RecordBatch) -> Vec<i64> {
-        b.column(2)
+    /// The values of the Int64 column `name` of `b` (the warehouse's tests tell rows apart by one).
+    pub(super) fn int64s(b: &RecordBatch, name: &str) -> Vec<i64> {
+        b.column_by_name(name)
+            .unwrap()
             .as_any()
             .downcast_ref::<Int64Array>()
             .unwrap()
             .values()
             .to_vec()
+    }
+
+    fn tags(b: &RecordBatch) -> Vec<i64> {
+        int64s(b, "tag")
     }
 
     #[test]
@@ -621,6 +627,7 @@ mod tests {
             [1, 5, 3, 6, 0, 4, 7, 2]
         );
     }
+
     /// The files a load writes: LZ4 for ordinary columns; the key without a dictionary; a
     /// digest without dictionary, compression or statistics.
     #[tokio::test]

@@ -314,12 +314,7 @@ mod tests {
     }
 
     fn rows(b: &RecordBatch) -> Vec<i64> {
-        b.column(1)
-            .as_any()
-            .downcast_ref::<Int64Array>()
-            .unwrap()
-            .values()
-            .to_vec()
+        crate::warehouse::tests::int64s(b, "row")
     }
 
     /// The same answers as an exact set of every key, over batches where about a third of
