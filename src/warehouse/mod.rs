@@ -484,16 +484,38 @@ pub async fn write_with(
                 .iter()
                 .map(|f| f.name().clone())
                 .collect();
-            let ctx = datafusion::prelude::SessionContext::new();
-            let source = ctx.read_batch(batch).map_err(|e| WarehouseError::Data {
+            let data = |e: datafusion::error::DataFusionError| WarehouseError::Data {
                 table: name.to_string(),
                 message: e.to_string(),
-            })?;
-            let predicate = key
+            };
+            let mut predicate = key
                 .iter()
                 .map(|k| format!("t.{k} = s.{k}"))
                 .collect::<Vec<_>>()
                 .join(" AND ");
+            // A merge scans every file its predicate cannot rule out, and holds a file's rows
+            // until it knows whether any matched: on a key alone, that is the whole table (a
+            // 3,425-row update of 20 million dossiers took 22 s and 16 GiB). The partitions
+            // where the incoming keys are stored now, found by reading the key column alone,
+            // bound it to those partitions; a row whose partition value changed is still
+            // matched where it was stored.
+            if let Some(p) = partition {
+                let stored = stored_partitions(&table, &batch, key, p)
+                    .await
+                    .map_err(data)?;
+                if stored.is_empty() {
+                    // None of the keys is stored: nothing to match, a plain insert.
+                    return with_parquet!(table.write(vec![batch]), parquet)
+                        .with_save_mode(SaveMode::Append)
+                        .with_partition_columns(partitions)
+                        .with_commit_properties(props)
+                        .await
+                        .map_err(err);
+                }
+                predicate = format!("{predicate} AND ({})", partition_filter(p, &stored));
+            }
+            let ctx = datafusion::prelude::SessionContext::new();
+            let source = ctx.read_batch(batch).map_err(data)?;
             let mut m = with_parquet!(table.merge(source, predicate), parquet)
                 .with_source_alias("s")
                 .with_target_alias("t")
@@ -524,6 +546,86 @@ pub async fn write_with(
         }
         WriteMode::Append => unreachable!("appends are written above"),
     }
+}
+
+/// The distinct values of the `partition` column under which any key of `batch` is stored in
+/// `table`: a join of the incoming keys with the table's key column alone, the incoming keys
+/// on the hash side, so that memory holds the keys, never the table.
+async fn stored_partitions(
+    table: &DeltaTable,
+    batch: &RecordBatch,
+    key: &[String],
+    partition: &str,
+) -> Result<Vec<datafusion::scalar::ScalarValue>, datafusion::error::DataFusionError> {
+    use datafusion::error::DataFusionError;
+    let ctx = datafusion::prelude::SessionContext::new();
+    let keys = key
+        .iter()
+        .map(|k| batch.schema().index_of(k))
+        .collect::<Result<Vec<_>, _>>()?;
+    ctx.register_batch("s", batch.project(&keys)?)?;
+    table
+        .update_datafusion_session(&ctx.state())
+        .map_err(|e| DataFusionError::External(Box::new(e)))?;
+    let provider = table
+        .table_provider()
+        .await
+        .map_err(|e| DataFusionError::External(Box::new(e)))?;
+    ctx.register_table("t", provider)?;
+    let on = key
+        .iter()
+        .map(|k| format!("t.{k} = s.{k}"))
+        .collect::<Vec<_>>()
+        .join(" AND ");
+    let found = ctx
+        .sql(&format!(
+            "SELECT DISTINCT t.{partition} FROM s JOIN t ON {on}"
+        ))
+        .await?
+        .collect()
+        .await?;
+    let mut values = Vec::new();
+    for b in &found {
+        for i in 0..b.num_rows() {
+            values.push(datafusion::scalar::ScalarValue::try_from_array(
+                b.column(0),
+                i,
+            )?);
+        }
+    }
+    Ok(values)
+}
+
+/// `t.<partition> IN (<values>)`, as SQL for a merge predicate, with `OR t.<partition> IS NULL`
+/// when a value is null (a null partition value is no member of any list).
+fn partition_filter(partition: &str, values: &[datafusion::scalar::ScalarValue]) -> String {
+    use datafusion::scalar::ScalarValue;
+    // Partition columns may be read dictionary-encoded: the literal is the value's.
+    fn plain(v: &ScalarValue) -> &ScalarValue {
+        match v {
+            ScalarValue::Dictionary(_, inner) => plain(inner),
+            v => v,
+        }
+    }
+    let literals: Vec<String> = values
+        .iter()
+        .map(plain)
+        .filter(|v| !v.is_null())
+        .map(|v| match v.data_type() {
+            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => {
+                format!("'{}'", v.to_string().replace('\'', "''"))
+            }
+            _ => v.to_string(),
+        })
+        .collect();
+    let mut parts = Vec::new();
+    if !literals.is_empty() {
+        parts.push(format!("t.{partition} IN ({})", literals.join(", ")));
+    }
+    if values.iter().any(|v| v.is_null()) {
+        parts.push(format!("t.{partition} IS NULL"));
+    }
+    parts.join(" OR ")
 }
 
 /// Makes a warehouse table queryable by SQL under `name` in `ctx`.
@@ -683,5 +785,156 @@ mod tests {
         assert_eq!(col("code").compression(), Compression::UNCOMPRESSED);
         assert!(col("code").statistics().is_none());
         assert!(col("finished").statistics().is_some());
+    }
+
+    /// (code, part, v) rows, `part` the partition column.
+    fn parted(rows: &[(&str, Option<&str>, i64)]) -> RecordBatch {
+        let schema = Arc::new(ArrowSchema::new(vec![
+            Field::new("code", DataType::Utf8, false),
+            Field::new("part", DataType::Utf8, true),
+            Field::new("v", DataType::Int64, false),
+        ]));
+        RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0))),
+                Arc::new(StringArray::from_iter(rows.iter().map(|r| r.1))),
+                Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.2))),
+            ],
+        )
+        .unwrap()
+    }
+
+    /// The latest commit's operation and metrics, as the Delta log holds them.
+    fn last_commit(dir: &Path) -> serde_json::Value {
+        let log = dir.join("_delta_log");
+        let last = std::fs::read_dir(&log)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "json"))
+            .max()
+            .unwrap();
+        std::fs::read_to_string(last)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .find_map(|v| v.get("commitInfo").cloned())
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_merge_reads_only_the_partitions_where_its_keys_are_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let wh = Warehouse::new(dir.path(), "warehouse").unwrap();
+        let path = dir.path().join("warehouse").join("t");
+        let mut table = wh.open("t").await.unwrap();
+        // One file per partition: A, B, C and the null partition.
+        for rows in [
+            vec![("a1", Some("A"), 1), ("a2", Some("A"), 2)],
+            vec![("b1", Some("B"), 3)],
+            vec![("c1", Some("C"), 4), ("c2", Some("C"), 5)],
+            vec![("n1", None, 6)],
+        ] {
+            table = write(
+                table,
+                "t",
+                parted(&rows),
+                Some("part"),
+                WriteMode::Append,
+                CommitProperties::default(),
+            )
+            .await
+            .unwrap();
+        }
+        let key = ["code".to_string()];
+        let merge = || WriteMode::Merge {
+            key: &key,
+            order: None,
+        };
+        // a1 moves from A to B, c1 and n1 change, z1 is new: B holds none of these keys.
+        let table = write(
+            table,
+            "t",
+            parted(&[
+                ("a1", Some("B"), 10),
+                ("c1", Some("C"), 11),
+                ("n1", None, 12),
+                ("z1", Some("D"), 13),
+            ]),
+            Some("part"),
+            merge(),
+            CommitProperties::default(),
+        )
+        .await
+        .unwrap();
+        let commit = last_commit(&path);
+        assert_eq!(commit["operation"], "MERGE");
+        let metrics = &commit["operationMetrics"];
+        assert_eq!(metrics["num_target_files_scanned"], 3, "{metrics}");
+        assert_eq!(metrics["num_target_rows_updated"], 3, "{metrics}");
+        assert_eq!(metrics["num_target_rows_inserted"], 1, "{metrics}");
+        // Every key once, with the incoming values.
+        let ctx = datafusion::prelude::SessionContext::new();
+        register(&ctx, &table, "t").await.unwrap();
+        let rows = ctx
+            .sql("SELECT code, COALESCE(part, '-') AS part, v FROM t ORDER BY code")
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let text = arrow::util::pretty::pretty_format_batches(&rows)
+            .unwrap()
+            .to_string();
+        let got: Vec<String> = text
+            .lines()
+            .filter(|l| l.starts_with("| ") && !l.contains("code"))
+            .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                "| a1 | B | 10 |",
+                "| a2 | A | 2 |",
+                "| b1 | B | 3 |",
+                "| c1 | C | 11 |",
+                "| c2 | C | 5 |",
+                "| n1 | - | 12 |",
+                "| z1 | D | 13 |",
+            ]
+        );
+        // Keys none of which is stored: an insert, no merge.
+        write(
+            table,
+            "t",
+            parted(&[("y1", Some("A"), 20)]),
+            Some("part"),
+            merge(),
+            CommitProperties::default(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(last_commit(&path)["operation"], "WRITE");
+    }
+
+    #[test]
+    fn partition_filters_quote_text_and_match_nulls_apart() {
+        use datafusion::scalar::ScalarValue;
+        let text = |s: &str| ScalarValue::Utf8(Some(s.to_string()));
+        assert_eq!(
+            partition_filter(
+                "m",
+                &[
+                    text("2026-10"),
+                    ScalarValue::Dictionary(Box::new(DataType::UInt16), Box::new(text("it's"))),
+                    ScalarValue::Utf8(None),
+                ]
+            ),
+            "t.m IN ('2026-10', 'it''s') OR t.m IS NULL"
+        );
+        assert_eq!(
+            partition_filter("year", &[ScalarValue::Int16(Some(2019))]),
+            "t.year IN (2019)"
+        );
     }
 }
