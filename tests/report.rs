@@ -693,6 +693,10 @@ fn a_month_without_data_says_so() {
         "{text}"
     );
     assert!(read_csv(&out.join("dossier_monthly.csv")).is_empty());
+    // Dossiers still pending past their due date are no activity of the month: the late list
+    // follows dossier_monthly's rule and is empty too.
+    assert!(text.contains("late_procedures: no data"), "{text}");
+    assert!(read_csv(&out.join("late_procedures.csv")).is_empty());
     let m: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
     assert_eq!(m["tables"][0]["no_data"], true);

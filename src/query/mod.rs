@@ -166,16 +166,27 @@ pub async fn session(
 }
 
 /// The words of `texts` that could name a table: a report's session opens only the warehouse
-/// tables its SQL and checks name (each opening reads a Delta log).
+/// tables its SQL and checks name (each opening reads a Delta log), and a SQL file waits for
+/// the files whose tables it names. Comments and string literals name nothing: a file that
+/// only mentions another in a comment runs beside it, not after it.
 pub fn named_tables<'a>(
     texts: impl IntoIterator<Item = &'a str>,
 ) -> std::collections::BTreeSet<String> {
+    use datafusion::sql::sqlparser::{dialect::GenericDialect, tokenizer};
     let mut out = std::collections::BTreeSet::new();
     for t in texts {
-        for w in t.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
-            if !w.is_empty() {
-                out.insert(w.to_ascii_lowercase());
-            }
+        match tokenizer::Tokenizer::new(&GenericDialect {}, t).tokenize() {
+            Ok(tokens) => out.extend(tokens.into_iter().filter_map(|tok| match tok {
+                tokenizer::Token::Word(w) => Some(w.value.to_ascii_lowercase()),
+                _ => None,
+            })),
+            // SQL the tokenizer rejects fails later with its own error; until then every
+            // word counts, so that no table it may need is left unopened.
+            Err(_) => out.extend(
+                t.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .filter(|w| !w.is_empty())
+                    .map(|w| w.to_ascii_lowercase()),
+            ),
         }
     }
     out
@@ -496,10 +507,15 @@ pub async fn compute_with(
         .as_report()
         .expect("compute is called for report pipelines");
     let sql = read_files(project, report)?;
+    let started = std::time::Instant::now();
+    let phase = |what: &str| tracing::debug!(seconds = started.elapsed().as_secs_f64(), "{what}");
     let (ctx, inputs) = session_with(project, source, Some(&sql.names)).await?;
+    phase("session ready");
     let mut tables = run_files(project, &ctx, &sql, &period).await?;
+    phase("sql files computed");
     if !report.compare.is_empty() {
         let previous = previous_values(project, source, &ctx, report, &sql, &period).await?;
+        phase("previous values read");
         for t in tables.iter_mut() {
             let Some(keys) = report.compare.get(&t.name) else {
                 continue;
@@ -516,6 +532,7 @@ pub async fn compute_with(
         }
     }
     let checks = run_checks(&ctx, &tables, report, &period, project).await?;
+    phase("checks run");
     let failed: Vec<CheckOutcome> = checks.iter().filter(|c| !c.passed).cloned().collect();
     if !failed.is_empty() {
         return Err(QueryError::ChecksFailed {
@@ -822,4 +839,21 @@ async fn check(
         offending,
         sample,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn tables_named_in_comments_or_strings_are_not_named() {
+        let n = super::named_tables([
+            "-- empty when dossier_monthly is\nSELECT x FROM Late_Procedures /* trend_monthly */\nWHERE y = 'par_index' AND z = $period",
+        ]);
+        assert!(n.contains("late_procedures"), "{n:?}");
+        for absent in ["dossier_monthly", "trend_monthly", "par_index", "period"] {
+            assert!(!n.contains(absent), "{absent} in {n:?}");
+        }
+        // SQL the tokenizer rejects (an unterminated string): every word counts.
+        let n = super::named_tables(["SELECT * FROM dossier WHERE a = 'rating"]);
+        assert!(n.contains("dossier") && n.contains("rating"), "{n:?}");
+    }
 }
