@@ -353,6 +353,116 @@ async fn dossier_dump(project: &Path) -> String {
     pretty_format_batches(&b).unwrap().to_string()
 }
 
+/// An incremental run that updates dossiers of many months, with merges limited to one
+/// partition's files at a time: every dossier stays once, each update lands, and the run's
+/// watermark is in its last commit only.
+async fn merges_in_groups_of_partitions(project: &Path, pg: &str, schema: &str) {
+    let (client, conn) = tokio_postgres::connect(pg, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let updated = client
+        .execute(
+            &format!(
+                "UPDATE {schema}.ho_so SET so_lan_bo_sung = so_lan_bo_sung + 7, ngay_cap_nhat = '2026-11-02 08:00'
+                 WHERE ma_ho_so IN (SELECT ma_ho_so FROM (SELECT ma_ho_so, row_number() OVER (ORDER BY ngay_tiep_nhan, ma_ho_so) AS n
+                                                         FROM {schema}.ho_so) x WHERE n % 25 = 0)"
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(updated, 100);
+    let ctx = warehouse(project).await;
+    let before = count(
+        &ctx,
+        "SELECT CAST(SUM(supplement_count) AS BIGINT) FROM dossier",
+    )
+    .await;
+    let months = count(&ctx, "SELECT COUNT(DISTINCT received_month) FROM dossier").await;
+    let log = project.join("warehouse/dossier/_delta_log");
+    let commits = |dir: &Path| -> Vec<std::path::PathBuf> {
+        let mut v: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "json"))
+            .collect();
+        v.sort();
+        v
+    };
+    let known = commits(&log).len();
+    let o = Command::new(env!("CARGO_BIN_EXE_parstat"))
+        .arg("--project")
+        .arg(project)
+        .args(["extract", "dossier"])
+        .env("PARSTAT_PII_KEY", KEY)
+        .env("MOTCUA_URL", pg)
+        .env("PARSTAT_MERGE_SCAN_BYTES", "1")
+        .output()
+        .unwrap();
+    let out = ok(o);
+    // The 100 updated, and what the overlap before the watermark reads again.
+    let read: u64 = out
+        .split(" read, ")
+        .next()
+        .and_then(|head| head.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count in {out}"));
+    assert!(read >= 100, "{out}");
+    let ctx = warehouse(project).await;
+    assert_eq!(count(&ctx, "SELECT COUNT(*) FROM dossier").await, 2500);
+    assert_eq!(
+        count(&ctx, "SELECT COUNT(DISTINCT dossier_code) FROM dossier").await,
+        2500
+    );
+    assert_eq!(
+        count(
+            &ctx,
+            "SELECT CAST(SUM(supplement_count) AS BIGINT) FROM dossier"
+        )
+        .await,
+        before + 700
+    );
+    let new: Vec<String> = commits(&log)[known..]
+        .iter()
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .collect();
+    let merges = new
+        .iter()
+        .filter(|c| c.contains("\"operation\":\"MERGE\""))
+        .count();
+    // The 100 dossiers lie in many months: one merge per month holding one, at least 10.
+    assert!(
+        merges >= 10 && merges as i64 <= months,
+        "{merges} merges over {months} months"
+    );
+    assert_eq!(merges, new.len(), "every new commit is a merge");
+    let with_marks: Vec<usize> = (0..new.len())
+        .filter(|&i| new[i].contains("\"txn\""))
+        .collect();
+    assert_eq!(
+        with_marks,
+        [new.len() - 1],
+        "the watermark is in the last commit only"
+    );
+    let bad = Command::new(env!("CARGO_BIN_EXE_parstat"))
+        .arg("--project")
+        .arg(project)
+        .args(["extract", "dossier"])
+        .env("PARSTAT_PII_KEY", KEY)
+        .env("MOTCUA_URL", pg)
+        .env("PARSTAT_MERGE_SCAN_BYTES", "lots")
+        .output()
+        .unwrap();
+    // The rerun reads the last day again (the overlap), so it merges and meets the setting.
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("PARSTAT_MERGE_SCAN_BYTES is `lots`"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn postgres_mariadb_and_files_give_identical_tables() {
     use mysql_async::prelude::Queryable;
@@ -422,6 +532,9 @@ async fn postgres_mariadb_and_files_give_identical_tables() {
             .unwrap_or_else(|| panic!("{kind}: no size in {out}"));
         assert!(mb > 0.5, "{kind}: {mb} MB read: {out}");
         dumps.push((kind, dossier_dump(p.path()).await));
+        if kind == "postgres" {
+            merges_in_groups_of_partitions(p.path(), pg, &schema).await;
+        }
     }
     for (kind, d) in &dumps {
         if d != &from_files {
