@@ -381,25 +381,15 @@ async fn merges_in_groups_of_partitions(project: &Path, pg: &str, schema: &str) 
     .await;
     let months = count(&ctx, "SELECT COUNT(DISTINCT received_month) FROM dossier").await;
     let log = project.join("warehouse/dossier/_delta_log");
-    let commits = |dir: &Path| -> Vec<std::path::PathBuf> {
-        let mut v: Vec<_> = std::fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|p| p.extension().is_some_and(|e| e == "json"))
-            .collect();
-        v.sort();
-        v
+    let known = delta_commits(&log);
+    let extract = |bytes: &str| {
+        run_with(
+            project,
+            &["extract", "dossier"],
+            &[("MOTCUA_URL", pg), ("PARSTAT_MERGE_SCAN_BYTES", bytes)],
+        )
     };
-    let known = commits(&log).len();
-    let o = Command::new(env!("CARGO_BIN_EXE_parstat"))
-        .arg("--project")
-        .arg(project)
-        .args(["extract", "dossier"])
-        .env("PARSTAT_PII_KEY", KEY)
-        .env("MOTCUA_URL", pg)
-        .env("PARSTAT_MERGE_SCAN_BYTES", "1")
-        .output()
-        .unwrap();
+    let o = extract("1");
     let out = ok(o);
     // The 100 updated, and what the overlap before the watermark reads again.
     let read: u64 = out
@@ -423,9 +413,8 @@ async fn merges_in_groups_of_partitions(project: &Path, pg: &str, schema: &str) 
         .await,
         before + 700
     );
-    let new: Vec<String> = commits(&log)[known..]
-        .iter()
-        .map(|p| std::fs::read_to_string(p).unwrap())
+    let new: Vec<String> = (known..delta_commits(&log))
+        .map(|v| std::fs::read_to_string(log.join(format!("{v:020}.json"))).unwrap())
         .collect();
     let merges = new
         .iter()
@@ -445,15 +434,7 @@ async fn merges_in_groups_of_partitions(project: &Path, pg: &str, schema: &str) 
         [new.len() - 1],
         "the watermark is in the last commit only"
     );
-    let bad = Command::new(env!("CARGO_BIN_EXE_parstat"))
-        .arg("--project")
-        .arg(project)
-        .args(["extract", "dossier"])
-        .env("PARSTAT_PII_KEY", KEY)
-        .env("MOTCUA_URL", pg)
-        .env("PARSTAT_MERGE_SCAN_BYTES", "lots")
-        .output()
-        .unwrap();
+    let bad = extract("lots");
     // The rerun reads the last day again (the overlap), so it merges and meets the setting.
     assert!(!bad.status.success());
     assert!(
@@ -513,14 +494,7 @@ async fn postgres_mariadb_and_files_give_identical_tables() {
         edit(p.path(), "parstat.toml", "[connections.exports]", &format!("[connections.motcua]\nkind = \"{kind}\"\nurl = \"${{MOTCUA_URL}}\"\n\n[connections.exports]"));
         let q = db_query(mysql).replace("SCHEMA_", &schema);
         std::fs::write(p.path().join("pipelines/dossier.toml"), format!("kind = \"extract\"\ndataset = \"dossier\"\nconnection = \"motcua\"\nmode = \"merge\"\nquery = \"\"\"\n{q}\n\"\"\"\n")).unwrap();
-        let o = Command::new(env!("CARGO_BIN_EXE_parstat"))
-            .arg("--project")
-            .arg(p.path())
-            .args(["extract", "dossier"])
-            .env("PARSTAT_PII_KEY", KEY)
-            .env("MOTCUA_URL", &url)
-            .output()
-            .unwrap();
+        let o = run_with(p.path(), &["extract", "dossier"], &[("MOTCUA_URL", &url)]);
         let out = ok(o);
         assert!(out.contains("2500 read, 2500 written"), "{kind}: {out}");
         // Every source counts what it read: 2,500 dossiers are well over a megabyte.

@@ -95,11 +95,17 @@ pub const KEY: &str = "test-key-0123456789abcdef";
 
 /// Runs parstat on `project` with the hashing key set.
 pub fn run(project: &Path, args: &[&str]) -> Output {
+    run_with(project, args, &[])
+}
+
+/// [`run`] with more environment variables (a connection's URL, a setting).
+pub fn run_with(project: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_parstat"))
         .arg("--project")
         .arg(project)
         .args(args)
         .env("PARSTAT_PII_KEY", KEY)
+        .envs(env.iter().copied())
         .output()
         .expect("run parstat")
 }

@@ -508,10 +508,7 @@ pub async fn write_with(
                     &batch,
                     &arrow::array::UInt32Array::from(rows.to_vec()),
                 )
-                .map_err(|e| WarehouseError::Data {
-                    table: name.to_string(),
-                    message: e.to_string(),
-                })
+                .map_err(|e| data(e.into()))
             };
             if stored.is_empty() || insert_only {
                 // Nothing to match (or events, whose stored keys are left as they are): the
@@ -601,11 +598,7 @@ async fn merge(
         .iter()
         .map(|f| f.name().clone())
         .collect();
-    let mut predicate = key
-        .iter()
-        .map(|k| format!("t.{k} = s.{k}"))
-        .collect::<Vec<_>>()
-        .join(" AND ");
+    let mut predicate = key_match(key);
     if let Some(f) = filter {
         predicate = format!("{predicate} AND ({f})");
     }
@@ -636,6 +629,15 @@ async fn merge(
     m.await.map(|(t, _)| t)
 }
 
+/// `t.k = s.k` for each key column, joined by AND: the stored rows (`t`) an incoming row (`s`)
+/// matches.
+fn key_match(key: &[String]) -> String {
+    key.iter()
+        .map(|k| format!("t.{k} = s.{k}"))
+        .collect::<Vec<_>>()
+        .join(" AND ")
+}
+
 /// Stored partitions (each with the incoming rows whose keys it holds) in groups whose files
 /// add up to at most `merge_scan_bytes()`; a partition larger than that is a group alone.
 #[allow(clippy::type_complexity)]
@@ -643,14 +645,10 @@ fn merge_groups(
     table: &DeltaTable,
     stored: Vec<(datafusion::scalar::ScalarValue, Vec<u32>)>,
 ) -> Result<Vec<(Vec<datafusion::scalar::ScalarValue>, Vec<u32>)>, deltalake::DeltaTableError> {
-    let column = table
-        .snapshot()?
-        .metadata()
-        .partition_columns()
-        .first()
-        .cloned();
+    let snapshot = table.snapshot()?;
+    let column = snapshot.metadata().partition_columns().first().cloned();
     let mut bytes: HashMap<Option<String>, i64> = HashMap::new();
-    for f in table.snapshot()?.log_data().iter() {
+    for f in snapshot.log_data().iter() {
         let value = column
             .as_ref()
             .and_then(|c| f.partition_values_map().get(c).cloned())
@@ -715,11 +713,7 @@ async fn stored_partitions(
         .await
         .map_err(|e| DataFusionError::External(Box::new(e)))?;
     ctx.register_table("t", provider)?;
-    let on = key
-        .iter()
-        .map(|k| format!("t.{k} = s.{k}"))
-        .collect::<Vec<_>>()
-        .join(" AND ");
+    let on = key_match(key);
     let found = ctx
         .sql(&format!(
             "SELECT t.{partition}, s.parstat_row FROM s JOIN t ON {on} ORDER BY t.{partition}"
