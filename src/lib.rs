@@ -3,6 +3,7 @@
 //!
 //! The library holds every stage; `main.rs` only parses arguments and maps errors to exit codes.
 
+pub mod alloc;
 pub mod cli;
 pub mod config;
 pub mod deliver;

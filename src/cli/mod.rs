@@ -169,7 +169,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         cli.command,
         Command::Report(_) | Command::Query(_) | Command::Test(_)
     ) {
-        crate::query::pages::use_small_pages();
+        crate::alloc::short_run();
     }
     match cli.command {
         Command::Demo(args) => demo::run(&cli.project, args).await,

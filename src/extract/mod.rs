@@ -6,7 +6,6 @@ pub mod cell;
 pub mod convert;
 pub mod file;
 pub mod http;
-mod memory;
 pub mod mysql;
 pub mod pii;
 pub mod postgres;
@@ -212,7 +211,7 @@ pub async fn run(
     opts: &ExtractOptions,
 ) -> Result<Summary, ExtractError> {
     let started = Instant::now();
-    let _memory = memory::KeepFreedMemory::hold();
+    let _memory = crate::alloc::KeepFreedMemory::hold();
     let job = pipeline
         .as_extract()
         .ok_or_else(|| {
@@ -229,6 +228,7 @@ pub async fn run(
     let hasher = Hasher::from_env(&schema.name, &hashed)?;
     let wh = Warehouse::new(&project.root, &project.settings.warehouse_url)?;
     let table = wh.open(&schema.name).await?;
+    let version_before = table.version();
     let run_id = uuid::Uuid::now_v7().to_string();
     let previous = if opts.full {
         None
@@ -436,6 +436,11 @@ pub async fn run(
             )))
         }
     }
+    // Only the run's last commit may write a checkpoint (see `warehouse::followed`): the one
+    // skipped on the way, if any, now.
+    if warehouse::checkpoint_skipped(&table, version_before).await? {
+        tracing::debug!(version = ?table.version(), "checkpoint written");
+    }
     summary.seconds = started.elapsed().as_secs_f64();
     summary.watermark = max_updated
         .and_then(DateTime::from_timestamp_micros)
@@ -606,7 +611,7 @@ impl Committer {
                         new,
                         partition,
                         WriteMode::Append,
-                        warehouse::commit_properties(meta.clone(), vec![]),
+                        warehouse::followed(warehouse::commit_properties(meta.clone(), vec![])),
                         Some(self.parquet.clone()),
                     )
                     .await?;
@@ -629,11 +634,17 @@ impl Committer {
             batch,
             partition,
             mode,
-            warehouse::commit_properties(meta, txns),
+            if last {
+                warehouse::commit_properties(meta, txns)
+            } else {
+                warehouse::followed(warehouse::commit_properties(meta, txns))
+            },
             Some(self.parquet.clone()),
         )
         .await?;
         self.table = table;
+        let (rss, committed) = crate::alloc::usage_mib();
+        tracing::debug!(rows = self.rows_written, rss_mib = rss, mimalloc_commit_mib = committed, version = ?self.table.version(), "committed");
         Ok(self)
     }
 }
