@@ -427,6 +427,14 @@ fn the_fixture_matches_the_hand_worked_values_in_calendar_months() {
     );
     let rows = read_csv(&out.join("dossier_monthly.csv"));
     assert!(out.join("dossier_monthly.parquet").is_file());
+    // The footer states the dossiers' watermark (every fixture dossier was last changed at
+    // 00:00 on 2 November, local time), read from the table version the report computed.
+    let html = std::fs::read_to_string(out.join("email.html")).unwrap();
+    assert!(
+        html.contains("Dữ liệu <b>dossier</b> cập nhật đến 00:00 02&#x2f;11&#x2f;2026"),
+        "{}",
+        &html[html.find("Dữ liệu").unwrap_or(0)..]
+    );
 
     // Province, October 2026 [01/10 00:00, 01/11 00:00) local:
     //   carried over: D01 D02 D12 D16 D20 = 5

@@ -67,10 +67,16 @@ pub async fn run(
     let mut delivered = Vec::new();
     match opts.preview {
         Some(dir) => {
+            let phase =
+                |what: &str| tracing::debug!(seconds = started.elapsed().as_secs_f64(), "{what}");
             files = write_preview(project, &computed, &run_id, dir).await?;
+            phase("preview tables written");
             let provenance = provenance(project, &wh, pipeline, &computed, &run_id).await?;
+            phase("provenance read");
             let email = render::render(project, pipeline, &computed, &provenance)?;
+            phase("email rendered");
             files.extend(write_email(project, pipeline, &computed, &email, dir)?);
+            phase("email written");
         }
         None => {
             let (t0, t1) = period.bounds(project.settings.timezone);
@@ -125,13 +131,21 @@ async fn provenance(
     run_id: &str,
 ) -> Result<Provenance, ReportError> {
     let job = pipeline.as_report().expect("a report pipeline");
-    // Each dataset's log is read at the same time, as the query stage reads them.
+    // A watermark is read from the table version the report computed from (the query stage
+    // hands it over); only a needed dataset its SQL did not read is opened here. Each at the
+    // same time, as the query stage reads them.
     let watermarks = futures_util::future::try_join_all(job.needs.iter().filter_map(|dataset| {
         let producer = project.producer(dataset)?;
+        let read = c.inputs.iter().find(|i| &i.name == dataset);
         Some(async move {
-            let table = wh.open(dataset).await?;
             let id = crate::extract::watermark_id(&producer.name);
-            let w = crate::warehouse::app_version(&table, &id).await?;
+            let w = match read {
+                Some(input) => match &input.table {
+                    Some(table) => crate::warehouse::app_version(table, &id).await?,
+                    None => None,
+                },
+                None => crate::warehouse::app_version(&wh.open(dataset).await?, &id).await?,
+            };
             Ok::<_, ReportError>((dataset, w))
         })
     }))

@@ -2,7 +2,6 @@
 //! with the period parameters bound as typed values, each previous-period value joined in,
 //! and the publish checks run before anything leaves this stage.
 
-pub mod pages;
 pub mod period;
 pub mod plan;
 pub mod udf;
@@ -98,6 +97,10 @@ pub struct CheckOutcome {
 pub struct InputTable {
     pub name: String,
     pub version: Option<u64>,
+    /// The table as the report read it, so that what the email says of it (its watermark)
+    /// comes from the same version without reading its log again.
+    #[serde(skip)]
+    pub table: Option<deltalake::DeltaTable>,
 }
 
 /// Everything a report computed for one period.
@@ -307,6 +310,7 @@ pub async fn session_with(
                 inputs.push(InputTable {
                     name: name.clone(),
                     version: Some(v),
+                    table: Some(table),
                 });
             }
             None => {
@@ -315,6 +319,7 @@ pub async fn session_with(
                 inputs.push(InputTable {
                     name: name.clone(),
                     version: None,
+                    table: None,
                 });
             }
         }

@@ -139,7 +139,17 @@ pub fn render(
         tables.insert(t.name.clone(), table::rows(&t.batches, tz));
         no_data.insert(t.name.clone(), t.is_empty());
     }
-    let inline = charts(c, &tables)?;
+    // The charts and the attachments (the workbook above all) are independent CPU work: on
+    // a second core at the same time.
+    let (inline, attachments) = std::thread::scope(|s| {
+        let attachments = s.spawn(|| attachments(project, c));
+        let inline = charts(c, &tables);
+        let attachments = attachments
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        (inline, attachments)
+    });
+    let inline = inline?;
     let charts: BTreeMap<String, String> = inline
         .iter()
         .map(|i| (i.name.clone(), format!("cid:{}", i.cid)))
@@ -166,7 +176,7 @@ pub fn render(
     };
     let html = render(&job.template)?;
     let text = render(&job.template.with_extension("txt"))?;
-    let attachments = attachments(project, c)?;
+    let attachments = attachments?;
     Ok(Email {
         subject,
         html,
