@@ -95,6 +95,44 @@ async fn files_land_in_delta_tables_once() {
     );
     let ctx = warehouse(p.path()).await;
     assert_eq!(count(&ctx, "SELECT count(*) FROM dossier").await, 3000);
+    // A loaded file is known by its stat (size, time, inode) without being read: rewritten
+    // with garbage of the same size and its old time put back (only ever done on purpose),
+    // it is skipped; had it been read, the garbage would fail the run.
+    let file = std::fs::read_dir(p.path().join("data/motcua"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|f| f.extension().is_some_and(|x| x == "ndjson"))
+        .min()
+        .unwrap();
+    let original = std::fs::read(&file).unwrap();
+    let time = std::fs::metadata(&file).unwrap().modified().unwrap();
+    let put = |bytes: &[u8], time: Option<std::time::SystemTime>| {
+        let mut f = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
+        std::io::Write::write_all(&mut f, bytes).unwrap();
+        if let Some(t) = time {
+            f.set_modified(t).unwrap();
+        }
+    };
+    put(&vec![b'x'; original.len()], Some(time));
+    let same_stat = ok(run(p.path(), &["extract", "dossier"]));
+    assert!(
+        same_stat.contains(": 0 read, 0 written") && same_stat.contains(", 0 files loaded"),
+        "{same_stat}"
+    );
+    // Its content back under a new time: hashed, found unchanged, skipped.
+    put(&original, None);
+    assert_ne!(std::fs::metadata(&file).unwrap().modified().unwrap(), time);
+    let touched = ok(run(p.path(), &["extract", "dossier"]));
+    assert!(
+        touched.contains(": 0 read, 0 written") && touched.contains(", 0 files loaded"),
+        "{touched}"
+    );
+    // That run marked the file's new stat: garbage under it now is skipped unread too.
+    let time = std::fs::metadata(&file).unwrap().modified().unwrap();
+    put(&vec![b'x'; original.len()], Some(time));
+    let remarked = ok(run(p.path(), &["extract", "dossier"]));
+    assert!(remarked.contains(", 0 files loaded"), "{remarked}");
+    put(&original, Some(time));
     // --full reloads, and the merge keeps one row per dossier.
     let full = ok(run(p.path(), &["extract", "dossier", "--full"]));
     assert!(full.contains("3000 read"), "{full}");

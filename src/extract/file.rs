@@ -32,6 +32,25 @@ pub fn matching_files(root: &Path, pattern: &str) -> Result<Vec<(PathBuf, String
     Ok(out)
 }
 
+/// What the file system says of a file (device, inode, size, modification time to the
+/// nanosecond), as a positive i64. Stored beside the content fingerprint when the file is
+/// loaded: while they match, a later run skips the file without reading it (hashing 94 loaded
+/// files of 16 GiB took most of a 13-second run that loaded 3,000 rows), as `make` and
+/// `rsync` trust them. A file rewritten in place with its old size and time restored on
+/// purpose is only seen again with `--full`.
+pub fn stat_fingerprint(path: &Path) -> Result<i64, ExtractError> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).map_err(|e| ExtractError::io(path, e))?;
+    let mut h = Sha256::new();
+    for n in [m.dev(), m.ino(), m.size()] {
+        h.update(n.to_le_bytes());
+    }
+    h.update(m.mtime().to_le_bytes());
+    h.update(m.mtime_nsec().to_le_bytes());
+    let d = h.finalize();
+    Ok(i64::from_be_bytes(d[..8].try_into().expect("8 bytes")) & i64::MAX)
+}
+
 /// A content fingerprint of a file, as a positive i64 (the Delta transaction version that
 /// marks the file as loaded).
 pub fn fingerprint(path: &Path) -> Result<i64, ExtractError> {

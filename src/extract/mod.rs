@@ -153,13 +153,23 @@ enum Msg {
     /// The names of the cells that follow, in dataset-column terms.
     Columns(Vec<String>),
     Rows(Vec<RawRow>),
-    /// A file is complete: mark it as loaded (its content fingerprint) with the commit.
+    /// A file is complete: mark it as loaded (its content and stat fingerprints) with the
+    /// commit.
     FileDone {
         rel: String,
         fingerprint: i64,
+        stat: i64,
         bytes: u64,
     },
     FileSkipped,
+    /// A loaded file whose content is unchanged under a new stat (touched, copied back, or
+    /// loaded before stat marks existed): skipped, its new stat marked with the next commit
+    /// so that later runs need not read it.
+    FileUnchanged {
+        rel: String,
+        fingerprint: i64,
+        stat: i64,
+    },
     /// Bytes read from a database or API source.
     Bytes(u64),
 }
@@ -199,7 +209,12 @@ pub fn file_id(pipeline: &str, rel: &str) -> String {
     format!("parstat.file.{pipeline}.{rel}")
 }
 
-/// Rows per commit. With freed memory kept for reuse during a load (`memory`), a chunk's
+/// The mark of a loaded file's stat fingerprint (`file::stat_fingerprint`).
+pub fn file_stat_id(pipeline: &str, rel: &str) -> String {
+    format!("parstat.filestat.{pipeline}.{rel}")
+}
+
+/// Rows per commit. With freed memory kept for reuse during a load (`crate::alloc`), a chunk's
 /// copies set most of the peak: 150,000 rows keep a 10-million-row load near 850 MiB from
 /// PostgreSQL, at the speed of 200,000 (bench/extract_pg.sh).
 const CHUNK_ROWS: usize = 150_000;
@@ -272,7 +287,7 @@ pub async fn run(
     // Typed batches and their rejected rows since the last commit, and how many rows they hold.
     let mut pending_rows: Vec<(RecordBatch, Vec<Rejected>)> = Vec::new();
     let mut pending_count = 0usize;
-    let mut pending_files: Vec<(String, i64)> = Vec::new();
+    let mut pending_files: Vec<(String, i64, i64)> = Vec::new();
     let bar = progress(opts.progress, &pipeline.name);
     let replace = job.mode == Mode::Replace;
     // A table empty at the start of the run takes its rows by appends, merging only keys
@@ -364,13 +379,22 @@ pub async fn run(
                 Some(Msg::FileDone {
                     rel,
                     fingerprint,
+                    stat,
                     bytes,
                 }) => {
                     summary.files_loaded += 1;
                     summary.bytes_read += bytes;
-                    pending_files.push((rel, fingerprint));
+                    pending_files.push((rel, fingerprint, stat));
                 }
                 Some(Msg::FileSkipped) => summary.files_skipped += 1,
+                Some(Msg::FileUnchanged {
+                    rel,
+                    fingerprint,
+                    stat,
+                }) => {
+                    summary.files_skipped += 1;
+                    pending_files.push((rel, fingerprint, stat));
+                }
                 Some(Msg::Bytes(n)) => summary.bytes_read += n,
                 None => {}
             }
@@ -475,7 +499,7 @@ impl Committer {
     async fn commit(
         mut self,
         chunk: Vec<(RecordBatch, Vec<Rejected>)>,
-        files: Vec<(String, i64)>,
+        files: Vec<(String, i64, i64)>,
         last: bool,
     ) -> Result<Committer, ExtractError> {
         let arrow_schema = self
@@ -545,7 +569,12 @@ impl Committer {
         // the old watermark, and the rerun's merge makes rows already stored count once.
         let mut txns: Vec<(String, i64)> = files
             .into_iter()
-            .map(|(rel, fp)| (file_id(&self.pipeline, &rel), fp))
+            .flat_map(|(rel, fp, stat)| {
+                [
+                    (file_id(&self.pipeline, &rel), fp),
+                    (file_stat_id(&self.pipeline, &rel), stat),
+                ]
+            })
             .collect();
         if last {
             if let Some(w) = self.max_updated {
@@ -786,7 +815,7 @@ async fn table_marks(
     job: &ExtractJob,
     project: &Project,
     opts: &ExtractOptions,
-) -> Result<BTreeMap<String, i64>, ExtractError> {
+) -> Result<BTreeMap<String, FileMark>, ExtractError> {
     let mut out = BTreeMap::new();
     if opts.full {
         return Ok(out);
@@ -794,12 +823,25 @@ async fn table_marks(
     if let SourceSpec::Files { path, .. } = &job.source {
         let root = file_root(project, job)?;
         for (_, rel) in file::matching_files(&root, path)? {
-            if let Some(v) = warehouse::app_version(table, &file_id(&pipeline.name, &rel)).await? {
-                out.insert(rel, v);
+            if let Some(content) =
+                warehouse::app_version(table, &file_id(&pipeline.name, &rel)).await?
+            {
+                // Files loaded before stat marks existed have none: hashed once more.
+                let stat =
+                    warehouse::app_version(table, &file_stat_id(&pipeline.name, &rel)).await?;
+                out.insert(rel, FileMark { content, stat });
             }
         }
     }
     Ok(out)
+}
+
+/// What the table says of a loaded file: its content fingerprint and, when recorded, its
+/// stat fingerprint.
+#[derive(Debug, Clone, Copy)]
+struct FileMark {
+    content: i64,
+    stat: Option<i64>,
 }
 
 fn file_root(project: &Project, job: &ExtractJob) -> Result<std::path::PathBuf, ExtractError> {
@@ -820,7 +862,7 @@ fn spawn_source(
     pipeline: &Pipeline,
     job: &ExtractJob,
     conn: &crate::config::settings::Connection,
-    loaded: &BTreeMap<String, i64>,
+    loaded: &BTreeMap<String, FileMark>,
     watermark: Option<i64>,
     tz: chrono_tz::Tz,
     chunk: usize,
@@ -867,9 +909,22 @@ fn spawn_source(
             Ok(tokio::task::spawn_blocking(move || {
                 tx.blocking_send(Msg::Columns(columns.clone())).ok();
                 for (path, rel) in files {
-                    let fp = file::fingerprint(&path)?;
-                    if loaded.get(&rel) == Some(&fp) {
+                    // A loaded file whose stat is unchanged is not read again; one whose stat
+                    // changed is hashed, and skipped if its content did not change.
+                    let stat = file::stat_fingerprint(&path)?;
+                    let mark = loaded.get(&rel);
+                    if mark.is_some_and(|m| m.stat == Some(stat)) {
                         tx.blocking_send(Msg::FileSkipped).ok();
+                        continue;
+                    }
+                    let fp = file::fingerprint(&path)?;
+                    if mark.is_some_and(|m| m.content == fp) {
+                        tx.blocking_send(Msg::FileUnchanged {
+                            rel,
+                            fingerprint: fp,
+                            stat,
+                        })
+                        .ok();
                         continue;
                     }
                     let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
@@ -900,6 +955,7 @@ fn spawn_source(
                     tx.blocking_send(Msg::FileDone {
                         rel,
                         fingerprint: fp,
+                        stat,
                         bytes,
                     })
                     .map_err(|_| ExtractError::Source("the writer stopped".into()))?;
