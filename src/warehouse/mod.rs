@@ -456,17 +456,28 @@ pub async fn write(
     write_with(table, name, batch, partition, mode, props, None).await
 }
 
+/// Most bytes of a column's dictionary in a dataset's files (see `writer_properties`).
+const DICTIONARY_PAGE_BYTES: usize = 64 << 10;
+
 /// Parquet settings for a dataset's files:
 /// - LZ4 (raw): files as small as Snappy's here, but cheaper to write and to read. On 10
 ///   million dossiers a load's user CPU fell by about 6 s, and `monthly_par` took 1.39–1.43 s
 ///   instead of 1.53 s (DuckDB, reading the same files, 1.13–1.17 s instead of 1.31 s).
+/// - Dictionaries of at most 64 KiB (the writer's default is 1 MiB): a column of few values
+///   (agencies, procedures, statuses, due dates) keeps its dictionary, and one of nearly
+///   unique values (the times a dossier was received, finished, updated: 8 bytes a value in
+///   the dictionary plus an index, against 8 plain) falls back to plain values after 8,192 of
+///   them instead of 131,072. 20 million dossiers from PostgreSQL loaded in 53.5–53.7 s
+///   instead of 56.8–57.0 s, into 3,512 MiB of files instead of 3,640.
 /// - No dictionary for `unique` columns (the key): a dictionary of values that never repeat
 ///   is only work before the writer gives it up.
 /// - `digests` (hashed personal data) are random hex: no dictionary, no compression (it
 ///   finds nothing to shorten in them), and no statistics (nobody filters on a digest's range,
 ///   and the min/max comparisons cost more than the rest of writing the column).
 pub fn writer_properties(unique: &[String], digests: &[String]) -> WriterProperties {
-    let mut b = WriterProperties::builder().set_compression(Compression::LZ4_RAW);
+    let mut b = WriterProperties::builder()
+        .set_compression(Compression::LZ4_RAW)
+        .set_dictionary_page_size_limit(DICTIONARY_PAGE_BYTES);
     for c in unique.iter().chain(digests) {
         b = b.set_column_dictionary_enabled(ColumnPath::from(c.as_str()), false);
     }
@@ -971,6 +982,31 @@ mod tests {
         assert!(!dictionary("tag"));
         assert!(!dictionary("code"));
         assert_eq!(col("code").compression(), Compression::UNCOMPRESSED);
+
+        // 20,000 distinct times: the dictionary stops at 64 KiB (8,192 values), not at the
+        // 160,000 bytes of all of them.
+        let rows: Vec<(Option<i64>, &str, i64)> = (0..20_000).map(|i| (Some(i), "c", 0)).collect();
+        write_with(
+            wh.open("u").await.unwrap(),
+            "u",
+            batch(&rows),
+            None,
+            WriteMode::Append,
+            CommitProperties::default(),
+            Some(writer_properties(&[], &[])),
+        )
+        .await
+        .unwrap();
+        let file = std::fs::read_dir(dir.path().join("warehouse").join("u"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|e| e == "parquet"))
+            .expect("a Parquet file");
+        let reader = SerializedFileReader::new(std::fs::File::open(file).unwrap()).unwrap();
+        let finished = reader.metadata().row_group(0).column(0).clone();
+        assert_eq!(finished.column_path().string(), "finished");
+        let dictionary = finished.data_page_offset() - finished.dictionary_page_offset().unwrap();
+        assert!(dictionary < 70_000, "{dictionary} bytes of dictionary");
         assert!(col("code").statistics().is_none());
         assert!(col("finished").statistics().is_some());
     }
