@@ -139,17 +139,7 @@ pub fn render(
         tables.insert(t.name.clone(), table::rows(&t.batches, tz));
         no_data.insert(t.name.clone(), t.is_empty());
     }
-    // The charts and the attachments (the workbook above all) are independent CPU work: on
-    // a second core at the same time.
-    let (inline, attachments) = std::thread::scope(|s| {
-        let attachments = s.spawn(|| attachments(project, c));
-        let inline = charts(c, &tables);
-        let attachments = attachments
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-        (inline, attachments)
-    });
-    let inline = inline?;
+    let inline = charts(c, &tables)?;
     let charts: BTreeMap<String, String> = inline
         .iter()
         .map(|i| (i.name.clone(), format!("cid:{}", i.cid)))
@@ -176,7 +166,7 @@ pub fn render(
     };
     let html = render(&job.template)?;
     let text = render(&job.template.with_extension("txt"))?;
-    let attachments = attachments?;
+    let attachments = attachments(project, c)?;
     Ok(Email {
         subject,
         html,
