@@ -44,6 +44,11 @@ async fn count(ctx: &SessionContext, sql: &str) -> i64 {
     a.value(0)
 }
 
+/// The number just before the first `marker` in a summary line (`3000 read, ...`).
+fn number_before<T: std::str::FromStr>(out: &str, marker: &str) -> Option<T> {
+    out.split(marker).next()?.rsplit(' ').next()?.parse().ok()
+}
+
 fn manifest_rows(m: &serde_json::Value, dataset: &str) -> i64 {
     m["datasets"][dataset]["rows"].as_i64().unwrap()
 }
@@ -430,12 +435,7 @@ async fn merges_in_groups_of_partitions(project: &Path, pg: &str, schema: &str) 
     let o = extract("1");
     let out = ok(o);
     // The 100 updated, and what the overlap before the watermark reads again.
-    let read: u64 = out
-        .split(" read, ")
-        .next()
-        .and_then(|head| head.rsplit(' ').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no count in {out}"));
+    let read: u64 = number_before(&out, " read, ").unwrap_or_else(|| panic!("no count in {out}"));
     assert!(read >= 100, "{out}");
     let ctx = warehouse(project).await;
     assert_eq!(count(&ctx, "SELECT COUNT(*) FROM dossier").await, 2500);
@@ -536,12 +536,8 @@ async fn postgres_mariadb_and_files_give_identical_tables() {
         let out = ok(o);
         assert!(out.contains("2500 read, 2500 written"), "{kind}: {out}");
         // Every source counts what it read: 2,500 dossiers are well over a megabyte.
-        let mb: f64 = out
-            .split(" MB in ")
-            .next()
-            .and_then(|head| head.rsplit(' ').next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("{kind}: no size in {out}"));
+        let mb: f64 =
+            number_before(&out, " MB in ").unwrap_or_else(|| panic!("{kind}: no size in {out}"));
         assert!(mb > 0.5, "{kind}: {mb} MB read: {out}");
         dumps.push((kind, dossier_dump(p.path()).await));
         if kind == "postgres" {

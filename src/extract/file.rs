@@ -47,8 +47,7 @@ pub fn stat_fingerprint(path: &Path) -> Result<i64, ExtractError> {
     }
     h.update(m.mtime().to_le_bytes());
     h.update(m.mtime_nsec().to_le_bytes());
-    let d = h.finalize();
-    Ok(i64::from_be_bytes(d[..8].try_into().expect("8 bytes")) & i64::MAX)
+    Ok(version(h))
 }
 
 /// A content fingerprint of a file, as a positive i64 (the Delta transaction version that
@@ -64,8 +63,13 @@ pub fn fingerprint(path: &Path) -> Result<i64, ExtractError> {
         }
         h.update(&buf[..n]);
     }
+    Ok(version(h))
+}
+
+/// A digest's first 8 bytes as a positive i64: a Delta transaction version.
+fn version(h: Sha256) -> i64 {
     let d = h.finalize();
-    Ok(i64::from_be_bytes(d[..8].try_into().expect("8 bytes")) & i64::MAX)
+    i64::from_be_bytes(d[..8].try_into().expect("8 bytes")) & i64::MAX
 }
 
 /// The source fields a job reads, for the missing/unexpected check.

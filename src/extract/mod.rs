@@ -672,8 +672,11 @@ impl Committer {
         )
         .await?;
         self.table = table;
-        let (rss, committed) = crate::alloc::usage_mib();
-        tracing::debug!(rows = self.rows_written, rss_mib = rss, mimalloc_commit_mib = committed, version = ?self.table.version(), "committed");
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            // Read only for the debug log: it costs a file read per commit.
+            let (rss, committed) = crate::alloc::usage_mib();
+            tracing::debug!(rows = self.rows_written, rss_mib = rss, mimalloc_commit_mib = committed, version = ?self.table.version(), "committed");
+        }
         Ok(self)
     }
 }

@@ -955,13 +955,17 @@ mod tests {
         )
         .await
         .unwrap();
-        let file = std::fs::read_dir(dir.path().join("warehouse").join("t"))
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .find(|p| p.extension().is_some_and(|e| e == "parquet"))
-            .expect("a Parquet file");
-        let reader = SerializedFileReader::new(std::fs::File::open(file).unwrap()).unwrap();
-        let rg = reader.metadata().row_group(0);
+        let footer = |table: &str| {
+            let file = std::fs::read_dir(dir.path().join("warehouse").join(table))
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .find(|p| p.extension().is_some_and(|e| e == "parquet"))
+                .expect("a Parquet file");
+            let reader = SerializedFileReader::new(std::fs::File::open(file).unwrap()).unwrap();
+            reader.metadata().clone()
+        };
+        let meta = footer("t");
+        let rg = meta.row_group(0);
         let col = |name: &str| {
             (0..rg.num_columns())
                 .map(|i| rg.column(i))
@@ -982,6 +986,8 @@ mod tests {
         assert!(!dictionary("tag"));
         assert!(!dictionary("code"));
         assert_eq!(col("code").compression(), Compression::UNCOMPRESSED);
+        assert!(col("code").statistics().is_none());
+        assert!(col("finished").statistics().is_some());
 
         // 20,000 distinct times: the dictionary stops at 64 KiB (8,192 values), not at the
         // 160,000 bytes of all of them.
@@ -997,18 +1003,11 @@ mod tests {
         )
         .await
         .unwrap();
-        let file = std::fs::read_dir(dir.path().join("warehouse").join("u"))
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .find(|p| p.extension().is_some_and(|e| e == "parquet"))
-            .expect("a Parquet file");
-        let reader = SerializedFileReader::new(std::fs::File::open(file).unwrap()).unwrap();
-        let finished = reader.metadata().row_group(0).column(0).clone();
+        let meta = footer("u");
+        let finished = meta.row_group(0).column(0);
         assert_eq!(finished.column_path().string(), "finished");
         let dictionary = finished.data_page_offset() - finished.dictionary_page_offset().unwrap();
         assert!(dictionary < 70_000, "{dictionary} bytes of dictionary");
-        assert!(col("code").statistics().is_none());
-        assert!(col("finished").statistics().is_some());
     }
 
     /// Commits that another follows write no checkpoint; the one they skipped is written when
