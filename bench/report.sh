@@ -7,6 +7,7 @@
 #   planning, reading the Delta log, the SQL, the checks, writing the CSV and Parquet files);
 #   DuckDB 1.4.4 running the same SQL files with the same parameters (SQL time only).
 # BENCH_ROUNDS rounds (5 by default) alternate the two; the best time of each counts.
+# BENCH_BIN runs another parstat binary (a build of another commit, to compare two in one run).
 # Usage: bench/report.sh [N] [PERIOD]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,8 +15,8 @@ n="${1:-10000000}"
 period="${2:-2026-09}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/parstat-target}"
 pip install -q duckdb==1.4.4 deltalake pyarrow 2>/dev/null
-cargo build --release --quiet
-bin="$CARGO_TARGET_DIR/release/parstat"
+if [ -z "${BENCH_BIN:-}" ]; then cargo build --release --quiet; fi
+bin="${BENCH_BIN:-$CARGO_TARGET_DIR/release/parstat}"
 work="${BENCH_DIR:-$(mktemp -d)}"
 cp -r parstat.toml pipelines schemas sql reports "$work/"
 export PARSTAT_PII_KEY=bench-key-0123456789abcdef

@@ -4,6 +4,7 @@
 
 pub mod period;
 pub mod plan;
+pub mod scan;
 pub mod udf;
 
 use std::collections::BTreeMap;
@@ -264,7 +265,12 @@ pub async fn session_with(
             config = config.set_bool(key, true);
         }
     }
-    let ctx = SessionContext::new_with_config(config);
+    let state = datafusion::execution::SessionStateBuilder::new()
+        .with_config(config)
+        .with_default_features()
+        .with_physical_optimizer_rule(Arc::new(scan::ParallelFileScans))
+        .build();
+    let ctx = SessionContext::new_with_state(state);
     udf::register(&ctx, project.settings.timezone);
     let wh = match inputs {
         Inputs::Warehouse(wh) => wh,

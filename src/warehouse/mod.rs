@@ -589,6 +589,7 @@ pub async fn write_with(
             // between them leaves merges that the rerun, reading from the old watermark,
             // repeats with the same result.
             let groups = merge_groups(&table, stored).map_err(err)?;
+            let _memory = crate::alloc::ReturnFreedMemory::hold();
             let mut table = table;
             let mut props = Some(props);
             let last = groups.len() - 1;
