@@ -465,6 +465,13 @@ pub async fn run(
     if warehouse::checkpoint_skipped(&table, version_before).await? {
         tracing::debug!(version = ?table.version(), "checkpoint written");
     }
+    // Files this table's earlier runs replaced, once past the retention period. The run's
+    // data is committed by now: a failure here only leaves them for the next run.
+    match warehouse::vacuum(&table, None).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(files = n, "replaced files deleted"),
+        Err(e) => tracing::warn!(error = %e, "replaced files not deleted; the next run retries"),
+    }
     summary.seconds = started.elapsed().as_secs_f64();
     summary.watermark = max_updated
         .and_then(DateTime::from_timestamp_micros)
