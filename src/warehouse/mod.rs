@@ -925,6 +925,17 @@ mod tests {
             .to_vec()
     }
 
+    /// The names of the files in `dir` that end with `suffix`, sorted.
+    fn names_ending(dir: &Path, suffix: &str) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(suffix))
+            .collect();
+        v.sort();
+        v
+    }
+
     fn tags(b: &RecordBatch) -> Vec<i64> {
         int64s(b, "tag")
     }
@@ -1036,8 +1047,6 @@ mod tests {
         assert!(dictionary < 70_000, "{dictionary} bytes of dictionary");
     }
 
-    /// Commits that another follows write no checkpoint; the one they skipped is written when
-    /// the run is done, and a run's last commit writes its own on the interval.
     #[tokio::test]
     async fn vacuum_deletes_replaced_files_once_their_retention_has_passed() {
         #[derive(Debug)]
@@ -1049,18 +1058,7 @@ mod tests {
         }
         let dir = tempfile::tempdir().unwrap();
         let wh = Warehouse::new(dir.path(), "warehouse").unwrap();
-        let files = || {
-            std::fs::read_dir(dir.path().join("warehouse/t"))
-                .unwrap()
-                .filter(|e| {
-                    e.as_ref()
-                        .unwrap()
-                        .file_name()
-                        .to_string_lossy()
-                        .ends_with(".parquet")
-                })
-                .count()
-        };
+        let files = || names_ending(&dir.path().join("warehouse/t"), ".parquet").len();
         let mut table = wh.open("t").await.unwrap();
         for tag in [1, 2] {
             table = write(
@@ -1086,6 +1084,7 @@ mod tests {
             0
         );
         assert_eq!(files(), 2);
+        assert_eq!(wh.open("t").await.unwrap().version(), version);
         // Past it, the replaced file goes; the table reads the same.
         assert_eq!(
             vacuum(&table, Some(Arc::new(Later(8 * day))))
@@ -1102,35 +1101,23 @@ mod tests {
         let ctx = datafusion::prelude::SessionContext::new();
         register(&ctx, &table, "t").await.unwrap();
         let out = ctx
-            .sql("SELECT SUM(tag) FROM t")
+            .sql("SELECT SUM(tag) AS s FROM t")
             .await
             .unwrap()
             .collect()
             .await
             .unwrap();
-        let sum = out[0]
-            .column(0)
-            .as_any()
-            .downcast_ref::<Int64Array>()
-            .unwrap()
-            .value(0);
-        assert_eq!(sum, 4);
+        assert_eq!(int64s(&out[0], "s"), [4]);
     }
 
+    /// Commits that another follows write no checkpoint; the one they skipped is written when
+    /// the run is done, and a run's last commit writes its own on the interval.
     #[tokio::test]
     async fn a_run_writes_the_checkpoint_its_followed_commits_skipped() {
         let dir = tempfile::tempdir().unwrap();
         let wh = Warehouse::new(dir.path(), "warehouse").unwrap();
         let log = dir.path().join("warehouse/t/_delta_log");
-        let checkpoints = || {
-            let mut v: Vec<String> = std::fs::read_dir(&log)
-                .unwrap()
-                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-                .filter(|n| n.ends_with(".checkpoint.parquet"))
-                .collect();
-            v.sort();
-            v
-        };
+        let checkpoints = || names_ending(&log, ".checkpoint.parquet");
         let rows = batch(&[(Some(1), "a", 1)]);
         // Version 0, with a checkpoint every 2 commits (delta-rs checkpoints v when v + 1 is
         // a multiple of 2); then a run of followed commits, versions 1 to 4.
