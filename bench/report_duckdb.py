@@ -4,7 +4,8 @@ Usage: report_duckdb.py PROJECT REPORT PERIOD  (calendar periods)
 Reads pipelines/REPORT.toml for the SQL list, the active files of each Delta table (through the
 `deltalake` package, so files a merge replaced are not read twice), binds the same parameters by
 name, defines local_date/local_month as macros in Asia/Ho_Chi_Minh, and runs the files in order,
-each result a table the next can read. Prints the seconds spent on the SQL (not the set-up), and
+each result a table the next can read (DataFusion's `last_value` aggregate is spelled `last`, as
+DuckDB names it). Prints the seconds spent on the SQL (not the set-up), and
 each file's seconds on standard error."""
 import datetime as dt
 import pathlib
@@ -65,7 +66,8 @@ spec = tomllib.loads((project / "pipelines" / f"{report}.toml").read_text())
 elapsed = 0.0
 for file in spec["sql"]:
     name = pathlib.Path(file).stem
-    sql = (project / file).read_text()
+    # DuckDB names DataFusion's ordered aggregate `last_value(x ORDER BY k)` `last`.
+    sql = re.sub(r"\blast_value\(", "last(", (project / file).read_text())
     used = {k: v for k, v in params.items() if re.search(r"\$" + k + r"\b", sql)}
     start = time.perf_counter()
     con.execute(f"CREATE TEMP TABLE {name} AS {sql}", used)

@@ -10,21 +10,19 @@
 --   * adjusted_projects counts capital-change events (two in one month count twice).
 --   * Projects outside any economic zone or industrial park have no 'zone' row.
 --   * disbursement_rate is NULL for a group without valid capital.
-WITH ev AS (
-    SELECT * FROM investment_event WHERE event_date < $period_end_date
-),
-latest AS (
-    SELECT project_code, event_type, registered_capital_vnd, sector_code, sector_name,
-           area_code, issuer, zone, capital_source
-    FROM (
-        SELECT ev.*, ROW_NUMBER() OVER (PARTITION BY project_code ORDER BY version DESC) AS rn
-        FROM ev
-    ) x
-    WHERE rn = 1
-),
-flows AS (
+WITH projects AS (
+    -- One pass over the events before the end of P: each project's latest certificate
+    -- (highest version) and its flows in P and in the year to date.
     SELECT
         project_code,
+        last_value(event_type ORDER BY version) AS event_type,
+        last_value(registered_capital_vnd ORDER BY version) AS registered_capital_vnd,
+        last_value(sector_code ORDER BY version) AS sector_code,
+        last_value(sector_name ORDER BY version) AS sector_name,
+        last_value(area_code ORDER BY version) AS area_code,
+        last_value(issuer ORDER BY version) AS issuer,
+        last_value(zone ORDER BY version) AS zone,
+        last_value(capital_source ORDER BY version) AS capital_source,
         -- in P
         SUM(CASE WHEN event_date >= $period_start_date AND event_type = 'new' THEN 1 ELSE 0 END) AS new_projects,
         SUM(CASE WHEN event_date >= $period_start_date AND event_type = 'new' THEN registered_capital_vnd END) AS new_capital_vnd,
@@ -41,48 +39,42 @@ flows AS (
         SUM(CASE WHEN event_date >= $year_start_date AND event_type IN ('capital_increase', 'capital_decrease') THEN capital_change_vnd END) AS ytd_capital_change_vnd,
         SUM(CASE WHEN event_date >= $year_start_date AND event_type IN ('terminated', 'revoked') THEN 1 ELSE 0 END) AS ytd_ended_projects,
         SUM(CASE WHEN event_date >= $year_start_date AND event_type IN ('terminated', 'revoked') THEN registered_capital_vnd END) AS ytd_ended_capital_vnd
-    FROM ev
-    WHERE event_date >= LEAST($period_start_date, $year_start_date)
+    FROM investment_event
+    WHERE event_date < $period_end_date
     GROUP BY project_code
 ),
 disbursed AS (
     -- Each project's latest cumulative disbursement reported up to P.
-    SELECT project_code, disbursed_cumulative_vnd
-    FROM (
-        SELECT project_code, disbursed_cumulative_vnd,
-               ROW_NUMBER() OVER (PARTITION BY project_code ORDER BY report_month DESC) AS rn
-        FROM investment_disbursement
-        WHERE report_month <= $period
-    ) x
-    WHERE rn = 1
+    SELECT project_code, last_value(disbursed_cumulative_vnd ORDER BY report_month) AS disbursed_cumulative_vnd
+    FROM investment_disbursement
+    WHERE report_month <= $period
+    GROUP BY project_code
 ),
 facts AS (
     SELECT
-        l.*,
-        l.event_type NOT IN ('terminated', 'revoked') AS is_valid,
-        f.new_projects, f.new_capital_vnd, f.new_capital_usd, f.adjusted_projects,
-        f.capital_change_vnd, f.ended_projects, f.ended_capital_vnd,
-        f.ytd_new_projects, f.ytd_new_capital_vnd, f.ytd_new_capital_usd, f.ytd_adjusted_projects,
-        f.ytd_capital_change_vnd, f.ytd_ended_projects, f.ytd_ended_capital_vnd,
+        p.*,
+        p.event_type NOT IN ('terminated', 'revoked') AS is_valid,
         d.disbursed_cumulative_vnd
-    FROM latest l
-    LEFT JOIN flows f ON f.project_code = l.project_code
-    LEFT JOIN disbursed d ON d.project_code = l.project_code
+    FROM projects p
+    LEFT JOIN disbursed d ON d.project_code = p.project_code
+),
+kinds AS (
+    -- Each project once per kind of group (unnest is cheaper than a cross join here).
+    SELECT facts.*, unnest(['province', 'sector', 'area', 'issuer', 'zone', 'capital_source']) AS group_kind
+    FROM facts
 ),
 grouped AS (
     SELECT
-        k.group_kind,
-        CASE k.group_kind
+        kinds.*,
+        CASE group_kind
             WHEN 'province' THEN 'province'
-            WHEN 'sector' THEN facts.sector_code
-            WHEN 'area' THEN facts.area_code
-            WHEN 'issuer' THEN facts.issuer
-            WHEN 'zone' THEN facts.zone
-            ELSE facts.capital_source
-        END AS group_code,
-        facts.*
-    FROM facts
-    CROSS JOIN (VALUES ('province'), ('sector'), ('area'), ('issuer'), ('zone'), ('capital_source')) AS k(group_kind)
+            WHEN 'sector' THEN sector_code
+            WHEN 'area' THEN area_code
+            WHEN 'issuer' THEN issuer
+            WHEN 'zone' THEN zone
+            ELSE capital_source
+        END AS group_code
+    FROM kinds
 ),
 agg AS (
     SELECT

@@ -155,7 +155,12 @@ pub fn main() -> ExitCode {
             return ExitCode::from(EXIT_FAILED);
         }
     };
-    match runtime.block_on(run(cli)) {
+    let outcome = runtime.block_on(run(cli));
+    // Everything the command started has been awaited. Waiting for the runtime's idle threads
+    // to wind down, each tidying its allocator heap, only delayed the exit (about 10 ms of a
+    // 0.1 s report).
+    runtime.shutdown_background();
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
             eprintln!("Error: {:#}", f.error);

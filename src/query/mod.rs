@@ -271,6 +271,12 @@ pub async fn session_with(
         .with_physical_optimizer_rule(Arc::new(scan::ParallelFileScans))
         .build();
     let ctx = SessionContext::new_with_state(state);
+    // A local warehouse's files are read through a store that does small reads in place: a
+    // report opens hundreds of small files (see `local_reads`).
+    ctx.register_object_store(
+        &url::Url::parse("file://").expect("a constant URL"),
+        Arc::new(warehouse::local_reads::InlineLocalReads::new()),
+    );
     udf::register(&ctx, project.settings.timezone);
     let wh = match inputs {
         Inputs::Warehouse(wh) => wh,
@@ -522,11 +528,22 @@ pub async fn compute_with(
     let phase = |what: &str| tracing::debug!(seconds = started.elapsed().as_secs_f64(), "{what}");
     let (ctx, inputs) = session_with(project, source, Some(&sql.names)).await?;
     phase("session ready");
-    let mut tables = run_files(project, &ctx, &sql, &period).await?;
-    phase("sql files computed");
+    // What was published before this run, known before the SQL files register an empty
+    // history for the tables that have none.
+    let published: std::collections::BTreeSet<String> = report
+        .compare
+        .keys()
+        .filter(|t| ctx.table_exist(published_name(t).as_str()).unwrap_or(false))
+        .cloned()
+        .collect();
+    // The previous period's values are read while the SQL files run: neither needs the other.
+    let (mut tables, previous) = futures_util::future::try_join(
+        run_files(project, &ctx, &sql, &period),
+        previous_values(project, source, &ctx, report, &sql, &period, &published),
+    )
+    .await?;
+    phase("sql files and previous values computed");
     if !report.compare.is_empty() {
-        let previous = previous_values(project, source, &ctx, report, &sql, &period).await?;
-        phase("previous values read");
         for t in tables.iter_mut() {
             let Some(keys) = report.compare.get(&t.name) else {
                 continue;
@@ -624,8 +641,9 @@ async fn run_files(
     Ok(done.into_iter().flatten().collect())
 }
 
-/// The previous period's values of each compared table: what was published for it, or, when
-/// nothing was, the same SQL computed for that period (not published).
+/// The previous period's values of each compared table: what was published for it (the
+/// tables of `published` have a history), or, when nothing was, the same SQL computed for that
+/// period (not published).
 async fn previous_values(
     project: &Project,
     source: Inputs<'_>,
@@ -633,17 +651,14 @@ async fn previous_values(
     report: &ReportJob,
     sql: &SqlFiles,
     period: &Period,
+    published: &std::collections::BTreeSet<String>,
 ) -> Result<BTreeMap<String, Vec<RecordBatch>>, QueryError> {
     let prev = period.previous();
     let mut out = BTreeMap::new();
     let mut missing = Vec::new();
     for table in report.compare.keys() {
         let pname = published_name(table);
-        let published = match source {
-            Inputs::Warehouse(wh) => wh.open(&pname).await?.version().is_some(),
-            Inputs::Memory(tables) => tables.contains_key(&pname),
-        };
-        if published {
+        if published.contains(table) {
             let (_, batches) = run_sql(
                 ctx,
                 &pname,
@@ -786,7 +801,8 @@ async fn run_checks(
     project: &Project,
 ) -> Result<Vec<CheckOutcome>, QueryError> {
     let params = params(period, project.settings.timezone);
-    let mut out = Vec::new();
+    // (name, message, SQL) of each check, run at the same time below.
+    let mut checks: Vec<(String, String, String)> = Vec::new();
     for t in tables {
         let rates: Vec<String> = t
             .schema
@@ -807,26 +823,25 @@ async fn run_checks(
             .map(|r| format!("\"{r}\" < 0 OR \"{r}\" > 100"))
             .collect::<Vec<_>>()
             .join(" OR ");
-        let sql = format!("SELECT * FROM {} WHERE {cond}", t.name);
-        out.push(
-            check(
-                ctx,
-                &format!("{}_rates_within_0_100", t.name),
-                &format!(
-                    "rates of `{}` must lie within 0..100 ({})",
-                    t.name,
-                    rates.join(", ")
-                ),
-                &sql,
-                &params,
-            )
-            .await?,
-        );
+        checks.push((
+            format!("{}_rates_within_0_100", t.name),
+            format!(
+                "rates of `{}` must lie within 0..100 ({})",
+                t.name,
+                rates.join(", ")
+            ),
+            format!("SELECT * FROM {} WHERE {cond}", t.name),
+        ));
     }
     for c in &report.checks {
-        out.push(check(ctx, &c.name, &c.message, &c.sql, &params).await?);
+        checks.push((c.name.clone(), c.message.clone(), c.sql.clone()));
     }
-    Ok(out)
+    futures_util::future::try_join_all(
+        checks
+            .iter()
+            .map(|(name, message, sql)| check(ctx, name, message, sql, &params)),
+    )
+    .await
 }
 
 async fn check(

@@ -18,6 +18,7 @@ use std::path::Path;
 use std::sync::Arc;
 use url::Url;
 
+pub mod local_reads;
 mod new_keys;
 pub mod published;
 pub mod quarantine;
