@@ -9,6 +9,7 @@ mod extract;
 mod recovery;
 mod report;
 mod s3;
+mod security;
 mod serve;
 mod util;
 mod workbench;
