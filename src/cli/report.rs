@@ -92,6 +92,7 @@ pub async fn run(project_dir: &Path, args: ReportArgs) -> Result<(), Failure> {
             crate::deliver::ledger::Outcome::Sent => "sent",
             crate::deliver::ledger::Outcome::Failed => "FAILED",
             crate::deliver::ledger::Outcome::AlreadyDelivered => "already delivered",
+            crate::deliver::ledger::Outcome::InProgress => "being sent by another run",
         };
         match &d.file {
             Some(f) => println!("{}: {what} {} {}", d.recipient, d.message_id, f.display()),

@@ -23,8 +23,11 @@ pub enum LedgerError {
 pub enum Outcome {
     Sent,
     Failed,
-    /// Not sent now: an earlier run sent it, or another sender holds the claim.
+    /// Not sent now: an earlier run sent it.
     AlreadyDelivered,
+    /// Not sent now: another sender holds a live claim and has not said how it went. The run
+    /// is not done until a later one finds it sent.
+    InProgress,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -37,6 +40,10 @@ struct ClaimRecord {
     resend: bool,
     host: String,
     pid: u32,
+    /// The sender's process start (see `warehouse::lease`): with host and pid, tells a claim
+    /// of a sender that died on this host, to be taken again at once.
+    #[serde(default)]
+    pid_start: Option<u64>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -56,11 +63,16 @@ pub struct Token {
 #[derive(Debug)]
 pub enum Claim {
     Mine(Token),
-    Taken,
+    /// Sent by an earlier run.
+    Sent,
+    /// Another sender's live claim, without an outcome yet.
+    InProgress,
 }
 
-/// A claim older than this with no outcome belongs to a sender that died: it may be claimed
-/// again (the message keeps its Message-ID, so a client shows a repeat as the same message).
+/// A claim older than this (by the store's own time of the claim) with no outcome belongs to
+/// a sender that died: it may be claimed again (the message keeps its Message-ID, so a client
+/// shows a repeat as the same message). A claim of a sender that died on this host is taken
+/// again at once.
 const LEASE: chrono::Duration = chrono::Duration::minutes(15);
 
 pub struct Ledger {
@@ -156,21 +168,34 @@ impl Ledger {
                     .read(&dir.clone().join(format!("outcome-{n}.json")))
                     .await?;
                 match outcome.map(|o| o.outcome) {
-                    Some(Outcome::Sent) if !resend => return Ok(Claim::Taken),
+                    Some(Outcome::Sent) if !resend => return Ok(Claim::Sent),
                     Some(_) => n + 1,
                     None => {
-                        let claim: Option<ClaimRecord> = self
-                            .read(&dir.clone().join(format!("claim-{n}.json")))
-                            .await?;
-                        let live = claim.is_some_and(|c| Utc::now() - c.claimed_at < LEASE);
-                        if live {
-                            return Ok(Claim::Taken);
+                        let path = dir.clone().join(format!("claim-{n}.json"));
+                        let claim: Option<ClaimRecord> = self.read(&path).await?;
+                        // The claim's age by the store's clock, not the writer's.
+                        let written = match self.store.head(&path).await {
+                            Ok(m) => Some(m.last_modified),
+                            Err(object_store::Error::NotFound { .. }) => None,
+                            Err(e) => return Err(self.err(e)),
+                        };
+                        let dead = claim.as_ref().is_some_and(|c| {
+                            crate::warehouse::lease::gone_from_this_host(
+                                Some(&c.host),
+                                Some(c.pid),
+                                c.pid_start,
+                            )
+                        });
+                        let live = written.is_some_and(|t| Utc::now() - t < LEASE);
+                        if live && !dead {
+                            return Ok(Claim::InProgress);
                         }
                         n + 1
                     }
                 }
             }
         };
+        let (host, pid, pid_start) = crate::warehouse::lease::this_process();
         let record = ClaimRecord {
             report: report.into(),
             period: period.into(),
@@ -178,8 +203,9 @@ impl Ledger {
             message_id: message_id.into(),
             claimed_at: Utc::now(),
             resend,
-            host: std::env::var("HOSTNAME").unwrap_or_default(),
-            pid: std::process::id(),
+            host,
+            pid,
+            pid_start,
         };
         let body = serde_json::to_vec_pretty(&record).map_err(|e| self.err(e))?;
         let opts = PutOptions {
@@ -196,7 +222,7 @@ impl Ledger {
             .await
         {
             Ok(_) => Ok(Claim::Mine(Token { dir, n: next })),
-            Err(object_store::Error::AlreadyExists { .. }) => Ok(Claim::Taken),
+            Err(object_store::Error::AlreadyExists { .. }) => Ok(Claim::InProgress),
             Err(e) => Err(self.err(e)),
         }
     }

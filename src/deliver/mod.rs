@@ -21,8 +21,10 @@ use ledger::{Claim, Ledger, Outcome};
 pub enum DeliverError {
     #[error("mail settings: {0}")]
     Config(String),
-    #[error("building the message for {to}: {message}")]
+    #[error("building the message for {to}: {message}; nothing was sent or claimed")]
     Build { to: String, message: String },
+    #[error("another sender is delivering to {recipients} now (its claim has no outcome yet); this run is not done until a later run finds those sent. Run it again in a few minutes")]
+    InProgress { recipients: String },
     #[error(transparent)]
     Ledger(#[from] ledger::LedgerError),
     #[error("{path}: {source}")]
@@ -71,29 +73,50 @@ pub async fn deliver(
     let ledger = Ledger::open(&project.root, &project.settings.warehouse_url)?;
     let transport = Sender::new(project, mail)?;
     let fitted = message::fit(email, mail.max_size_bytes, &format!("{report}/{period}"));
-    let mut out = Vec::new();
-    let mut failures = Vec::new();
+    // Every message is built before any is claimed: a recipient whose message cannot be
+    // built must not leave a claim that a later run would take for a delivery.
+    let mut built = Vec::with_capacity(recipients.len());
     for to in recipients {
         let message_id = message::message_id(report, period, to);
-        let claim = ledger
-            .claim(report, period, to, &message_id, opts.resend)
-            .await?;
-        let Claim::Mine(token) = claim else {
-            tracing::info!(report, period, recipient = %to, "already delivered or being delivered; not sent again");
-            out.push(Delivered {
-                recipient: to.clone(),
-                outcome: Outcome::AlreadyDelivered,
-                message_id,
-                file: None,
-            });
-            continue;
-        };
-        let built = message::build(&mail.from, to, &message_id, &fitted).map_err(|message| {
+        let m = message::build(&mail.from, to, &message_id, &fitted).map_err(|message| {
             DeliverError::Build {
                 to: to.clone(),
                 message,
             }
         })?;
+        built.push((to, message_id, m));
+    }
+    let mut out = Vec::new();
+    let mut failures = Vec::new();
+    let mut in_progress = Vec::new();
+    for (to, message_id, built) in built {
+        let claim = ledger
+            .claim(report, period, to, &message_id, opts.resend)
+            .await?;
+        let token = match claim {
+            Claim::Mine(token) => token,
+            Claim::Sent => {
+                tracing::info!(report, period, recipient = %to, "already delivered; not sent again");
+                out.push(Delivered {
+                    recipient: to.clone(),
+                    outcome: Outcome::AlreadyDelivered,
+                    message_id,
+                    file: None,
+                });
+                continue;
+            }
+            Claim::InProgress => {
+                tracing::warn!(report, period, recipient = %to, "another sender is delivering it now; not counted as delivered");
+                in_progress.push(to.clone());
+                out.push(Delivered {
+                    recipient: to.clone(),
+                    outcome: Outcome::InProgress,
+                    message_id,
+                    file: None,
+                });
+                continue;
+            }
+        };
         match transport.send(report, period, to, &built).await {
             Ok(file) => {
                 ledger.settle(&token, Outcome::Sent, None).await?;
@@ -125,6 +148,11 @@ pub async fn deliver(
             failed: failures.len(),
             total: recipients.len(),
             first: failures[0].clone(),
+        });
+    }
+    if !in_progress.is_empty() {
+        return Err(DeliverError::InProgress {
+            recipients: in_progress.join(", "),
         });
     }
     Ok(out)

@@ -77,6 +77,27 @@ fn process_start(pid: u32) -> Option<u64> {
     rest.split_whitespace().nth(19)?.parse().ok()
 }
 
+/// This process, as [`gone_from_this_host`] reads it back: host, id and start.
+pub fn this_process() -> (String, u32, Option<u64>) {
+    let pid = std::process::id();
+    (host_name(), pid, process_start(pid))
+}
+
+/// Whether a process recorded as (`host`, `pid`, `start`) is of this host and no longer runs
+/// (its id gone, or taken by a process that started at another time). Unknown means alive.
+pub fn gone_from_this_host(host: Option<&str>, pid: Option<u32>, start: Option<u64>) -> bool {
+    let (Some(host), Some(pid)) = (host, pid) else {
+        return false;
+    };
+    if host != host_name() || !std::path::Path::new("/proc/self/stat").exists() {
+        return false;
+    }
+    match process_start(pid) {
+        None => true,
+        Some(now) => start.is_some_and(|s| s != now),
+    }
+}
+
 impl Beat {
     fn new(holder: &str, released: bool, since: DateTime<Utc>) -> Beat {
         let pid = std::process::id();
@@ -91,18 +112,8 @@ impl Beat {
         }
     }
 
-    /// Whether the holder is a process of this host that no longer runs.
     fn gone_from_this_host(&self) -> bool {
-        let (Some(host), Some(pid)) = (&self.host, self.pid) else {
-            return false;
-        };
-        if *host != host_name() || !std::path::Path::new("/proc/self/stat").exists() {
-            return false;
-        }
-        match process_start(pid) {
-            None => true,
-            Some(start) => self.pid_start.is_some_and(|s| s != start),
-        }
+        gone_from_this_host(self.host.as_deref(), self.pid, self.pid_start)
     }
 
     fn describe(&self) -> String {
