@@ -7,6 +7,7 @@ mod deliver;
 mod demo;
 mod extract;
 mod http_faults;
+mod recovery;
 mod report;
 mod s3;
 mod serve;

@@ -223,9 +223,11 @@ pub struct Connection {
     /// Bearer token (http), always from the environment.
     pub token: Option<EnvValue>,
     pub page_size: u32,
-    /// The longest one request may take, connection and whole response included (http).
+    /// How long the peer may stay silent before the run fails: for an API the longest one
+    /// request may take, whole response included (60 s); for a database, between rows of a
+    /// query's result (300 s: a large sort may take a while before its first row).
     pub timeout_secs: u64,
-    /// The longest the connection to the peer may take to open (http).
+    /// How long connecting may take (10 s by default).
     pub connect_timeout_secs: u64,
     /// Pages read at most in one run (http); reaching it fails the run, so that a server
     /// that never ends its paging cannot keep a run going forever.
@@ -244,6 +246,7 @@ pub const DEFAULT_SMTP_TIMEOUT_SECS: u64 = 60;
 /// Defaults of an http connection's bounds.
 pub const DEFAULT_PAGE_SIZE: u32 = 1000;
 pub const DEFAULT_HTTP_TIMEOUT_SECS: u64 = 60;
+pub const DEFAULT_DATABASE_TIMEOUT_SECS: u64 = 300;
 pub const DEFAULT_CONNECT_TIMEOUT_SECS: u64 = 10;
 pub const DEFAULT_MAX_PAGES: u64 = 100_000;
 pub const DEFAULT_MAX_RESPONSE_MIB: u64 = 64;
@@ -685,6 +688,16 @@ fn load_connection(
             kind == ConnectionKind::Http,
         ),
         ("url", raw.url.is_some(), kind != ConnectionKind::File),
+        (
+            "timeout_secs",
+            raw.timeout_secs.is_some(),
+            kind != ConnectionKind::File,
+        ),
+        (
+            "connect_timeout_secs",
+            raw.connect_timeout_secs.is_some(),
+            kind != ConnectionKind::File,
+        ),
     ] {
         if present && !allowed {
             diags.error_at(
@@ -698,6 +711,19 @@ fn load_connection(
             );
         }
     }
+    for (key, v) in [
+        ("timeout_secs", &raw.timeout_secs),
+        ("connect_timeout_secs", &raw.connect_timeout_secs),
+    ] {
+        if let Some(v) = v.as_ref().filter(|v| *v.get_ref() == 0) {
+            diags.error_at(
+                src,
+                v.span(),
+                format!("connection `{name}`: `{key}` must be at least 1"),
+                Some("a number of seconds, for example 30".into()),
+            );
+        }
+    }
     Some(Connection {
         name: name.to_string(),
         kind,
@@ -707,7 +733,10 @@ fn load_connection(
         page_size: at_least_one(src, "page_size", raw.page_size.as_ref(), diags)
             .unwrap_or(DEFAULT_PAGE_SIZE),
         timeout_secs: at_least_one(src, "timeout_secs", raw.timeout_secs.as_ref(), diags)
-            .unwrap_or(DEFAULT_HTTP_TIMEOUT_SECS),
+            .unwrap_or(match kind {
+                ConnectionKind::Postgres | ConnectionKind::Mysql => DEFAULT_DATABASE_TIMEOUT_SECS,
+                _ => DEFAULT_HTTP_TIMEOUT_SECS,
+            }),
         connect_timeout_secs: at_least_one(
             src,
             "connect_timeout_secs",
