@@ -59,7 +59,7 @@ fn smtp(mbox: &Path, extra: &[&str]) -> Smtp {
 }
 
 /// Points the project's mail at `port` over SMTP without authentication.
-fn use_smtp(project: &Path, port: u16) {
+pub(crate) fn use_smtp(project: &Path, port: u16) {
     let p = project.join("parstat.toml");
     let text = std::fs::read_to_string(&p).unwrap();
     let mut out = String::new();

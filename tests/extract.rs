@@ -9,7 +9,7 @@ use std::process::Command;
 
 use crate::util::*;
 
-fn demo(project: &Path, extra: &[&str]) -> serde_json::Value {
+pub(crate) fn demo(project: &Path, extra: &[&str]) -> serde_json::Value {
     let mut args = vec!["demo", "--data-only", "--until", "2026-10"];
     args.extend_from_slice(extra);
     ok(run(project, &args));
@@ -18,7 +18,7 @@ fn demo(project: &Path, extra: &[&str]) -> serde_json::Value {
 }
 
 /// A DataFusion context over the warehouse's tables.
-async fn warehouse(project: &Path) -> SessionContext {
+pub(crate) async fn warehouse(project: &Path) -> SessionContext {
     let ctx = SessionContext::new();
     for entry in std::fs::read_dir(project.join("warehouse")).unwrap() {
         let p = entry.unwrap().path();
@@ -34,7 +34,7 @@ async fn warehouse(project: &Path) -> SessionContext {
     ctx
 }
 
-async fn count(ctx: &SessionContext, sql: &str) -> i64 {
+pub(crate) async fn count(ctx: &SessionContext, sql: &str) -> i64 {
     let b = ctx.sql(sql).await.unwrap().collect().await.unwrap();
     let a = b[0]
         .column(0)
@@ -49,7 +49,7 @@ fn number_before<T: std::str::FromStr>(out: &str, marker: &str) -> Option<T> {
     out.split(marker).next()?.rsplit(' ').next()?.parse().ok()
 }
 
-fn manifest_rows(m: &serde_json::Value, dataset: &str) -> i64 {
+pub(crate) fn manifest_rows(m: &serde_json::Value, dataset: &str) -> i64 {
     m["datasets"][dataset]["rows"].as_i64().unwrap()
 }
 
@@ -384,7 +384,7 @@ fn db_query(mysql: bool) -> String {
     )
 }
 
-async fn dossier_dump(project: &Path) -> String {
+pub(crate) async fn dossier_dump(project: &Path) -> String {
     let ctx = warehouse(project).await;
     let b = ctx
         .sql("SELECT * FROM dossier ORDER BY dossier_code")

@@ -69,6 +69,8 @@ struct RawConnection {
     page_size: Option<Spanned<u32>>,
     timeout_secs: Option<Spanned<u64>>,
     connect_timeout_secs: Option<Spanned<u64>>,
+    max_pages: Option<Spanned<u64>>,
+    max_response_mib: Option<Spanned<u64>>,
 }
 
 /// A configuration value that may hold `${NAME}`: resolved when used, so that an unused
@@ -221,12 +223,17 @@ pub struct Connection {
     /// Bearer token (http), always from the environment.
     pub token: Option<EnvValue>,
     pub page_size: u32,
-    /// How long the peer may stay silent (a request, or between rows of a query's result)
-    /// before the run fails: 60 s for an API, 300 s for a database (a large sort may take a
-    /// while before its first row).
+    /// How long the peer may stay silent before the run fails: for an API the longest one
+    /// request may take, whole response included (60 s); for a database, between rows of a
+    /// query's result (300 s: a large sort may take a while before its first row).
     pub timeout_secs: u64,
     /// How long connecting may take (10 s by default).
     pub connect_timeout_secs: u64,
+    /// Pages read at most in one run (http); reaching it fails the run, so that a server
+    /// that never ends its paging cannot keep a run going forever.
+    pub max_pages: u64,
+    /// The largest response body read (http), in MiB.
+    pub max_response_mib: u64,
     /// Where the connection is defined, for diagnostics about its use.
     pub position: (usize, usize),
     /// Every `${NAME}` value of the connection with its span, checked when the connection is used.
@@ -234,6 +241,15 @@ pub struct Connection {
 }
 
 pub const DEFAULT_MAIL_MAX_MB: f64 = 10.0;
+/// `[mail.smtp] timeout_secs`: the longest one message's delivery attempt may take.
+pub const DEFAULT_SMTP_TIMEOUT_SECS: u64 = 60;
+/// Defaults of an http connection's bounds.
+pub const DEFAULT_PAGE_SIZE: u32 = 1000;
+pub const DEFAULT_HTTP_TIMEOUT_SECS: u64 = 60;
+pub const DEFAULT_DATABASE_TIMEOUT_SECS: u64 = 300;
+pub const DEFAULT_CONNECT_TIMEOUT_SECS: u64 = 10;
+pub const DEFAULT_MAX_PAGES: u64 = 100_000;
+pub const DEFAULT_MAX_RESPONSE_MIB: u64 = 64;
 
 /// Every key a `parstat.toml` may hold, for suggestions.
 fn known_keys() -> Vec<&'static str> {
@@ -458,11 +474,8 @@ fn load_mail(src: &Source, raw: Option<&RawMail>, diags: &mut Diagnostics) -> Ma
                 security,
                 username: s_ref.username.as_ref().map(|v| EnvValue::new(src, v)),
                 password: s_ref.password.as_ref().map(|v| EnvValue::new(src, v)),
-                timeout_secs: s_ref
-                    .timeout_secs
-                    .as_ref()
-                    .map(|t| *t.get_ref())
-                    .unwrap_or(30),
+                timeout_secs: at_least_one(src, "timeout_secs", s_ref.timeout_secs.as_ref(), diags)
+                    .unwrap_or(DEFAULT_SMTP_TIMEOUT_SECS),
             });
         }
         None if mail.transport == Transport::Smtp => {
@@ -521,6 +534,29 @@ fn check_env_value(src: &Source, v: &Spanned<String>, needed: bool, diags: &mut 
             diags.error_at(src, at..at, e.to_string(), Some(help));
         }
     }
+}
+
+/// A count or a number of seconds that must not be 0 (a page of no rows, a timeout that
+/// fires at once): reported at the value; `None` when absent or 0.
+fn at_least_one<T: Copy + Default + PartialEq>(
+    src: &Source,
+    key: &str,
+    v: Option<&Spanned<T>>,
+    diags: &mut Diagnostics,
+) -> Option<T> {
+    let v = v?;
+    if *v.get_ref() == T::default() {
+        diags.error_at(
+            src,
+            v.span(),
+            format!("`{key}` must be at least 1"),
+            Some(format!(
+                "set `{key}` to a positive number, or remove it for the default"
+            )),
+        );
+        return None;
+    }
+    Some(*v.get_ref())
 }
 
 /// Reports unset variables of a connection that a pipeline uses.
@@ -641,6 +677,16 @@ fn load_connection(
             raw.page_size.is_some(),
             kind == ConnectionKind::Http,
         ),
+        (
+            "max_pages",
+            raw.max_pages.is_some(),
+            kind == ConnectionKind::Http,
+        ),
+        (
+            "max_response_mib",
+            raw.max_response_mib.is_some(),
+            kind == ConnectionKind::Http,
+        ),
         ("url", raw.url.is_some(), kind != ConnectionKind::File),
         (
             "timeout_secs",
@@ -684,20 +730,29 @@ fn load_connection(
         url: raw.url.as_ref().map(|v| EnvValue::new(src, v)),
         root: raw.root.as_ref().map(|v| EnvValue::new(src, v)),
         token: raw.token.as_ref().map(|v| EnvValue::new(src, v)),
-        page_size: raw.page_size.as_ref().map(|p| *p.get_ref()).unwrap_or(1000),
-        timeout_secs: raw
-            .timeout_secs
-            .as_ref()
-            .map(|p| *p.get_ref())
+        page_size: at_least_one(src, "page_size", raw.page_size.as_ref(), diags)
+            .unwrap_or(DEFAULT_PAGE_SIZE),
+        timeout_secs: at_least_one(src, "timeout_secs", raw.timeout_secs.as_ref(), diags)
             .unwrap_or(match kind {
-                ConnectionKind::Postgres | ConnectionKind::Mysql => 300,
-                _ => 60,
+                ConnectionKind::Postgres | ConnectionKind::Mysql => DEFAULT_DATABASE_TIMEOUT_SECS,
+                _ => DEFAULT_HTTP_TIMEOUT_SECS,
             }),
-        connect_timeout_secs: raw
-            .connect_timeout_secs
-            .as_ref()
-            .map(|p| *p.get_ref())
-            .unwrap_or(10),
+        connect_timeout_secs: at_least_one(
+            src,
+            "connect_timeout_secs",
+            raw.connect_timeout_secs.as_ref(),
+            diags,
+        )
+        .unwrap_or(DEFAULT_CONNECT_TIMEOUT_SECS),
+        max_pages: at_least_one(src, "max_pages", raw.max_pages.as_ref(), diags)
+            .unwrap_or(DEFAULT_MAX_PAGES),
+        max_response_mib: at_least_one(
+            src,
+            "max_response_mib",
+            raw.max_response_mib.as_ref(),
+            diags,
+        )
+        .unwrap_or(DEFAULT_MAX_RESPONSE_MIB),
         position: src.line_col(c.span().start),
         env_values,
     })

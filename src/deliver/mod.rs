@@ -204,7 +204,32 @@ pub async fn alert(project: &Project, subject: &str, text: &str) {
 /// The configured transport.
 enum Sender {
     Outbox(PathBuf),
-    Smtp(AsyncSmtpTransport<Tokio1Executor>),
+    Smtp(Smtp),
+}
+
+struct Smtp {
+    transport: AsyncSmtpTransport<Tokio1Executor>,
+    /// The longest one attempt may take: lettre bounds only the TCP connect, and a server
+    /// that accepts and never answers would otherwise hold the run forever.
+    timeout: Duration,
+    /// `host:port`, for the errors.
+    server: String,
+    /// Set once the server has not answered within the timeout: the run's other messages
+    /// (and the operators' alert) fail at once instead of waiting that long each.
+    hung: std::sync::OnceLock<String>,
+}
+
+impl Smtp {
+    /// Records that the server did not answer in time; the error for this message.
+    fn timed_out(&self) -> String {
+        let reason = format!(
+            "the SMTP server {} did not answer within {} s (`[mail.smtp] timeout_secs`)",
+            self.server,
+            self.timeout.as_secs()
+        );
+        let _ = self.hung.set(reason.clone());
+        format!("{reason}; not sent, or sent and not confirmed: check the server, or raise `timeout_secs` for a slow one")
+    }
 }
 
 impl Sender {
@@ -220,9 +245,10 @@ impl Sender {
                     .resolve()
                     .map_err(|e| DeliverError::Config(e.to_string()))?;
                 let host = host.expose().to_string();
+                let timeout = Duration::from_secs(smtp.timeout_secs);
                 let mut b = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&host)
                     .port(smtp.port)
-                    .timeout(Some(Duration::from_secs(smtp.timeout_secs)));
+                    .timeout(Some(timeout));
                 let tls = || {
                     TlsParameters::new(host.clone())
                         .map_err(|e| DeliverError::Config(format!("TLS for {host}: {e}")))
@@ -244,7 +270,12 @@ impl Sender {
                         p.expose().to_string(),
                     ));
                 }
-                Ok(Sender::Smtp(b.build()))
+                Ok(Sender::Smtp(Smtp {
+                    transport: b.build(),
+                    timeout,
+                    server: format!("{host}:{}", smtp.port),
+                    hung: std::sync::OnceLock::new(),
+                }))
             }
         }
     }
@@ -270,14 +301,17 @@ impl Sender {
                 std::fs::rename(&tmp, &path).map_err(|e| format!("{}: {e}", path.display()))?;
                 Ok(Some(path))
             }
-            Sender::Smtp(t) => {
+            Sender::Smtp(smtp) => {
+                if let Some(reason) = smtp.hung.get() {
+                    return Err(format!("not tried: {reason} earlier in this run"));
+                }
                 let mut delay = Duration::from_millis(500);
                 let mut last = String::new();
                 for attempt in 1..=ATTEMPTS {
-                    match t.send(m.clone()).await {
-                        Ok(_) => return Ok(None),
-                        Err(e) if e.is_permanent() => return Err(format!("refused: {e}")),
-                        Err(e) => {
+                    match tokio::time::timeout(smtp.timeout, smtp.transport.send(m.clone())).await {
+                        Ok(Ok(_)) => return Ok(None),
+                        Ok(Err(e)) if e.is_permanent() => return Err(format!("refused: {e}")),
+                        Ok(Err(e)) if !e.is_timeout() => {
                             last = e.to_string();
                             if attempt < ATTEMPTS {
                                 tracing::warn!(recipient = %to, attempt, error = %last, "temporary SMTP failure; retrying");
@@ -285,6 +319,9 @@ impl Sender {
                                 delay *= 2;
                             }
                         }
+                        // Ours or lettre's (on connect). Not retried: each attempt would
+                        // cost the whole timeout again.
+                        _ => return Err(smtp.timed_out()),
                     }
                 }
                 Err(format!("{last} (after {ATTEMPTS} attempts)"))

@@ -1,13 +1,16 @@
 //! HTTP source: the one-stop-shop system's paged JSON sync API, read page by page with a
 //! bearer token from the environment, the watermark as a query parameter, and retries with
-//! backoff on server errors and timeouts.
+//! backoff on server errors and timeouts. Paging ends only on an empty page or a response
+//! that says it is the last; a repeated page, too many pages or too large a body fail the run.
 
 use chrono::NaiveDateTime;
+use serde_json::{Map, Value};
 use std::time::Duration;
 
 use super::file::{check_fields, eval};
 use super::{ExtractError, Position, RawRow, RowSink};
 use crate::config::pipeline::ExtractJob;
+use crate::config::settings::Connection;
 
 /// Attempts per page before the run fails.
 const ATTEMPTS: u32 = 5;
@@ -18,7 +21,57 @@ pub struct HttpSource<'a> {
     pub records: Option<&'a str>,
     pub token: Option<&'a str>,
     pub page_size: u32,
+    /// The longest one request may take, whole body included.
     pub timeout: Duration,
+    pub limits: Limits,
+}
+
+/// The connection's bounds on a peer that hangs, never stops paging or answers too much.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// The connection's name, for the errors that tell which setting to change.
+    pub connection: String,
+    pub connect_timeout: Duration,
+    pub max_pages: u64,
+    pub max_response_bytes: u64,
+}
+
+impl Limits {
+    pub fn of(conn: &Connection) -> Limits {
+        Limits {
+            connection: conn.name.clone(),
+            connect_timeout: Duration::from_secs(conn.connect_timeout_secs),
+            max_pages: conn.max_pages,
+            max_response_bytes: conn.max_response_mib.saturating_mul(1 << 20),
+        }
+    }
+}
+
+/// What a response object says of the pages after it.
+#[derive(Debug, PartialEq, Eq)]
+enum Declared {
+    /// `next` is null (or false, or ""), `has_more` is false, or `page * page_size >= total`.
+    Last,
+    /// Nothing explicit: only an empty page ends the paging.
+    Unknown,
+}
+
+/// A short page is no proof of the end (servers cap the page size on their own): only an
+/// explicit field is.
+fn declared(o: &Map<String, Value>, page: u64, page_size: u32) -> Declared {
+    let last = match o.get("next") {
+        Some(Value::Null) | Some(Value::Bool(false)) => true,
+        Some(Value::String(s)) if s.is_empty() => true,
+        _ => false,
+    } || o.get("has_more") == Some(&Value::Bool(false))
+        || o.get("total")
+            .and_then(Value::as_u64)
+            .is_some_and(|total| page.saturating_mul(page_size as u64) >= total);
+    if last {
+        Declared::Last
+    } else {
+        Declared::Unknown
+    }
 }
 
 /// Reads every page from `since` (local time, sent as `since=yyyyMMddHHmmss`) into `sink`.
@@ -31,6 +84,7 @@ pub(crate) async fn stream(
 ) -> Result<(), ExtractError> {
     let client = reqwest::Client::builder()
         .timeout(src.timeout)
+        .connect_timeout(src.limits.connect_timeout)
         .build()
         .map_err(|e| ExtractError::Source(format!("cannot start the HTTP client: {e}")))?;
     let url = format!(
@@ -42,22 +96,44 @@ pub(crate) async fn stream(
     let since = since.format("%Y%m%d%H%M%S").to_string();
     let mut checked = false;
     let mut n = 0u64;
+    let mut previous: Vec<Value> = Vec::new();
     for page in 1u64.. {
+        if page > src.limits.max_pages {
+            return Err(ExtractError::Source(format!(
+                "{url}: {} pages read and the server has not reached its last page \
+                 (`max_pages` of connection `{}`); raise `max_pages` in parstat.toml if the \
+                 source really holds that many, or check that the API ends its paging",
+                src.limits.max_pages, src.limits.connection
+            )));
+        }
         let (body, size) = fetch(&client, &url, src, &since, page).await?;
         sink.count_bytes(size);
-        let list = match (&body, src.records) {
-            (serde_json::Value::Array(a), _) => a.clone(),
-            (serde_json::Value::Object(o), Some(field)) => match o.get(field) {
-                Some(serde_json::Value::Array(a)) => a.clone(),
+        let (list, end) = match (body, src.records) {
+            (Value::Array(a), _) => (a, Declared::Unknown),
+            (Value::Object(mut o), Some(field)) => match o.remove(field) {
+                Some(Value::Array(a)) => (a, declared(&o, page, src.page_size)),
                 _ => return Err(ExtractError::Source(format!("{url} page {page}: no `{field}` list in the response"))),
             },
             _ => return Err(ExtractError::Source(format!("{url} page {page}: expected a JSON list of records (or set `records` to the field that holds them)"))),
         };
-        let count = list.len();
-        for (i, rec) in list.into_iter().enumerate() {
+        if list.is_empty() {
+            break;
+        }
+        // A server that ignores `page` sends the same records again: taking them would count
+        // them twice, taking them as the end could miss the rest.
+        if list == previous {
+            return Err(ExtractError::Source(format!(
+                "{url} page {page}: the same {} records as page {}; the server seems to ignore \
+                 the `page` parameter, so the run stops rather than count them twice or miss \
+                 the rest; check the API's paging",
+                list.len(),
+                page - 1
+            )));
+        }
+        for (i, rec) in list.iter().enumerate() {
             n += 1;
             let position = Position::Text(format!("page {page} record {}", i + 1));
-            let serde_json::Value::Object(rec) = rec else {
+            let Value::Object(rec) = rec else {
                 sink.push(RawRow {
                     position,
                     cells: vec![super::cell::Cell::Null; columns.len()],
@@ -78,7 +154,7 @@ pub(crate) async fn stream(
             let cells = columns
                 .iter()
                 .map(|c| {
-                    eval(&job.columns[c], &rec).unwrap_or_else(|e| {
+                    eval(&job.columns[c], rec).unwrap_or_else(|e| {
                         errors.push(format!("{c}: {e}"));
                         super::cell::Cell::Null
                     })
@@ -91,12 +167,21 @@ pub(crate) async fn stream(
             })
             .await?;
         }
-        if count < src.page_size as usize {
+        if end == Declared::Last {
             break;
         }
+        previous = list;
     }
     tracing::debug!(records = n, "http source read");
     Ok(())
+}
+
+/// Why one attempt at a page failed.
+enum Failure {
+    /// Worth another attempt: a server error, 429, a timeout, a connection cut.
+    Retry(String),
+    /// Would fail the same way again.
+    Fatal(ExtractError),
 }
 
 async fn fetch(
@@ -105,51 +190,14 @@ async fn fetch(
     src: &HttpSource<'_>,
     since: &str,
     page: u64,
-) -> Result<(serde_json::Value, u64), ExtractError> {
+) -> Result<(Value, u64), ExtractError> {
     let mut delay = Duration::from_millis(200);
     let mut last = String::new();
     for attempt in 1..=ATTEMPTS {
-        let mut req = client.get(url).query(&[
-            ("since", since.to_string()),
-            ("page", page.to_string()),
-            ("page_size", src.page_size.to_string()),
-        ]);
-        if let Some(t) = src.token {
-            req = req.bearer_auth(t);
-        }
-        match req.send().await {
-            Ok(resp) if resp.status().is_success() => {
-                let body = resp.bytes().await.map_err(|e| {
-                    ExtractError::Source(format!("{url} page {page}: reading the response: {e}"))
-                })?;
-                let value = serde_json::from_slice(&body).map_err(|e| {
-                    ExtractError::Source(format!(
-                        "{url} page {page}: the response is not JSON: {e}"
-                    ))
-                })?;
-                return Ok((value, body.len() as u64));
-            }
-            Ok(resp) if resp.status().is_server_error() || resp.status().as_u16() == 429 => {
-                last = format!("HTTP {}", resp.status());
-            }
-            Ok(resp) => {
-                let status = resp.status();
-                let hint = if status.as_u16() == 401 || status.as_u16() == 403 {
-                    "; check the connection's token"
-                } else {
-                    ""
-                };
-                return Err(ExtractError::Source(format!(
-                    "{url} page {page}: HTTP {status}{hint}"
-                )));
-            }
-            Err(e) => {
-                last = if e.is_timeout() {
-                    "timed out".into()
-                } else {
-                    e.to_string()
-                }
-            }
+        match attempt_page(client, url, src, since, page).await {
+            Ok(v) => return Ok(v),
+            Err(Failure::Fatal(e)) => return Err(e),
+            Err(Failure::Retry(e)) => last = e,
         }
         if attempt < ATTEMPTS {
             tracing::warn!(page, attempt, error = %last, "retrying the sync API");
@@ -160,4 +208,119 @@ async fn fetch(
     Err(ExtractError::Source(format!(
         "{url} page {page}: {last} after {ATTEMPTS} attempts"
     )))
+}
+
+fn describe(e: &reqwest::Error, src: &HttpSource<'_>) -> String {
+    if e.is_connect() && e.is_timeout() {
+        format!(
+            "no connection within {} s (`connect_timeout_secs`)",
+            src.limits.connect_timeout.as_secs()
+        )
+    } else if e.is_timeout() {
+        format!(
+            "no complete answer within {} s (`timeout_secs`)",
+            src.timeout.as_secs()
+        )
+    } else {
+        // reqwest's Display leaves out the cause (connection refused, reset): keep it.
+        let mut text = e.to_string();
+        let mut cause = std::error::Error::source(e);
+        while let Some(c) = cause {
+            text.push_str(&format!(": {c}"));
+            cause = c.source();
+        }
+        text
+    }
+}
+
+/// One request for `page`: its JSON and its size, the body read in chunks up to the cap.
+async fn attempt_page(
+    client: &reqwest::Client,
+    url: &str,
+    src: &HttpSource<'_>,
+    since: &str,
+    page: u64,
+) -> Result<(Value, u64), Failure> {
+    let mut req = client.get(url).query(&[
+        ("since", since.to_string()),
+        ("page", page.to_string()),
+        ("page_size", src.page_size.to_string()),
+    ]);
+    if let Some(t) = src.token {
+        req = req.bearer_auth(t);
+    }
+    let mut resp = req
+        .send()
+        .await
+        .map_err(|e| Failure::Retry(describe(&e, src)))?;
+    let status = resp.status();
+    if status.is_server_error() || status.as_u16() == 429 {
+        return Err(Failure::Retry(format!("HTTP {status}")));
+    }
+    if !status.is_success() {
+        let hint = if status.as_u16() == 401 || status.as_u16() == 403 {
+            "; check the connection's token"
+        } else {
+            ""
+        };
+        return Err(Failure::Fatal(ExtractError::Source(format!(
+            "{url} page {page}: HTTP {status}{hint}"
+        ))));
+    }
+    let cap = src.limits.max_response_bytes;
+    let too_large = || {
+        Failure::Fatal(ExtractError::Source(format!(
+            "{url} page {page}: the response is larger than {} MiB (`max_response_mib` of \
+             connection `{}`); lower `page_size` or raise `max_response_mib` in parstat.toml",
+            cap >> 20,
+            src.limits.connection
+        )))
+    };
+    if resp.content_length().is_some_and(|n| n > cap) {
+        return Err(too_large());
+    }
+    let mut body = Vec::with_capacity(resp.content_length().unwrap_or(0).min(cap) as usize);
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| Failure::Retry(format!("reading the response: {}", describe(&e, src))))?
+    {
+        if (body.len() + chunk.len()) as u64 > cap {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    let value = serde_json::from_slice(&body).map_err(|e| {
+        Failure::Fatal(ExtractError::Source(format!(
+            "{url} page {page}: the response is not JSON: {e}"
+        )))
+    })?;
+    Ok((value, body.len() as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn obj(text: &str) -> Map<String, Value> {
+        serde_json::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn only_an_explicit_field_declares_the_last_page() {
+        for (text, page, want) in [
+            (r#"{"page": 3}"#, 3, Declared::Unknown),
+            (r#"{"next": null}"#, 3, Declared::Last),
+            (r#"{"next": "/api?page=4"}"#, 3, Declared::Unknown),
+            (r#"{"next": ""}"#, 3, Declared::Last),
+            (r#"{"has_more": false}"#, 3, Declared::Last),
+            (r#"{"has_more": true}"#, 3, Declared::Unknown),
+            (r#"{"total": 1000}"#, 3, Declared::Unknown),
+            (r#"{"total": 1000}"#, 10, Declared::Last),
+            (r#"{"total": 950}"#, 10, Declared::Last),
+            (r#"{"total": 1001}"#, 10, Declared::Unknown),
+        ] {
+            assert_eq!(declared(&obj(text), page, 100), want, "{text} page {page}");
+        }
+    }
 }

@@ -1171,6 +1171,7 @@ fn spawn_source(
                 std::time::Duration::from_secs(conn.timeout_secs),
             );
             let columns: Vec<String> = job.columns.keys().cloned().collect();
+            let limits = http::Limits::of(conn);
             Ok(tokio::spawn(async move {
                 let mut sink = RowSink::new(tx);
                 let src = http::HttpSource {
@@ -1180,6 +1181,7 @@ fn spawn_source(
                     token: token.as_deref(),
                     page_size,
                     timeout,
+                    limits,
                 };
                 http::stream(&src, &job, &columns, since_local, &mut sink).await?;
                 sink.flush().await
