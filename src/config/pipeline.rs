@@ -38,6 +38,10 @@ pub(crate) struct RawPipeline {
     pub overlap_minutes: Option<Spanned<i64>>,
     pub future_tolerance_minutes: Option<Spanned<i64>>,
     pub quarantine_max_share: Option<Spanned<f64>>,
+    /// Longest CSV record or NDJSON line read, in MiB.
+    pub max_record_mb: Option<Spanned<i64>>,
+    /// Most an XLSX workbook may unzip to, in MiB.
+    pub max_workbook_mb: Option<Spanned<i64>>,
     pub columns: Option<Spanned<BTreeMap<String, Spanned<String>>>>,
     pub formats: Option<Spanned<BTreeMap<String, Spanned<String>>>>,
     pub values: Option<Spanned<BTreeMap<String, Spanned<ValueMap>>>>,
@@ -188,7 +192,17 @@ pub struct ExtractJob {
     /// clock or a typo that would otherwise pin the watermark in the future).
     pub future_tolerance_minutes: i64,
     pub quarantine_max_share: f64,
+    /// The longest CSV record or NDJSON line read, in bytes: a longer one is never held in
+    /// memory whole (a file without line ends, a quote left open).
+    pub max_record_bytes: u64,
+    /// The most an XLSX workbook may unzip to, in bytes (a zip bomb stops there).
+    pub max_workbook_bytes: u64,
 }
+
+/// Default of `max_record_mb`.
+pub const DEFAULT_MAX_RECORD_MB: i64 = 16;
+/// Default of `max_workbook_mb`.
+pub const DEFAULT_MAX_WORKBOOK_MB: i64 = 1024;
 
 #[derive(Debug, Clone)]
 pub struct ReportJob {

@@ -556,6 +556,32 @@ fn extract(
             );
         }
     }
+    let mb = |v: &Option<Spanned<i64>>, name: &str, default: i64, diags: &mut Diagnostics| {
+        let n = v.as_ref().map(|v| *v.get_ref()).unwrap_or(default);
+        if let Some(v) = v {
+            if !(1..=1 << 20).contains(v.get_ref()) {
+                diags.error_at(
+                    src,
+                    v.span(),
+                    format!("{name} is a size in MiB between 1 and 1048576"),
+                    Some(format!("the default is {default}")),
+                );
+            }
+        }
+        n.clamp(1, 1 << 20) as u64 * 1024 * 1024
+    };
+    let max_record_bytes = mb(
+        &raw.max_record_mb,
+        "max_record_mb",
+        super::pipeline::DEFAULT_MAX_RECORD_MB,
+        diags,
+    );
+    let max_workbook_bytes = mb(
+        &raw.max_workbook_mb,
+        "max_workbook_mb",
+        super::pipeline::DEFAULT_MAX_WORKBOOK_MB,
+        diags,
+    );
     let source = source?;
     schema?;
     Some((
@@ -570,6 +596,8 @@ fn extract(
             overlap_minutes,
             future_tolerance_minutes,
             quarantine_max_share,
+            max_record_bytes,
+            max_workbook_bytes,
         },
         cn.get_ref().clone(),
     ))

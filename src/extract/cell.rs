@@ -73,8 +73,9 @@ impl Cell {
 
 impl fmt::Display for Cell {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Quoted in reasons: a value of megabytes is shown by its start.
         match self.text() {
-            Some(t) => write!(f, "{t:?}"),
+            Some(t) => write!(f, "{:?}", super::file::clip(&t, 100)),
             None => f.write_str("null"),
         }
     }
@@ -95,17 +96,41 @@ fn is_plain(b: u8) -> bool {
     b.is_ascii() && !b.is_ascii_whitespace()
 }
 
+/// An unscaled value and its scale as decimal text (`-12.50`), for any scale: built from the
+/// digits, as 10^scale may not fit an i128.
 pub fn decimal_text(v: i128, scale: i8) -> String {
-    if scale <= 0 {
-        return (v * 10i128.pow((-scale) as u32)).to_string();
-    }
-    let s = scale as u32;
-    let p = 10i128.pow(s);
     let sign = if v < 0 { "-" } else { "" };
-    format!(
-        "{sign}{}.{:0width$}",
-        (v / p).abs(),
-        (v % p).abs(),
-        width = s as usize
-    )
+    let digits = v.unsigned_abs().to_string();
+    if scale == 0 {
+        return format!("{sign}{digits}");
+    }
+    if scale < 0 {
+        return format!("{sign}{digits}{}", "0".repeat(-(scale as i32) as usize));
+    }
+    let s = scale as usize;
+    let padded = if digits.len() <= s {
+        format!("{}{digits}", "0".repeat(s + 1 - digits.len()))
+    } else {
+        digits
+    };
+    let (int, frac) = padded.split_at(padded.len() - s);
+    format!("{sign}{int}.{frac}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decimal_text_at_any_scale() {
+        assert_eq!(decimal_text(-1250, 2), "-12.50");
+        assert_eq!(decimal_text(5, 3), "0.005");
+        assert_eq!(decimal_text(-5, 1), "-0.5");
+        assert_eq!(decimal_text(0, 4), "0.0000");
+        assert_eq!(decimal_text(12, -3), "12000");
+        assert_eq!(decimal_text(7, 0), "7");
+        // Scales whose power of ten overflows an i128.
+        assert_eq!(decimal_text(1, 100), format!("0.{}1", "0".repeat(99)));
+        assert_eq!(decimal_text(i128::MIN, -128).len(), 1 + 39 + 128);
+    }
 }
