@@ -9,7 +9,7 @@ use std::process::Command;
 
 use crate::util::*;
 
-fn demo(project: &Path, extra: &[&str]) -> serde_json::Value {
+pub(crate) fn demo(project: &Path, extra: &[&str]) -> serde_json::Value {
     let mut args = vec!["demo", "--data-only", "--until", "2026-10"];
     args.extend_from_slice(extra);
     ok(run(project, &args));
@@ -18,7 +18,7 @@ fn demo(project: &Path, extra: &[&str]) -> serde_json::Value {
 }
 
 /// A DataFusion context over the warehouse's tables.
-async fn warehouse(project: &Path) -> SessionContext {
+pub(crate) async fn warehouse(project: &Path) -> SessionContext {
     let ctx = SessionContext::new();
     for entry in std::fs::read_dir(project.join("warehouse")).unwrap() {
         let p = entry.unwrap().path();
@@ -34,7 +34,7 @@ async fn warehouse(project: &Path) -> SessionContext {
     ctx
 }
 
-async fn count(ctx: &SessionContext, sql: &str) -> i64 {
+pub(crate) async fn count(ctx: &SessionContext, sql: &str) -> i64 {
     let b = ctx.sql(sql).await.unwrap().collect().await.unwrap();
     let a = b[0]
         .column(0)
@@ -45,7 +45,7 @@ async fn count(ctx: &SessionContext, sql: &str) -> i64 {
 }
 
 /// The number just before the first `marker` in a summary line (`3000 read, ...`).
-fn number_before<T: std::str::FromStr>(out: &str, marker: &str) -> Option<T> {
+pub(crate) fn number_before<T: std::str::FromStr>(out: &str, marker: &str) -> Option<T> {
     out.split(marker).next()?.rsplit(' ').next()?.parse().ok()
 }
 
@@ -363,7 +363,7 @@ async fn no_personal_data_in_clear_anywhere_in_the_warehouse() {
 }
 
 /// The one-stop-shop database's view of a dossier, in the dataset's terms.
-fn db_query(mysql: bool) -> String {
+pub(crate) fn db_query(mysql: bool) -> String {
     let level = "CASE d.cap_don_vi WHEN 'TINH' THEN 'province' WHEN 'HUYEN' THEN 'district' ELSE 'commune' END";
     let paid = "(h.thanh_toan_truc_tuyen IN (1, 2))";
     format!(

@@ -6,6 +6,7 @@ mod check;
 mod deliver;
 mod demo;
 mod extract;
+mod faults;
 mod report;
 mod s3;
 mod serve;
