@@ -7,6 +7,7 @@ mod deliver;
 mod demo;
 mod extract;
 mod faults;
+mod recovery;
 mod report;
 mod s3;
 mod serve;

@@ -36,6 +36,7 @@ pub(crate) struct RawPipeline {
     pub delimiter: Option<Spanned<String>>,
     pub mode: Option<Spanned<String>>,
     pub overlap_minutes: Option<Spanned<i64>>,
+    pub future_tolerance_minutes: Option<Spanned<i64>>,
     pub quarantine_max_share: Option<Spanned<f64>>,
     pub columns: Option<Spanned<BTreeMap<String, Spanned<String>>>>,
     pub formats: Option<Spanned<BTreeMap<String, Spanned<String>>>>,
@@ -183,6 +184,9 @@ pub struct ExtractJob {
     /// Dataset column -> source text -> dataset value.
     pub values: BTreeMap<String, BTreeMap<String, toml::Value>>,
     pub overlap_minutes: i64,
+    /// How far past now a watermark time may be before its row is quarantined (a source
+    /// clock or a typo that would otherwise pin the watermark in the future).
+    pub future_tolerance_minutes: i64,
     pub quarantine_max_share: f64,
 }
 

@@ -68,6 +68,7 @@ struct RawConnection {
     token: Option<Spanned<String>>,
     page_size: Option<Spanned<u32>>,
     timeout_secs: Option<Spanned<u64>>,
+    connect_timeout_secs: Option<Spanned<u64>>,
 }
 
 /// A configuration value that may hold `${NAME}`: resolved when used, so that an unused
@@ -220,7 +221,12 @@ pub struct Connection {
     /// Bearer token (http), always from the environment.
     pub token: Option<EnvValue>,
     pub page_size: u32,
+    /// How long the peer may stay silent (a request, or between rows of a query's result)
+    /// before the run fails: 60 s for an API, 300 s for a database (a large sort may take a
+    /// while before its first row).
     pub timeout_secs: u64,
+    /// How long connecting may take (10 s by default).
+    pub connect_timeout_secs: u64,
     /// Where the connection is defined, for diagnostics about its use.
     pub position: (usize, usize),
     /// Every `${NAME}` value of the connection with its span, checked when the connection is used.
@@ -636,6 +642,16 @@ fn load_connection(
             kind == ConnectionKind::Http,
         ),
         ("url", raw.url.is_some(), kind != ConnectionKind::File),
+        (
+            "timeout_secs",
+            raw.timeout_secs.is_some(),
+            kind != ConnectionKind::File,
+        ),
+        (
+            "connect_timeout_secs",
+            raw.connect_timeout_secs.is_some(),
+            kind != ConnectionKind::File,
+        ),
     ] {
         if present && !allowed {
             diags.error_at(
@@ -646,6 +662,19 @@ fn load_connection(
                     raw.kind.get_ref()
                 ),
                 Some(format!("remove `{key}`")),
+            );
+        }
+    }
+    for (key, v) in [
+        ("timeout_secs", &raw.timeout_secs),
+        ("connect_timeout_secs", &raw.connect_timeout_secs),
+    ] {
+        if let Some(v) = v.as_ref().filter(|v| *v.get_ref() == 0) {
+            diags.error_at(
+                src,
+                v.span(),
+                format!("connection `{name}`: `{key}` must be at least 1"),
+                Some("a number of seconds, for example 30".into()),
             );
         }
     }
@@ -660,7 +689,15 @@ fn load_connection(
             .timeout_secs
             .as_ref()
             .map(|p| *p.get_ref())
-            .unwrap_or(60),
+            .unwrap_or(match kind {
+                ConnectionKind::Postgres | ConnectionKind::Mysql => 300,
+                _ => 60,
+            }),
+        connect_timeout_secs: raw
+            .connect_timeout_secs
+            .as_ref()
+            .map(|p| *p.get_ref())
+            .unwrap_or(10),
         position: src.line_col(c.span().start),
         env_values,
     })

@@ -177,6 +177,10 @@ pub(crate) fn pipelines(
     out
 }
 
+/// Well below the default overlap (60): a row accepted from a source clock that runs a little
+/// ahead moves the watermark less than the next run's overlap looks back.
+pub const DEFAULT_FUTURE_TOLERANCE_MINUTES: i64 = 10;
+
 fn extract(
     root: &Path,
     settings: &Settings,
@@ -353,6 +357,16 @@ fn extract(
                             ),
                         );
                     }
+                    if schema.is_some_and(|s| s.watermark.is_none())
+                        && q.get_ref().contains("$watermark")
+                    {
+                        diags.warning_at(
+                            src,
+                            q.span(),
+                            "the dataset has no watermark column: `$watermark` is always the earliest time, and every run reads the whole table",
+                            Some("remove the condition, or set `watermark` in the dataset's schema".into()),
+                        );
+                    }
                     Some(SourceSpec::Query {
                         query: q.get_ref().clone(),
                     })
@@ -504,6 +518,29 @@ fn extract(
             diags.error_at(src, o.span(), "overlap_minutes must not be negative", None);
         }
     }
+    let future_tolerance_minutes = raw
+        .future_tolerance_minutes
+        .as_ref()
+        .map(|o| *o.get_ref())
+        .unwrap_or(DEFAULT_FUTURE_TOLERANCE_MINUTES);
+    if let Some(o) = &raw.future_tolerance_minutes {
+        if *o.get_ref() < 0 {
+            diags.error_at(
+                src,
+                o.span(),
+                "future_tolerance_minutes must not be negative",
+                None,
+            );
+        }
+        if schema.is_some_and(|s| s.watermark.is_none()) {
+            diags.warning_at(
+                src,
+                o.span(),
+                "the dataset has no watermark column: future_tolerance_minutes checks nothing",
+                Some("remove it, or set `watermark` in the dataset's schema".into()),
+            );
+        }
+    }
     let quarantine_max_share = raw
         .quarantine_max_share
         .as_ref()
@@ -531,6 +568,7 @@ fn extract(
             formats,
             values,
             overlap_minutes,
+            future_tolerance_minutes,
             quarantine_max_share,
         },
         cn.get_ref().clone(),
@@ -768,6 +806,12 @@ fn report(
         ("format", &raw.format),
         ("endpoint", &raw.endpoint),
         ("mode", &raw.mode),
+    ] {
+        not_for(src, v.as_ref().map(|v| v.span()), k, what, diags);
+    }
+    for (k, v) in [
+        ("overlap_minutes", &raw.overlap_minutes),
+        ("future_tolerance_minutes", &raw.future_tolerance_minutes),
     ] {
         not_for(src, v.as_ref().map(|v| v.span()), k, what, diags);
     }

@@ -12,7 +12,7 @@ pub mod postgres;
 mod rules;
 
 use arrow::array::RecordBatch;
-use chrono::{DateTime, Duration, TimeZone};
+use chrono::{DateTime, Duration, Offset, TimeZone};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
@@ -22,6 +22,7 @@ use crate::config::pipeline::{ExtractJob, Mode, SourceSpec};
 use crate::config::schema::{Personal, Schema};
 use crate::config::settings::ConnectionKind;
 use crate::config::{Pipeline, Project};
+use crate::warehouse::lease::{Busy, RunLease};
 use crate::warehouse::quarantine::{self, Rejected};
 use crate::warehouse::{self, Warehouse, WarehouseError, WriteMode};
 use cell::Cell;
@@ -43,6 +44,10 @@ pub enum ExtractError {
     Pii(#[from] pii::PiiError),
     #[error(transparent)]
     Warehouse(#[from] WarehouseError),
+    #[error(transparent)]
+    Busy(#[from] Busy),
+    #[error("pipeline `{0}`: another process took this run's lease (its heartbeats failed for too long); stopped before the next commit. Run it again")]
+    LeaseLost(String),
     #[error("{share:.1}% of the rows of {what} are invalid, above the {max:.1}% allowed (`quarantine_max_share`); nothing of it was stored. First reasons: {examples}")]
     TooManyInvalid {
         what: String,
@@ -111,6 +116,46 @@ impl RowSink {
         }
         let rows = std::mem::replace(&mut self.buf, Vec::with_capacity(SEND_ROWS));
         self.tx.send(Msg::Rows(rows)).await.map_err(|_| stopped())
+    }
+}
+
+/// How long a database may take to accept a connection, and to send anything at all while a
+/// query runs: a peer that hangs (a half-open connection, a stalled server) fails the run
+/// instead of holding it, and its lease, forever.
+#[derive(Debug, Clone)]
+pub(crate) struct Timeouts {
+    pub connection: String,
+    pub connect: std::time::Duration,
+    pub read: std::time::Duration,
+}
+
+impl Timeouts {
+    pub(crate) async fn connect<T>(
+        &self,
+        peer: &str,
+        f: impl std::future::Future<Output = T>,
+    ) -> Result<T, ExtractError> {
+        tokio::time::timeout(self.connect, f).await.map_err(|_| {
+            ExtractError::Source(format!(
+                "cannot connect to {peer}: no answer within {} s (`connect_timeout_secs` of connection `{}`)",
+                self.connect.as_secs(),
+                self.connection
+            ))
+        })
+    }
+
+    pub(crate) async fn read<T>(
+        &self,
+        peer: &str,
+        f: impl std::future::Future<Output = T>,
+    ) -> Result<T, ExtractError> {
+        tokio::time::timeout(self.read, f).await.map_err(|_| {
+            ExtractError::Source(format!(
+                "{peer} sent nothing for {} s (`timeout_secs` of connection `{}`); the run stopped",
+                self.read.as_secs(),
+                self.connection
+            ))
+        })
     }
 }
 
@@ -219,11 +264,35 @@ pub fn file_stat_id(pipeline: &str, rel: &str) -> String {
 /// PostgreSQL, at the speed of 200,000 (bench/extract_pg.sh).
 const CHUNK_ROWS: usize = 150_000;
 
-/// Runs one extract pipeline.
+/// Runs one extract pipeline, holding its lease: two runs of a pipeline never write at once.
 pub async fn run(
     project: &Project,
     pipeline: &Pipeline,
     opts: &ExtractOptions,
+) -> Result<Summary, ExtractError> {
+    let run_id = uuid::Uuid::now_v7().to_string();
+    let lease = match RunLease::take(
+        &project.root,
+        &project.settings.warehouse_url,
+        &pipeline.name,
+        &run_id,
+    )
+    .await?
+    {
+        Ok(l) => l,
+        Err(busy) => return Err(ExtractError::Busy(busy)),
+    };
+    let out = run_leased(project, pipeline, opts, run_id, &lease).await;
+    lease.release().await;
+    out
+}
+
+async fn run_leased(
+    project: &Project,
+    pipeline: &Pipeline,
+    opts: &ExtractOptions,
+    run_id: String,
+    lease: &RunLease,
 ) -> Result<Summary, ExtractError> {
     let started = Instant::now();
     let _memory = crate::alloc::KeepFreedMemory::hold();
@@ -244,7 +313,6 @@ pub async fn run(
     let wh = Warehouse::new(&project.root, &project.settings.warehouse_url)?;
     let table = wh.open(&schema.name).await?;
     let version_before = table.version();
-    let run_id = uuid::Uuid::now_v7().to_string();
     let previous = if opts.full {
         None
     } else {
@@ -265,7 +333,7 @@ pub async fn run(
     } else {
         opts.chunk_rows
     };
-    let producer = spawn_source(
+    let mut producer = Some(spawn_source(
         project,
         pipeline,
         &job,
@@ -275,7 +343,7 @@ pub async fn run(
         tz,
         chunk,
         tx,
-    )?;
+    )?);
 
     let mut summary = Summary {
         pipeline: pipeline.name.clone(),
@@ -351,6 +419,8 @@ pub async fn run(
                             .filter_map(|c| c.personal.map(|p| (c.name.clone(), p)))
                             .collect(),
                         schema: schema.clone(),
+                        tz,
+                        future_tolerance: Duration::minutes(job.future_tolerance_minutes),
                     });
                 }
                 Some(Msg::Rows(rows)) => {
@@ -404,8 +474,15 @@ pub async fn run(
                 continue;
             }
             if last {
+                // A closed channel is also what a failed source leaves: only a source that
+                // reported success may have its last commit, which moves the watermark, marks
+                // the last files and replaces a table. Chunks committed so far stay; the
+                // rerun's merge counts them once.
                 if let Some(h) = inflight.take() {
                     home = Some(finished(h).await?);
+                }
+                if let Some(p) = producer.take() {
+                    source_result(p.await)?;
                 }
             }
             let moved = home.as_ref().is_some_and(|c| c.max_updated != previous);
@@ -415,6 +492,9 @@ pub async fn run(
                     return Ok(());
                 }
                 continue;
+            }
+            if lease.lost() {
+                return Err(ExtractError::LeaseLost(pipeline.name.clone()));
             }
             let mut c: Committer = match (home.take(), inflight.take()) {
                 (Some(c), _) => c,
@@ -439,7 +519,9 @@ pub async fn run(
     if let Err(e) = outcome {
         // Stop the source before reporting; a chunk in flight finishes or fails on its own.
         drop(rx);
-        let _ = producer.await;
+        if let Some(p) = producer.take() {
+            let _ = p.await;
+        }
         if let Some(h) = inflight.take() {
             let _ = h.await;
         }
@@ -451,15 +533,6 @@ pub async fn run(
     let max_updated = committer.max_updated;
     let table = committer.table;
     bar.finish_and_clear();
-    match producer.await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => return Err(e),
-        Err(e) => {
-            return Err(ExtractError::Source(format!(
-                "the source task stopped: {e}"
-            )))
-        }
-    }
     // Only the run's last commit may write a checkpoint (see `warehouse::followed`): the one
     // skipped on the way, if any, now.
     if warehouse::checkpoint_skipped(&table, version_before).await? {
@@ -467,7 +540,7 @@ pub async fn run(
     }
     // Files this table's earlier runs replaced, once past the retention period. The run's
     // data is committed by now: a failure here only leaves them for the next run.
-    match warehouse::vacuum(&table, None).await {
+    match warehouse::vacuum(&table, None, &run_id).await {
         Ok(0) => {}
         Ok(n) => tracing::info!(files = n, "replaced files deleted"),
         Err(e) => tracing::warn!(error = %e, "replaced files not deleted; the next run retries"),
@@ -478,6 +551,18 @@ pub async fn run(
         .map(|t| t.with_timezone(&tz).to_rfc3339());
     summary.table_version = table.version();
     Ok(summary)
+}
+
+/// The source task's outcome: its own error, or why the task itself stopped (a panic).
+fn source_result(
+    r: Result<Result<(), ExtractError>, tokio::task::JoinError>,
+) -> Result<(), ExtractError> {
+    match r {
+        Ok(r) => r,
+        Err(e) => Err(ExtractError::Source(format!(
+            "the source task stopped: {e}"
+        ))),
+    }
 }
 
 /// Writes chunks of typed rows, one at a time, and keeps what a run learns from them (the
@@ -736,6 +821,9 @@ struct Typing {
     names: Vec<String>,
     personal: BTreeMap<String, Personal>,
     schema: Schema,
+    tz: chrono_tz::Tz,
+    /// How far past now a watermark time may be (`future_tolerance_minutes`).
+    future_tolerance: Duration,
 }
 
 impl Typing {
@@ -747,6 +835,8 @@ impl Typing {
             names,
             personal,
             schema,
+            tz,
+            future_tolerance,
         } = self;
         let mut builders = plan.builders(rows.len());
         let mut scratch = Scratch::default();
@@ -777,18 +867,41 @@ impl Typing {
             .map_err(|e| ExtractError::Source(e.to_string()))?;
         // Row rules of the schema, evaluated on the typed batch.
         let failures = rules.evaluate(&batch)?;
-        if failures.iter().all(|f| f.is_empty()) {
-            return Ok((batch, rejected));
-        }
-        let mut keep = vec![true; batch.num_rows()];
         let mut why: BTreeMap<usize, Vec<String>> = BTreeMap::new();
         for (rule, rows) in schema.rules.iter().zip(&failures) {
             for &i in rows {
-                keep[i] = false;
                 why.entry(i)
                     .or_default()
                     .push(format!("rule {}: {}", rule.name, rule.message));
             }
+        }
+        // A watermark time from the future would pin the watermark there and hide every row
+        // updated until then: such rows wait in the quarantine instead.
+        if let Some(column) = schema.watermark.as_deref() {
+            let limit = (chrono::Utc::now() + *future_tolerance).timestamp_micros();
+            let times = batch.column_by_name(column).and_then(|c| {
+                c.as_any()
+                    .downcast_ref::<arrow::array::TimestampMicrosecondArray>()
+            });
+            for (i, t) in times.iter().flat_map(|a| a.iter()).enumerate() {
+                let Some(t) = t.filter(|&t| t > limit) else {
+                    continue;
+                };
+                let shown = DateTime::from_timestamp_micros(t)
+                    .map(|t| t.with_timezone(tz).format("%Y-%m-%d %H:%M:%S").to_string())
+                    .unwrap_or_else(|| t.to_string());
+                why.entry(i).or_default().push(format!(
+                    "{column}: {shown} is in the future (later than now plus {} minutes, `future_tolerance_minutes`); correct the source's clock or value",
+                    future_tolerance.num_minutes()
+                ));
+            }
+        }
+        if why.is_empty() {
+            return Ok((batch, rejected));
+        }
+        let mut keep = vec![true; batch.num_rows()];
+        for &i in why.keys() {
+            keep[i] = false;
         }
         for (i, reasons) in why {
             let (position, cells) = &kept_rows[i];
@@ -879,20 +992,29 @@ fn spawn_source(
     tx: mpsc::Sender<Msg>,
 ) -> Result<tokio::task::JoinHandle<Result<(), ExtractError>>, ExtractError> {
     // Rows updated since the watermark minus the overlap; everything on a first or full run.
-    let since_local = watermark
+    // An instant; each source gets it in the form it compares (see `postgres::watermark_literal`
+    // and `mysql::stream`).
+    let since = watermark
         .map(|w| {
             w - Duration::minutes(job.overlap_minutes)
                 .num_microseconds()
                 .unwrap_or(0)
         })
         .and_then(DateTime::from_timestamp_micros)
-        .map(|t| tz.from_utc_datetime(&t.naive_utc()).naive_local())
         .unwrap_or_else(|| {
             chrono::NaiveDate::from_ymd_opt(1900, 1, 1)
                 .expect("valid")
                 .and_hms_opt(0, 0, 0)
                 .expect("valid")
-        });
+                .and_utc()
+        })
+        .with_timezone(&tz);
+    let since_local = since.naive_local();
+    // The project zone's offset now: Vietnam's has not changed since 1975.
+    let utc_offset = tz
+        .offset_from_utc_datetime(&chrono::Utc::now().naive_utc())
+        .fix()
+        .to_string();
     let _ = pipeline;
     match (&job.source, conn.kind) {
         (
@@ -908,7 +1030,7 @@ fn spawn_source(
             let root = file_root(project, job)?;
             let files = file::matching_files(&root, path)?;
             let columns: Vec<String> = job.columns.keys().cloned().collect();
-            let (job, loaded, format, sheet, header_row, delimiter) = (
+            let (job, mut loaded, format, sheet, header_row, delimiter) = (
                 job.clone(),
                 loaded.clone(),
                 *format,
@@ -918,6 +1040,22 @@ fn spawn_source(
             );
             Ok(tokio::task::spawn_blocking(move || {
                 tx.blocking_send(Msg::Columns(columns.clone())).ok();
+                // A replace writes the whole table from what the run read: once any file is
+                // new or changed, every file is read again, or the unchanged ones' rows would
+                // be dropped from the table.
+                if job.mode == Mode::Replace {
+                    for (path, rel) in &files {
+                        let unchanged = match loaded.get(rel) {
+                            None => false,
+                            Some(m) if m.stat == Some(file::stat_fingerprint(path)?) => true,
+                            Some(m) => m.content == file::fingerprint(path)?,
+                        };
+                        if !unchanged {
+                            loaded.clear();
+                            break;
+                        }
+                    }
+                }
                 for (path, rel) in files {
                     // A loaded file whose stat is unchanged is not read again; one whose stat
                     // changed is hashed, and skipped if its content did not change.
@@ -986,6 +1124,11 @@ fn spawn_source(
                 .resolve()
                 .map_err(|e| ExtractError::Config(e.to_string()))?;
             let query = query.clone();
+            let limits = Timeouts {
+                connection: conn.name.clone(),
+                connect: std::time::Duration::from_secs(conn.connect_timeout_secs),
+                read: std::time::Duration::from_secs(conn.timeout_secs),
+            };
             let dropped = project
                 .schemas
                 .get(&job.dataset)
@@ -995,11 +1138,21 @@ fn spawn_source(
                 let mut sink = RowSink::new(tx);
                 match kind {
                     ConnectionKind::Postgres => {
-                        let q =
-                            query.replace("$watermark", &postgres::watermark_literal(since_local));
-                        postgres::stream(url.expose(), &q, &dropped, &mut sink).await?
+                        let q = query.replace("$watermark", &postgres::watermark_literal(&since));
+                        postgres::stream(url.expose(), &q, &dropped, tz.name(), &limits, &mut sink)
+                            .await?
                     }
-                    _ => mysql::stream(url.expose(), &query, since_local, &mut sink).await?,
+                    _ => {
+                        mysql::stream(
+                            url.expose(),
+                            &query,
+                            since_local,
+                            &utc_offset,
+                            &limits,
+                            &mut sink,
+                        )
+                        .await?
+                    }
                 }
                 sink.flush().await
             }))

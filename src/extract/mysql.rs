@@ -8,7 +8,7 @@ use mysql_async::prelude::Queryable;
 use mysql_async::Value;
 
 use super::cell::Cell;
-use super::{ExtractError, Position, RawRow, RowSink};
+use super::{ExtractError, Position, RawRow, RowSink, Timeouts};
 
 fn cell(v: Value, t: ColumnType) -> Result<Cell, String> {
     Ok(match v {
@@ -65,13 +65,31 @@ pub(crate) async fn stream(
     url: &str,
     query: &str,
     watermark: NaiveDateTime,
+    utc_offset: &str,
+    limits: &Timeouts,
     sink: &mut RowSink,
 ) -> Result<(), ExtractError> {
+    const PEER: &str = "MariaDB/MySQL";
     let opts = mysql_async::Opts::from_url(url)
         .map_err(|e| ExtractError::Config(format!("invalid MariaDB/MySQL url: {e}")))?;
-    let mut conn = mysql_async::Conn::new(opts)
-        .await
+    let mut conn = limits
+        .connect(PEER, mysql_async::Conn::new(opts))
+        .await?
         .map_err(|e| ExtractError::Source(format!("cannot connect to MariaDB/MySQL: {e}")))?;
+    // `TIMESTAMP` columns are instants shown in the session's zone: in the project's, they
+    // compare with the local watermark and read back as local times, whatever the server's
+    // default. An offset, since named zones need the server's zone tables.
+    limits
+        .read(
+            PEER,
+            conn.query_drop(format!("SET time_zone = '{utc_offset}'")),
+        )
+        .await?
+        .map_err(|e| {
+            ExtractError::Source(format!(
+                "cannot set the session's time_zone to {utc_offset}: {e}"
+            ))
+        })?;
     let uses = query.matches("$watermark").count();
     let sql = query.replace("$watermark", "?");
     use chrono::{Datelike, Timelike};
@@ -90,9 +108,9 @@ pub(crate) async fn stream(
     } else {
         mysql_async::Params::Positional(params)
     };
-    let mut result = conn
-        .exec_iter(sql, params)
-        .await
+    let mut result = limits
+        .read(PEER, conn.exec_iter(sql, params))
+        .await?
         .map_err(|e| ExtractError::Source(format!("the pipeline's query failed: {e}")))?;
     let columns = result.columns().map(|c| c.to_vec()).unwrap_or_default();
     let names: Vec<String> = columns.iter().map(|c| c.name_str().into_owned()).collect();
@@ -104,7 +122,7 @@ pub(crate) async fn stream(
         .map_err(|e| ExtractError::Source(e.to_string()))?
         .ok_or_else(|| ExtractError::Source("the query returned no result set".into()))?;
     let mut n = 0u64;
-    while let Some(row) = stream.next().await {
+    while let Some(row) = limits.read(PEER, stream.next()).await? {
         let row = row.map_err(|e| ExtractError::Source(format!("reading row {}: {e}", n + 1)))?;
         n += 1;
         let mut errors = Vec::new();

@@ -8,7 +8,7 @@ use futures_util::StreamExt;
 use tokio_postgres::types::Type;
 
 use super::cell::Cell;
-use super::{ExtractError, Position, RawRow, RowSink};
+use super::{ExtractError, Position, RawRow, RowSink, Timeouts};
 
 const SIGNATURE: &[u8] = b"PGCOPY\n\xff\r\n\0";
 
@@ -177,16 +177,35 @@ pub(crate) async fn stream(
     url: &str,
     query: &str,
     dropped: &[String],
+    timezone: &str,
+    limits: &Timeouts,
     sink: &mut RowSink,
 ) -> Result<(), ExtractError> {
     let mut names = Vec::new();
-    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
+    let (client, conn) = limits
+        .connect(
+            "PostgreSQL",
+            tokio_postgres::connect(url, tokio_postgres::NoTls),
+        )
+        .await?
         .map_err(|e| ExtractError::Source(format!("cannot connect to PostgreSQL: {e}")))?;
     let task = tokio::spawn(conn);
-    let stmt = client
-        .prepare(query)
-        .await
+    // Casts and date functions in the query see the project's zone, whatever the server's
+    // or the role's default.
+    limits
+        .read(
+            "PostgreSQL",
+            client.batch_execute(&format!("SET TIME ZONE '{}'", timezone.replace('\'', ""))),
+        )
+        .await?
+        .map_err(|e| {
+            ExtractError::Source(format!(
+                "cannot set the session's TimeZone to {timezone}: {e}"
+            ))
+        })?;
+    let stmt = limits
+        .read("PostgreSQL", client.prepare(query))
+        .await?
         .map_err(|e| ExtractError::Source(format!("the pipeline's query does not prepare: {e}")))?;
     let mut decoders = Vec::new();
     for c in stmt.columns() {
@@ -201,14 +220,14 @@ pub(crate) async fn stream(
     }
     sink.columns(names.clone()).await?;
     let copy = format!("COPY ({query}) TO STDOUT (FORMAT binary)");
-    let stream = client
-        .copy_out(copy.as_str())
-        .await
+    let stream = limits
+        .read("PostgreSQL", client.copy_out(copy.as_str()))
+        .await?
         .map_err(|e| ExtractError::Source(format!("COPY failed: {e}")))?;
     futures_util::pin_mut!(stream);
     let mut copy = CopyDecoder::new(decoders, names);
     let mut rows = Vec::new();
-    while let Some(chunk) = stream.next().await {
+    while let Some(chunk) = limits.read("PostgreSQL", stream.next()).await? {
         let chunk = chunk.map_err(|e| {
             ExtractError::Source(format!("COPY stream failed after {} rows: {e}", copy.rows))
         })?;
@@ -338,10 +357,16 @@ fn tuple_len(b: &[u8]) -> Option<usize> {
     Some(at)
 }
 
-/// The watermark as a typed literal for the query text (COPY takes no bind parameters):
-/// a local `timestamp`, rendered from a typed value, never from user text.
-pub fn watermark_literal(t: NaiveDateTime) -> String {
-    format!("'{}'::timestamp", t.format("%Y-%m-%d %H:%M:%S%.6f"))
+/// The watermark as a literal for the query text (COPY takes no bind parameters), rendered
+/// from a typed instant, never from user text. It is left untyped and carries the project's
+/// UTC offset, so it selects the same rows whatever the session's TimeZone: compared with a
+/// `timestamptz` column it is that instant; with a `timestamp` column (local times) the offset
+/// is ignored and the local wall-clock time compared.
+pub fn watermark_literal<Tz: chrono::TimeZone>(t: &DateTime<Tz>) -> String
+where
+    Tz::Offset: std::fmt::Display,
+{
+    format!("'{}'", t.format("%Y-%m-%d %H:%M:%S%.6f%:z"))
 }
 
 #[cfg(test)]

@@ -4,8 +4,6 @@
 //! retries failures with backoff and emails the operators when a job still fails; a report
 //! waits for the extracts it needs to be fresh. SIGTERM/SIGINT stop it gracefully.
 
-pub mod lease;
-
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -17,9 +15,9 @@ use crate::config::Project;
 use crate::extract::{self, ExtractOptions};
 use crate::jobs::backfill;
 use crate::query::Period;
+use crate::warehouse::lease::Lease;
 use crate::warehouse::runs::{self, RunRecord};
 use crate::warehouse::Warehouse;
-use lease::Lease;
 
 /// A job to run: its schedule fired at `at` (or a missed fire, on catch-up).
 #[derive(Debug, Clone)]
@@ -44,6 +42,7 @@ pub async fn serve(project: Project) -> anyhow::Result<()> {
         match Lease::acquire(
             &project.root,
             &project.settings.warehouse_url,
+            "scheduler",
             &holder,
             cfg.lease_seconds,
         )

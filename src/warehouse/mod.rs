@@ -18,6 +18,7 @@ use std::path::Path;
 use std::sync::Arc;
 use url::Url;
 
+pub mod lease;
 pub mod local_reads;
 mod new_keys;
 pub mod published;
@@ -226,11 +227,16 @@ pub async fn checkpoint_skipped(
 pub async fn vacuum(
     table: &DeltaTable,
     clock: Option<Arc<dyn deltalake::operations::vacuum::Clock>>,
+    run_id: &str,
 ) -> Result<usize, WarehouseError> {
     let mut vacuum = table
         .clone()
         .vacuum()
-        .with_mode(deltalake::operations::vacuum::VacuumMode::Lite);
+        .with_mode(deltalake::operations::vacuum::VacuumMode::Lite)
+        .with_commit_properties(commit_properties(
+            vec![("parstat.run_id".into(), run_id.into())],
+            vec![],
+        ));
     if let Some(c) = clock {
         vacuum = vacuum.with_clock(c);
     }
@@ -617,6 +623,8 @@ pub async fn write_with(
             let groups = merge_groups(&table, stored).map_err(err)?;
             let _memory = crate::alloc::ReturnFreedMemory::hold();
             let mut table = table;
+            // Earlier groups carry the run's metadata (its id), not its marks.
+            let unmarked = followed(props.clone().with_application_transactions(vec![]));
             let mut props = Some(props);
             let last = groups.len() - 1;
             for (i, (values, mut rows)) in groups.into_iter().enumerate() {
@@ -624,7 +632,7 @@ pub async fn write_with(
                     rows.extend_from_slice(&new_rows);
                     props.take().unwrap_or_default()
                 } else {
-                    followed(CommitProperties::default())
+                    unmarked.clone()
                 };
                 let filter = partition_filter(p, &values);
                 table = merge(
@@ -1076,10 +1084,10 @@ mod tests {
         assert_eq!(files(), 2, "the replaced file is still on disk");
         // Within the retention period (7 days by default) nothing goes, and nothing commits.
         let version = table.version();
-        assert_eq!(vacuum(&table, None).await.unwrap(), 0);
+        assert_eq!(vacuum(&table, None, "test").await.unwrap(), 0);
         let day = 24 * 3600 * 1000;
         assert_eq!(
-            vacuum(&table, Some(Arc::new(Later(6 * day))))
+            vacuum(&table, Some(Arc::new(Later(6 * day))), "test")
                 .await
                 .unwrap(),
             0
@@ -1088,7 +1096,7 @@ mod tests {
         assert_eq!(wh.open("t").await.unwrap().version(), version);
         // Past it, the replaced file goes; the table reads the same.
         assert_eq!(
-            vacuum(&table, Some(Arc::new(Later(8 * day))))
+            vacuum(&table, Some(Arc::new(Later(8 * day))), "test")
                 .await
                 .unwrap(),
             1

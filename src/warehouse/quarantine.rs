@@ -34,8 +34,9 @@ pub fn schema() -> Arc<Schema> {
     ]))
 }
 
-/// Stores rejected rows; a row rejected again (same pipeline and position) replaces the
-/// earlier record, so reruns do not pile up duplicates.
+/// Stores rejected rows, keyed by pipeline, position and the row itself: a position alone is
+/// not a row's identity (`row 12` of today's query is not yesterday's), so no run's rejected
+/// row replaces another's, while the same row read again (a rerun, an overlap) counts once.
 pub async fn store(
     wh: &Warehouse,
     pipeline: &str,
@@ -65,7 +66,11 @@ pub async fn store(
         table: TABLE.into(),
         message: e.to_string(),
     })?;
-    let key = ["pipeline".to_string(), "position".to_string()];
+    let key = [
+        "pipeline".to_string(),
+        "position".to_string(),
+        "row_json".to_string(),
+    ];
     let batch = super::dedup(&batch, &key, None).map_err(|e| WarehouseError::Data {
         table: TABLE.into(),
         message: e.to_string(),

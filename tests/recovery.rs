@@ -1,0 +1,467 @@
+//! Extraction under faults that need no killing: a source that fails partway, times from the
+//! future, rejected rows of several runs, a dataset without an update time, a source that
+//! hangs, and the per-pipeline lease.
+
+use datafusion::arrow::array::Array;
+use datafusion::prelude::SessionContext;
+use std::path::Path;
+
+use crate::util::*;
+
+const PG: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+/// A project copy with a small dataset `ledger` (a key, an amount, an update time and a
+/// watermark) extracted by pipeline `ledger` from PostgreSQL table `SCHEMA.ledger`.
+fn ledger_project(schema: &str, extra: &str) -> tempfile::TempDir {
+    let p = project_copy();
+    std::fs::write(
+        p.path().join("schemas/ledger.toml"),
+        r#"name = "ledger"
+label = "Sổ thử"
+description = "A test dataset."
+primary_key = ["code"]
+watermark = "updated_at"
+
+[[columns]]
+name = "code"
+type = "Utf8"
+nullable = false
+label = "Mã"
+
+[[columns]]
+name = "amount"
+type = "Int64"
+nullable = false
+label = "Số tiền"
+
+[[columns]]
+name = "updated_at"
+type = "Timestamp"
+nullable = false
+label = "Cập nhật"
+
+[[rules]]
+name = "amount_not_negative"
+check = "amount >= 0"
+message = "amount cannot be negative"
+"#,
+    )
+    .unwrap();
+    edit(
+        p.path(),
+        "parstat.toml",
+        "[connections.exports]",
+        "[connections.motcua]\nkind = \"postgres\"\nurl = \"${MOTCUA_URL}\"\n\n[connections.exports]",
+    );
+    std::fs::write(
+        p.path().join("pipelines/ledger.toml"),
+        format!(
+            "kind = \"extract\"\ndataset = \"ledger\"\nconnection = \"motcua\"\nmode = \"merge\"\nquarantine_max_share = 0.5\n{extra}\nquery = \"SELECT code, amount, updated_at FROM {schema}.ledger WHERE updated_at >= $watermark\"\n"
+        ),
+    )
+    .unwrap();
+    p
+}
+
+async fn pg() -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(PG, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
+}
+
+/// A fresh PostgreSQL schema for one test, dropped when the guard goes.
+struct Schema(String);
+
+impl Schema {
+    async fn new(prefix: &str, ddl: &str) -> Schema {
+        let name = format!("parstat_{prefix}_{}", std::process::id());
+        pg().await
+            .batch_execute(&format!(
+                "DROP SCHEMA IF EXISTS {name} CASCADE; CREATE SCHEMA {name}; {}",
+                ddl.replace("SCHEMA_", &name)
+            ))
+            .await
+            .unwrap();
+        Schema(name)
+    }
+
+    async fn exec(&self, sql: &str) -> u64 {
+        pg().await
+            .execute(&sql.replace("SCHEMA_", &self.0), &[])
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for Schema {
+    fn drop(&mut self) {
+        let name = self.0.clone();
+        let _ = std::process::Command::new("psql")
+            .args([
+                "-q",
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                "-d",
+                "test",
+                "-c",
+            ])
+            .arg(format!("DROP SCHEMA IF EXISTS {name} CASCADE"))
+            .output();
+    }
+}
+
+async fn warehouse(project: &Path) -> SessionContext {
+    let ctx = SessionContext::new();
+    for entry in std::fs::read_dir(project.join("warehouse")).unwrap() {
+        let p = entry.unwrap().path();
+        if p.join("_delta_log").is_dir() {
+            let url = url::Url::from_directory_path(p.canonicalize().unwrap()).unwrap();
+            let table = deltalake::DeltaTable::try_from_url(url).await.unwrap();
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            parstat::warehouse::register(&ctx, &table, &name)
+                .await
+                .unwrap();
+        }
+    }
+    ctx
+}
+
+async fn strings(ctx: &SessionContext, sql: &str) -> Vec<String> {
+    let b = ctx.sql(sql).await.unwrap().collect().await.unwrap();
+    let mut out = Vec::new();
+    for batch in b {
+        let col = datafusion::arrow::compute::cast(
+            batch.column(0),
+            &datafusion::arrow::datatypes::DataType::Utf8,
+        )
+        .unwrap();
+        let a = col
+            .as_any()
+            .downcast_ref::<datafusion::arrow::array::StringArray>()
+            .unwrap();
+        out.extend((0..a.len()).map(|i| a.value(i).to_string()));
+    }
+    out
+}
+
+const LEDGER: &str = "CREATE TABLE SCHEMA_.ledger (code text PRIMARY KEY, amount bigint NOT NULL, updated_at timestamptz NOT NULL)";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_time_from_the_future_is_quarantined_and_leaves_the_watermark_alone() {
+    let s = Schema::new("future", LEDGER).await;
+    s.exec("INSERT INTO SCHEMA_.ledger SELECT 'A' || i, i, now() - interval '2 days' + i * interval '1 minute' FROM generate_series(1, 20) i").await;
+    // A typo in the source: the year 2206.
+    s.exec("INSERT INTO SCHEMA_.ledger VALUES ('TYPO', 5, '2206-03-01 08:00:00+07')")
+        .await;
+    let p = ledger_project(&s.0, "");
+    let env = [("MOTCUA_URL", PG)];
+    let out = ok(run_with(p.path(), &["extract", "ledger"], &env));
+    assert!(out.contains("21 read, 20 written, 1 quarantined"), "{out}");
+    assert!(
+        !out.contains("2206"),
+        "the watermark is not the typo's: {out}"
+    );
+    let ctx = warehouse(p.path()).await;
+    let reasons = strings(
+        &ctx,
+        "SELECT reasons FROM quarantine WHERE dataset = 'ledger'",
+    )
+    .await;
+    assert_eq!(reasons.len(), 1, "{reasons:?}");
+    assert!(
+        reasons[0].contains("updated_at: 2206-03-01 08:00:00 is in the future")
+            && reasons[0].contains("future_tolerance_minutes"),
+        "{reasons:?}"
+    );
+    // A row updated after the first run (but long before 2206) is read by the next one.
+    s.exec("INSERT INTO SCHEMA_.ledger VALUES ('LATE', 7, now())")
+        .await;
+    ok(run_with(p.path(), &["extract", "ledger"], &env));
+    let ctx = warehouse(p.path()).await;
+    let codes = strings(&ctx, "SELECT code FROM ledger WHERE code = 'LATE'").await;
+    assert_eq!(codes, vec!["LATE".to_string()]);
+    // A wider tolerance, set in the pipeline, takes the row.
+    edit(
+        p.path(),
+        "pipelines/ledger.toml",
+        "quarantine_max_share = 0.5",
+        "quarantine_max_share = 0.5\nfuture_tolerance_minutes = 200000000",
+    );
+    ok(run_with(p.path(), &["extract", "ledger", "--full"], &env));
+    let ctx = warehouse(p.path()).await;
+    assert_eq!(
+        strings(&ctx, "SELECT code FROM ledger WHERE code = 'TYPO'").await,
+        vec!["TYPO".to_string()]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rejected_rows_of_two_runs_never_replace_each_other() {
+    let s = Schema::new("quar", LEDGER).await;
+    s.exec("INSERT INTO SCHEMA_.ledger SELECT 'A' || i, i, now() - interval '3 days' FROM generate_series(1, 10) i").await;
+    // Row 1 of the first run's result is bad.
+    s.exec("INSERT INTO SCHEMA_.ledger VALUES ('BAD1', -1, now() - interval '4 days')")
+        .await;
+    let p = ledger_project(&s.0, "");
+    let env = [("MOTCUA_URL", PG)];
+    let query = "SELECT code, amount, updated_at FROM SCHEMA_.ledger WHERE updated_at >= $watermark ORDER BY amount";
+    edit(
+        p.path(),
+        "pipelines/ledger.toml",
+        &format!(
+            "SELECT code, amount, updated_at FROM {}.ledger WHERE updated_at >= $watermark",
+            s.0
+        ),
+        &query.replace("SCHEMA_", &s.0),
+    );
+    ok(run_with(p.path(), &["extract", "ledger"], &env));
+    // The second run reads only what changed: its row 1 is another bad row.
+    s.exec("INSERT INTO SCHEMA_.ledger VALUES ('BAD2', -2, now()), ('NEW', 2, now() + interval '1 second')").await;
+    ok(run_with(p.path(), &["extract", "ledger"], &env));
+    let ctx = warehouse(p.path()).await;
+    let rows = strings(
+        &ctx,
+        "SELECT position || ' ' || row_json FROM quarantine WHERE dataset = 'ledger' ORDER BY row_json",
+    )
+    .await;
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert!(
+        rows[0].starts_with("row 1 ") && rows[0].contains("BAD1"),
+        "{rows:?}"
+    );
+    assert!(
+        rows[1].starts_with("row 1 ") && rows[1].contains("BAD2"),
+        "{rows:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dataset_without_an_update_time_loads_from_a_database() {
+    let s = Schema::new(
+        "disb",
+        "CREATE TABLE SCHEMA_.giai_ngan (ma_du_an text, ky text, von numeric(20,0))",
+    )
+    .await;
+    s.exec("INSERT INTO SCHEMA_.giai_ngan SELECT 'DA' || i, '2026-0' || (1 + i % 9), i * 1000000 FROM generate_series(1, 50) i").await;
+    let p = project_copy();
+    edit(
+        p.path(),
+        "parstat.toml",
+        "[connections.exports]",
+        "[connections.motcua]\nkind = \"postgres\"\nurl = \"${MOTCUA_URL}\"\n\n[connections.exports]",
+    );
+    // Investors' reports as the contract defines them: no update time at all.
+    std::fs::write(
+        p.path().join("pipelines/investment_disbursement.toml"),
+        format!(
+            "kind = \"extract\"\ndataset = \"investment_disbursement\"\nconnection = \"motcua\"\nmode = \"merge\"\nquery = \"SELECT ma_du_an AS project_code, ky AS report_month, von AS disbursed_cumulative_vnd FROM {}.giai_ngan\"\n",
+            s.0
+        ),
+    )
+    .unwrap();
+    let env = [("MOTCUA_URL", PG)];
+    let out = ok(run_with(
+        p.path(),
+        &["extract", "investment_disbursement"],
+        &env,
+    ));
+    assert!(out.contains("50 read, 50 written"), "{out}");
+    // A report sent again with a new amount replaces the old one; nothing doubles.
+    s.exec("UPDATE SCHEMA_.giai_ngan SET von = von + 1 WHERE ma_du_an = 'DA7'")
+        .await;
+    ok(run_with(
+        p.path(),
+        &["extract", "investment_disbursement"],
+        &env,
+    ));
+    let ctx = warehouse(p.path()).await;
+    let n = strings(&ctx, "SELECT count(*) FROM investment_disbursement").await;
+    assert_eq!(n, vec!["50".to_string()]);
+    let v = strings(
+        &ctx,
+        "SELECT disbursed_cumulative_vnd FROM investment_disbursement WHERE project_code = 'DA7'",
+    )
+    .await;
+    assert_eq!(v, vec!["7000001".to_string()]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replace_reads_every_file_and_a_failed_one_replaces_nothing() {
+    let p = project_copy();
+    ok(run(
+        p.path(),
+        &[
+            "demo",
+            "--data-only",
+            "--until",
+            "2026-10",
+            "--dossiers",
+            "2000",
+        ],
+    ));
+    // The disbursement reports split in two files, loaded in replace mode.
+    let text = std::fs::read_to_string(p.path().join("data/dautu/giai_ngan.csv")).unwrap();
+    let mut lines: Vec<&str> = text.lines().collect();
+    let header = lines.remove(0);
+    let total = lines.len();
+    let (a, b) = lines.split_at(total / 2);
+    let dir = p.path().join("data/gn");
+    std::fs::create_dir_all(&dir).unwrap();
+    let write = |name: &str, rows: &[&str]| {
+        std::fs::write(dir.join(name), format!("{header}\n{}\n", rows.join("\n"))).unwrap()
+    };
+    write("a.csv", a);
+    write("b.csv", b);
+    edit(
+        p.path(),
+        "pipelines/investment_disbursement.toml",
+        "path = \"dautu/giai_ngan.csv\"",
+        "path = \"gn/*.csv\"",
+    );
+    edit(
+        p.path(),
+        "pipelines/investment_disbursement.toml",
+        "mode = \"merge\"",
+        "mode = \"replace\"",
+    );
+    let count = || async {
+        strings(
+            &warehouse(p.path()).await,
+            "SELECT count(*) FROM investment_disbursement",
+        )
+        .await
+    };
+    ok(run(p.path(), &["extract", "investment_disbursement"]));
+    assert_eq!(count().await, vec![total.to_string()]);
+    let log = p
+        .path()
+        .join("warehouse/investment_disbursement/_delta_log");
+    // Nothing changed: nothing to replace.
+    let before = delta_commits(&log);
+    ok(run(p.path(), &["extract", "investment_disbursement"]));
+    assert_eq!(delta_commits(&log), before);
+    // One file changed (its last row gone): the table is every file's rows, the unchanged
+    // file's too.
+    write("b.csv", &b[..b.len() - 1]);
+    ok(run(p.path(), &["extract", "investment_disbursement"]));
+    assert_eq!(count().await, vec![(total - 1).to_string()]);
+    // A file that cannot be read fails the run, and the table is left as it was.
+    let before = delta_commits(&log);
+    write("b.csv", b);
+    std::fs::write(dir.join("c.csv"), "Khac,Cot\n1,2\n").unwrap();
+    let o = run(p.path(), &["extract", "investment_disbursement"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("c.csv"), "{}", stderr(&o));
+    assert_eq!(delta_commits(&log), before, "a failed replace committed");
+    assert_eq!(count().await, vec![(total - 1).to_string()]);
+    std::fs::remove_file(dir.join("c.csv")).unwrap();
+    ok(run(p.path(), &["extract", "investment_disbursement"]));
+    assert_eq!(count().await, vec![total.to_string()]);
+}
+
+#[test]
+fn a_broken_workbook_fails_the_run_and_replaces_nothing() {
+    let p = project_copy();
+    ok(run(
+        p.path(),
+        &[
+            "demo",
+            "--data-only",
+            "--until",
+            "2026-10",
+            "--dossiers",
+            "2000",
+        ],
+    ));
+    ok(run(p.path(), &["extract", "rating"]));
+    let log = p.path().join("warehouse/rating/_delta_log");
+    let before = delta_commits(&log);
+    // A new workbook the run reads first (so it has rows to replace with), then one that
+    // cannot be read at all.
+    let dir = p.path().join("data/xephang");
+    std::fs::copy(dir.join("ket_qua_cchc.xlsx"), dir.join("0000_copy.xlsx")).unwrap();
+    std::fs::write(dir.join("zzzz_broken.xlsx"), b"PK\x03\x04 not a workbook").unwrap();
+    let o = run(p.path(), &["extract", "rating"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("zzzz_broken.xlsx"), "{}", stderr(&o));
+    assert_eq!(delta_commits(&log), before, "a failed replace committed");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_database_that_hangs_fails_the_run_within_its_timeout() {
+    // A listener that accepts connections and never answers, like a stalled server.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let held = std::thread::spawn(move || {
+        let mut open = Vec::new();
+        for c in listener.incoming().take(2) {
+            open.push(c);
+        }
+        std::thread::sleep(std::time::Duration::from_secs(8));
+    });
+    let p = ledger_project("nowhere", "");
+    edit(
+        p.path(),
+        "parstat.toml",
+        "url = \"${MOTCUA_URL}\"",
+        "url = \"${MOTCUA_URL}\"\nconnect_timeout_secs = 2",
+    );
+    let url = format!("postgres://postgres@127.0.0.1:{port}/test");
+    let started = std::time::Instant::now();
+    let o = run_with(p.path(), &["extract", "ledger"], &[("MOTCUA_URL", &url)]);
+    let took = started.elapsed();
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("no answer within 2 s (`connect_timeout_secs` of connection `motcua`)"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(took.as_secs() < 8, "took {took:?}");
+    drop(held);
+}
+
+#[test]
+fn a_second_run_of_a_pipeline_is_refused_while_the_first_holds_its_lease() {
+    let p = project_copy();
+    ok(run(
+        p.path(),
+        &[
+            "demo",
+            "--data-only",
+            "--until",
+            "2026-10",
+            "--dossiers",
+            "20000",
+        ],
+    ));
+    let mut first = std::process::Command::new(env!("CARGO_BIN_EXE_parstat"))
+        .arg("--project")
+        .arg(p.path())
+        .args(["-q", "extract", "dossier", "--chunk-rows", "1000"])
+        .env("PARSTAT_PII_KEY", KEY)
+        .spawn()
+        .unwrap();
+    // Once the first has committed, it holds the lease.
+    let log = p.path().join("warehouse/dossier/_delta_log");
+    let started = std::time::Instant::now();
+    while delta_commits(&log) < 1 && started.elapsed().as_secs() < 60 {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let second = run(p.path(), &["extract", "dossier"]);
+    let first_ok = first.wait().unwrap().success();
+    assert!(first_ok);
+    assert_eq!(second.status.code(), Some(1), "{}", stderr(&second));
+    let err = stderr(&second);
+    assert!(
+        err.contains("pipeline `dossier` is being run by parstat run ")
+            && err.contains(&format!("process {}", first.id())),
+        "{err}"
+    );
+    // Once the first is done, the lease is free again.
+    let out = ok(run(p.path(), &["extract", "dossier"]));
+    assert!(out.contains(" 0 written"), "{out}");
+}
