@@ -46,7 +46,9 @@ fn same_rows(what: &str, got: &RecordBatch, want: &RecordBatch) {
         .unwrap_or(n);
     let show = |b: &RecordBatch| {
         if at < b.num_rows() {
-            pretty_format_batches(&[b.slice(at, 1)]).unwrap().to_string()
+            pretty_format_batches(&[b.slice(at, 1)])
+                .unwrap()
+                .to_string()
         } else {
             "(no row)".into()
         }
@@ -76,7 +78,13 @@ impl Running {
         let child = Command::new(env!("CARGO_BIN_EXE_parstat"))
             .arg("--project")
             .arg(project)
-            .args(["-q", "extract", "dossier", "--chunk-rows", &chunk.to_string()])
+            .args([
+                "-q",
+                "extract",
+                "dossier",
+                "--chunk-rows",
+                &chunk.to_string(),
+            ])
             .env("PARSTAT_PII_KEY", KEY)
             .envs(env.iter().copied())
             .stdout(Stdio::null())
@@ -274,8 +282,20 @@ impl Source {
     async fn exec(&mut self, statements: &[String]) {
         for s in statements {
             match self.kind {
-                Kind::Postgres => self.pg.as_ref().unwrap().batch_execute(s).await.map_err(|e| e.to_string()),
-                Kind::Mariadb => self.my.as_mut().unwrap().query_drop(s).await.map_err(|e| e.to_string()),
+                Kind::Postgres => self
+                    .pg
+                    .as_ref()
+                    .unwrap()
+                    .batch_execute(s)
+                    .await
+                    .map_err(|e| e.to_string()),
+                Kind::Mariadb => self
+                    .my
+                    .as_mut()
+                    .unwrap()
+                    .query_drop(s)
+                    .await
+                    .map_err(|e| e.to_string()),
             }
             .unwrap_or_else(|e| panic!("{s}: {e}"));
         }
@@ -283,8 +303,22 @@ impl Source {
 
     async fn number(&mut self, sql: &str) -> i64 {
         match self.kind {
-            Kind::Postgres => self.pg.as_ref().unwrap().query_one(sql, &[]).await.unwrap().get(0),
-            Kind::Mariadb => self.my.as_mut().unwrap().query_first(sql).await.unwrap().unwrap(),
+            Kind::Postgres => self
+                .pg
+                .as_ref()
+                .unwrap()
+                .query_one(sql, &[])
+                .await
+                .unwrap()
+                .get(0),
+            Kind::Mariadb => self
+                .my
+                .as_mut()
+                .unwrap()
+                .query_first(sql)
+                .await
+                .unwrap()
+                .unwrap(),
         }
     }
 
@@ -593,7 +627,7 @@ async fn source_dies_mid_read(
         let what = format!("{kind:?}, first load cut at row {at}");
         let made = cut_mid_read(&mut src, p.path(), commits, &what).await;
         faults += 1;
-        report.push(format!("first load cut at row {at} after {made} commits"));
+        report.push(format!("first load cut at row {at}, {made} commits made"));
     }
     set_query(p.path(), &src.query("ho_so", "-"));
     extract(p.path(), &src.url()).await;
@@ -628,7 +662,9 @@ async fn source_dies_mid_read(
         let what = format!("{kind:?}, incremental load cut at row {at}");
         let made = cut_mid_read(&mut src, p.path(), commits, &what).await;
         faults += 1;
-        report.push(format!("incremental load cut at row {at} after {made} commits"));
+        report.push(format!(
+            "incremental load cut at row {at}, {made} commits made"
+        ));
     }
     set_query(p.path(), &src.query("ho_so", "-"));
     let out = extract(p.path(), &src.url()).await;
@@ -793,7 +829,11 @@ async fn two_extracts_started_together_store_every_dossier_once() {
     let mut refused = 0;
     for (what, p, env) in [
         ("files", files.path(), vec![]),
-        ("PostgreSQL", from_db.path(), vec![("MOTCUA_URL", url.as_str())]),
+        (
+            "PostgreSQL",
+            from_db.path(),
+            vec![("MOTCUA_URL", url.as_str())],
+        ),
     ] {
         let outs = race(p, &env).await;
         let mut succeeded = 0;
@@ -814,11 +854,7 @@ async fn two_extracts_started_together_store_every_dossier_once() {
         let log = p.join("warehouse/dossier/_delta_log");
         let version = delta_commits(&log);
         let again = ok(run_with(p, &["extract", "dossier"], &env));
-        same_rows(
-            &format!("{what}, rerun"),
-            &rows(p, DOSSIERS).await,
-            &want,
-        );
+        same_rows(&format!("{what}, rerun"), &rows(p, DOSSIERS).await, &want);
         if what == "files" {
             assert!(again.contains(": 0 read, 0 written"), "{again}");
             assert_eq!(delta_commits(&log), version, "the rerun committed");
