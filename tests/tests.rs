@@ -10,6 +10,7 @@ mod faults;
 mod recovery;
 mod report;
 mod s3;
+mod security;
 mod serve;
 mod util;
 mod workbench;

@@ -414,6 +414,46 @@ fn register_batches(
     Ok(())
 }
 
+/// What report SQL, checks, data and unit tests and `parstat query` may do: query. DDL
+/// (`CREATE EXTERNAL TABLE` reads any file the process can), DML (`COPY ... TO` writes one,
+/// `INSERT`) and statements (`SET`) are refused, so SQL cannot reach outside the warehouse.
+pub fn read_only() -> datafusion::execution::context::SQLOptions {
+    datafusion::execution::context::SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false)
+}
+
+/// A refused statement's error, with what to do instead.
+fn refused(e: datafusion::error::DataFusionError) -> datafusion::error::DataFusionError {
+    let m = e.to_string();
+    if m.contains("DDL not supported")
+        || m.contains("DML not supported")
+        || m.contains("Statement not supported")
+    {
+        datafusion::error::DataFusionError::Plan(format!(
+            "{}: only queries (SELECT, WITH, VALUES) run here; to write a result to a file use `parstat query ... -o FILE`",
+            first_line(&m)
+        ))
+    } else {
+        e
+    }
+}
+
+fn first_line(m: &str) -> &str {
+    m.lines().next().unwrap_or(m)
+}
+
+/// Plans `sql` as [`read_only`] allows, without running it (`parstat check`).
+pub async fn plan_query(
+    ctx: &SessionContext,
+    sql: &str,
+) -> Result<datafusion::logical_expr::LogicalPlan, datafusion::error::DataFusionError> {
+    let plan = ctx.state().create_logical_plan(sql).await?;
+    read_only().verify_plan(&plan).map_err(refused)?;
+    Ok(plan)
+}
+
 /// Runs `sql` with the period's parameters bound and collects the result with plain types
 /// (no view, dictionary or unsigned types, which neither Delta nor the workbook want).
 pub async fn run_sql(
@@ -426,7 +466,10 @@ pub async fn run_sql(
         file: origin.to_string(),
         message: e.to_string(),
     };
-    let df = ctx.sql(sql).await.map_err(err)?;
+    let df = ctx
+        .sql_with_options(sql, read_only())
+        .await
+        .map_err(|e| err(refused(e)))?;
     let map: std::collections::HashMap<String, ScalarAndMetadata> = params
         .iter()
         .map(|(k, v)| (k.clone(), ScalarAndMetadata::from(v.clone())))

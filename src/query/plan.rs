@@ -71,7 +71,7 @@ pub async fn check(
             let src = Source::new(file.clone(), text);
             let name = crate::config::pipeline::table_name(file);
             unknown_parameters(&src, diags);
-            match ctx.state().create_logical_plan(&src.text).await {
+            match super::plan_query(&ctx, &src.text).await {
                 Ok(plan) => {
                     let schema: arrow::datatypes::SchemaRef =
                         Arc::new(plan.schema().as_arrow().clone());
@@ -110,7 +110,7 @@ pub async fn check(
                 .unwrap_or_default(),
         );
         for c in &job.checks {
-            if let Err(e) = ctx.state().create_logical_plan(&c.sql).await {
+            if let Err(e) = super::plan_query(&ctx, &c.sql).await {
                 // The check's SQL is a TOML string: point at it in the pipeline file.
                 let span = if pipeline_src.text.len() >= c.span.end {
                     c.span.clone()

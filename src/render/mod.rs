@@ -289,7 +289,19 @@ pub fn attachment_stem(report: &str, c: &Computed) -> String {
     format!("{what} tháng {:02}-{}", c.period.month, c.period.year)
 }
 
-/// A table as CSV with a UTF-8 byte-order mark, so that Excel shows the diacritics.
+/// Text that Excel would take for a formula (`=`, `+`, `-`, `@`, a tab or a carriage return
+/// first: an agency name from the source can be `=HYPERLINK(...)`), shown as text instead by a
+/// leading apostrophe.
+fn formula_safe(s: &str) -> String {
+    if s.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("'{s}")
+    } else {
+        s.to_string()
+    }
+}
+
+/// A table as CSV with a UTF-8 byte-order mark, so that Excel shows the diacritics; text
+/// cells are formula-safe, numbers are written as they are.
 pub fn csv_bytes(t: &crate::query::ResultTable, tz: chrono_tz::Tz) -> Result<Vec<u8>, RenderError> {
     let err = |e: csv::Error| RenderError::Csv {
         table: t.name.clone(),
@@ -300,7 +312,7 @@ pub fn csv_bytes(t: &crate::query::ResultTable, tz: chrono_tz::Tz) -> Result<Vec
     w.write_record(&names).map_err(err)?;
     for row in table::rows(&t.batches, tz) {
         w.write_record(names.iter().map(|n| match row.get(n) {
-            Some(serde_json::Value::String(s)) => s.clone(),
+            Some(serde_json::Value::String(s)) => formula_safe(s),
             Some(serde_json::Value::Null) | None => String::new(),
             Some(v) => v.to_string(),
         }))
@@ -310,4 +322,63 @@ pub fn csv_bytes(t: &crate::query::ResultTable, tz: chrono_tz::Tz) -> Result<Vec
         table: t.name.clone(),
         message: e.to_string(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Int64Array, StringArray};
+    use arrow::datatypes::{DataType, Field, Schema};
+    use std::sync::Arc;
+
+    #[test]
+    fn csv_text_that_looks_like_a_formula_stays_text() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("agency_name", DataType::Utf8, true),
+            Field::new("delta", DataType::Int64, true),
+        ]));
+        let names = [
+            "=HYPERLINK(\"http://x\",\"Sở\")",
+            "+84 1",
+            "-cmd",
+            "@SUM(A1)",
+            "\tx",
+            "Sở Tư pháp",
+        ];
+        let batch = arrow::array::RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(StringArray::from(names.to_vec())),
+                Arc::new(Int64Array::from(vec![-5, 1, 2, 3, 4, 5])),
+            ],
+        )
+        .unwrap();
+        let t = crate::query::ResultTable {
+            name: "t".into(),
+            sql_file: "t.sql".into(),
+            sql_sha256: String::new(),
+            schema,
+            batches: vec![batch],
+        };
+        let bytes = csv_bytes(&t, chrono_tz::Asia::Ho_Chi_Minh).unwrap();
+        let text = String::from_utf8(bytes[3..].to_vec()).unwrap();
+        let mut r = csv::Reader::from_reader(text.as_bytes());
+        let rows: Vec<(String, String)> = r
+            .records()
+            .map(|r| {
+                let r = r.unwrap();
+                (r[0].to_string(), r[1].to_string())
+            })
+            .collect();
+        for (i, name) in names.iter().enumerate() {
+            let want = if name.starts_with("Sở") {
+                name.to_string()
+            } else {
+                format!("'{name}")
+            };
+            assert_eq!(rows[i].0, want);
+        }
+        // A negative number is a number, not a formula.
+        assert_eq!(rows[0].1, "-5");
+    }
 }

@@ -666,7 +666,7 @@ async fn compare(ctx: &SessionContext, e: &Expect, tz: chrono_tz::Tz) -> Result<
         None => format!("SELECT * FROM \"{}\"", e.table),
     };
     let df = ctx
-        .sql(&sql)
+        .sql_with_options(&sql, crate::query::read_only())
         .await
         .map_err(|err| format!("`where` failed: {err}"))?;
     let schema = df.schema().as_arrow().clone();
