@@ -418,17 +418,20 @@ impl Source {
     /// cut does; how many connections were cut.
     async fn cut(&mut self, id: i64) -> i64 {
         match self.kind {
+            // In the select list, so that only the rows the filter keeps are terminated.
             Kind::Postgres => self
                 .pg
                 .as_ref()
                 .unwrap()
-                .query_one(
-                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 AND query ILIKE 'COPY%' AND pid <> pg_backend_pid() AND pg_terminate_backend(pid)",
+                .query(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1 AND query ILIKE 'COPY%' AND pid <> pg_backend_pid()",
                     &[&self.name],
                 )
                 .await
                 .unwrap()
-                .get(0),
+                .iter()
+                .filter(|r| r.get::<_, bool>(0))
+                .count() as i64,
             Kind::Mariadb => {
                 self.my
                     .as_mut()
