@@ -1006,3 +1006,164 @@ async fn postgres_watermark_is_an_instant_whatever_the_session_time_zone() {
 async fn mariadb_watermark_is_an_instant_whatever_the_session_time_zone() {
     watermark_is_an_instant(Kind::Mariadb).await;
 }
+
+/// The one-stop-shop sync API of tests/fixtures/sync_api.py, without its 503, that dies
+/// (the process exits, its connections reset) on the request after `die_after` pages; 0:
+/// never. Usage: DATA_DIR TOKEN DIE_AFTER; prints its port.
+const DYING_API: &str = r#"
+import glob, json, os, sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlparse
+data_dir, token, die_after = sys.argv[1], sys.argv[2], int(sys.argv[3])
+records = []
+for f in sorted(glob.glob(f"{data_dir}/motcua/hoso_*.ndjson")):
+    with open(f, encoding="utf-8") as fh:
+        records.extend(json.loads(line) for line in fh if line.strip())
+records.sort(key=lambda r: (r["NgayCapNhat"], r["MaHoSo"]))
+served = 0
+class Handler(BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+    def do_GET(self):
+        global served
+        if die_after and served >= die_after:
+            os._exit(0)
+        if self.headers.get("Authorization") != f"Bearer {token}":
+            self.send_error(401)
+            return
+        q = parse_qs(urlparse(self.path).query)
+        page, size = int(q["page"][0]), int(q["page_size"][0])
+        since = q.get("since", ["19000101000000"])[0]
+        chosen = [r for r in records if r["NgayCapNhat"] >= since]
+        body = json.dumps({"data": chosen[(page - 1) * size : page * size], "page": page}).encode()
+        served += 1
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+print(server.server_address[1], flush=True)
+server.serve_forever()
+"#;
+
+/// A running [`DYING_API`], stopped when dropped.
+struct Api(Child, u16);
+
+impl Api {
+    fn start(script: &Path, data: &Path, die_after: usize) -> Api {
+        use std::io::BufRead;
+        let mut child = Command::new("python3")
+            .arg(script)
+            .arg(data)
+            .arg("s3cret-token")
+            .arg(die_after.to_string())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 runs the test sync API");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line.trim().parse().expect("the server prints its port");
+        Api(child, port)
+    }
+}
+
+impl Drop for Api {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Issue 19: the sync API's server dies after 4 pages (nothing committed yet), then after 11
+/// pages of 1,000 (10,000 rows committed); each run fails and commits no watermark, and a plain
+/// rerun against a server that lives gives the files' table.
+#[tokio::test(flavor = "multi_thread")]
+async fn http_server_dying_after_n_pages_loses_nothing() {
+    let started = Instant::now();
+    let files = project_copy();
+    let dossiers = 12_000;
+    let (fp, n) = (files.path().to_path_buf(), dossiers.to_string());
+    tokio::task::spawn_blocking(move || {
+        demo(&fp, &["--dossiers", &n]);
+        ok(run(&fp, &["extract", "dossier"]))
+    })
+    .await
+    .unwrap();
+    let want = rows(files.path(), DOSSIERS).await;
+    assert_eq!(want.num_rows(), dossiers);
+    let script = files.path().join("dying_api.py");
+    std::fs::write(&script, DYING_API).unwrap();
+    let data = files.path().join("data");
+
+    let p = project_copy();
+    edit(p.path(), "parstat.toml", "[connections.exports]", "[connections.motcua_api]\nkind = \"http\"\nurl = \"${SYNC_URL}\"\ntoken = \"${SYNC_TOKEN}\"\npage_size = 1000\n\n[connections.exports]");
+    let pipeline = std::fs::read_to_string(p.path().join("pipelines/dossier.toml")).unwrap();
+    let pipeline = pipeline
+        .replace("connection = \"exports\"", "connection = \"motcua_api\"")
+        .replace(
+            "path = \"motcua/hoso_*.ndjson\"\nformat = \"ndjson\"",
+            "endpoint = \"/api/hoso/sync\"\nrecords = \"data\"",
+        );
+    std::fs::write(p.path().join("pipelines/dossier.toml"), pipeline).unwrap();
+    let log = p.path().join("warehouse/dossier/_delta_log");
+    let mark = format!("\"{}\"", parstat::extract::watermark_id("dossier"));
+    let mut made = Vec::new();
+    for pages in [4, 11] {
+        let api = Api::start(&script, &data, pages);
+        let url = format!("http://127.0.0.1:{}", api.1);
+        let before = delta_commits(&log);
+        let env = [("SYNC_URL", url.as_str()), ("SYNC_TOKEN", "s3cret-token")];
+        let run = Running::start(p.path(), &env, 1000);
+        let out = tokio::task::spawn_blocking(move || run.finish())
+            .await
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "a run whose server died after {pages} pages must fail:\n{}",
+            stderr(&out)
+        );
+        let after = delta_commits(&log);
+        for v in before..after {
+            let c = std::fs::read_to_string(log.join(format!("{v:020}.json"))).unwrap();
+            assert!(
+                !c.contains(&mark),
+                "the run cut after {pages} pages committed the watermark (version {v})"
+            );
+        }
+        made.push(after - before);
+    }
+    assert!(
+        made[1] >= 1,
+        "the run cut after 11 pages should have committed its first 10,000 rows: {made:?}"
+    );
+    let api = Api::start(&script, &data, 0);
+    let url = format!("http://127.0.0.1:{}", api.1);
+    let env = [("SYNC_URL", url.as_str()), ("SYNC_TOKEN", "s3cret-token")];
+    let (pp, env2): (std::path::PathBuf, Vec<(String, String)>) = (
+        p.path().to_path_buf(),
+        env.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    );
+    tokio::task::spawn_blocking(move || {
+        let env: Vec<(&str, &str)> = env2.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        ok(run_with(&pp, &["extract", "dossier"], &env))
+    })
+    .await
+    .unwrap();
+    let (lost, duplicates) = tally(p.path(), dossiers as i64).await;
+    assert_eq!((lost, duplicates), (0, 0), "lost, duplicates");
+    same_rows(
+        "the API after its faults",
+        &rows(p.path(), DOSSIERS).await,
+        &want,
+    );
+    println!(
+        "HTTP: 2 faults injected (the server died after 4 and 11 pages; {made:?} commits made); 0 rows lost, 0 duplicates; {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+}
