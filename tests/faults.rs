@@ -1,8 +1,8 @@
 //! Fault injection (issue 19): a source that dies partway through a read (the PostgreSQL
-//! backend terminated, the MariaDB connection killed), `parstat extract` killed with SIGKILL,
-//! two extracts of one pipeline at once, and the watermark read across time zones. After each
-//! fault a plain rerun (no `--full`) must leave the warehouse equal to its source, row for
-//! row: nothing lost, nothing twice.
+//! backend terminated, the MariaDB connection killed, the sync API's server gone), `parstat
+//! extract` killed with SIGKILL, two extracts of one pipeline at once, and the watermark read
+//! across time zones. After each fault a plain rerun (no `--full`) must leave the warehouse
+//! equal to its source, row for row: nothing lost, nothing twice.
 
 use chrono::{Datelike, NaiveDateTime, Timelike};
 use datafusion::arrow::array::RecordBatch;
