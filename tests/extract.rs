@@ -45,7 +45,7 @@ pub(crate) async fn count(ctx: &SessionContext, sql: &str) -> i64 {
 }
 
 /// The number just before the first `marker` in a summary line (`3000 read, ...`).
-fn number_before<T: std::str::FromStr>(out: &str, marker: &str) -> Option<T> {
+pub(crate) fn number_before<T: std::str::FromStr>(out: &str, marker: &str) -> Option<T> {
     out.split(marker).next()?.rsplit(' ').next()?.parse().ok()
 }
 
@@ -363,7 +363,7 @@ async fn no_personal_data_in_clear_anywhere_in_the_warehouse() {
 }
 
 /// The one-stop-shop database's view of a dossier, in the dataset's terms.
-fn db_query(mysql: bool) -> String {
+pub(crate) fn db_query(mysql: bool) -> String {
     let level = "CASE d.cap_don_vi WHEN 'TINH' THEN 'province' WHEN 'HUYEN' THEN 'district' ELSE 'commune' END";
     let paid = "(h.thanh_toan_truc_tuyen IN (1, 2))";
     format!(

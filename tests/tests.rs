@@ -6,6 +6,7 @@ mod check;
 mod deliver;
 mod demo;
 mod extract;
+mod faults;
 mod hostile;
 mod http_faults;
 mod recovery;
