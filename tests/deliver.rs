@@ -451,3 +451,100 @@ fn the_outbox_and_the_preview_and_a_screenshot_of_the_email() {
         png.len()
     );
 }
+
+/// The claim files of the delivery ledger, anywhere under the warehouse.
+fn claims(project: &Path) -> Vec<PathBuf> {
+    fn walk(d: &Path, out: &mut Vec<PathBuf>) {
+        for e in std::fs::read_dir(d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else if p
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("claim-"))
+            {
+                out.push(p);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(&project.join("warehouse/_ledger"), &mut out);
+    out
+}
+
+#[test]
+fn a_message_that_cannot_be_built_claims_nobody_and_the_fix_delivers_to_all() {
+    let p = demo_project();
+    let server = smtp(&p.path().join("mail.mbox"), &[]);
+    use_smtp(p.path(), server.port);
+    edit(
+        p.path(),
+        "pipelines/monthly_investment.toml",
+        "cc = [\"so-tai-chinh@example.gov.vn\"]",
+        "cc = [\"${PARSTAT_CC}\"]",
+    );
+    let report = ["report", "monthly_investment", "--period", "2021-10"];
+    // Twice: a failed build must not leave claims that the second run reads as deliveries.
+    for _ in 0..2 {
+        let o = run(p.path(), &report);
+        assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+        assert!(
+            stderr(&o).contains("nothing was sent or claimed"),
+            "{}",
+            stderr(&o)
+        );
+        assert!(claims(p.path()).is_empty(), "{:?}", claims(p.path()));
+    }
+    assert_eq!(messages(&server.mbox, None).len(), 0);
+    edit(
+        p.path(),
+        "pipelines/monthly_investment.toml",
+        "cc = [\"${PARSTAT_CC}\"]",
+        "cc = [\"so-tai-chinh@example.gov.vn\"]",
+    );
+    let out = ok(run(p.path(), &report));
+    assert!(out.contains("chu-tich@example.gov.vn: sent"), "{out}");
+    let msgs = messages(&server.mbox, None);
+    let subject = "thu hút đầu tư";
+    assert_eq!(count_to(&msgs, "chu-tich@example.gov.vn", subject), 1);
+    assert_eq!(count_to(&msgs, "so-tai-chinh@example.gov.vn", subject), 1);
+}
+
+#[test]
+fn a_sender_killed_between_its_claim_and_the_send_is_finished_by_the_next_run() {
+    let p = demo_project();
+    // A server that accepts and never answers: the sender claims, then waits in the send.
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    use_smtp(p.path(), silent.local_addr().unwrap().port());
+    let mut sender = Command::new(env!("CARGO_BIN_EXE_parstat"))
+        .arg("--project")
+        .arg(p.path())
+        .args(["report", "monthly_investment", "--period", "2021-10"])
+        .env("PARSTAT_PII_KEY", KEY)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while claims(p.path()).is_empty() && started.elapsed().as_secs() < 120 {
+        assert!(sender.try_wait().unwrap().is_none(), "the sender ended");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(claims(p.path()).len(), 1, "one claim, then the send hangs");
+    sender.kill().unwrap();
+    sender.wait().unwrap();
+    drop(silent);
+    // The claim has no outcome and its sender is gone: the next run sends, well within the
+    // 15 minutes a claim of a sender on another host would be waited for.
+    let server = smtp(&p.path().join("mail.mbox"), &[]);
+    use_smtp(p.path(), server.port);
+    let out = ok(run(
+        p.path(),
+        &["report", "monthly_investment", "--period", "2021-10"],
+    ));
+    assert!(out.contains("chu-tich@example.gov.vn: sent"), "{out}");
+    let msgs = messages(&server.mbox, None);
+    let subject = "thu hút đầu tư";
+    assert_eq!(count_to(&msgs, "chu-tich@example.gov.vn", subject), 1);
+    assert_eq!(count_to(&msgs, "so-tai-chinh@example.gov.vn", subject), 1);
+}

@@ -4,11 +4,21 @@
 
 use datafusion::arrow::array::Array;
 use datafusion::prelude::SessionContext;
-use std::path::Path;
 
+use crate::extract::{demo, warehouse};
 use crate::util::*;
 
 const PG: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+/// Adds the PostgreSQL connection `motcua`, its URL from `MOTCUA_URL`.
+fn add_postgres(project: &std::path::Path) {
+    edit(
+        project,
+        "parstat.toml",
+        "[connections.exports]",
+        "[connections.motcua]\nkind = \"postgres\"\nurl = \"${MOTCUA_URL}\"\n\n[connections.exports]",
+    );
+}
 
 /// A project copy with a small dataset `ledger` (a key, an amount, an update time and a
 /// watermark) extracted by pipeline `ledger` from PostgreSQL table `SCHEMA.ledger`.
@@ -47,12 +57,7 @@ message = "amount cannot be negative"
 "#,
     )
     .unwrap();
-    edit(
-        p.path(),
-        "parstat.toml",
-        "[connections.exports]",
-        "[connections.motcua]\nkind = \"postgres\"\nurl = \"${MOTCUA_URL}\"\n\n[connections.exports]",
-    );
+    add_postgres(p.path());
     std::fs::write(
         p.path().join("pipelines/ledger.toml"),
         format!(
@@ -112,22 +117,6 @@ impl Drop for Schema {
             .arg(format!("DROP SCHEMA IF EXISTS {name} CASCADE"))
             .output();
     }
-}
-
-async fn warehouse(project: &Path) -> SessionContext {
-    let ctx = SessionContext::new();
-    for entry in std::fs::read_dir(project.join("warehouse")).unwrap() {
-        let p = entry.unwrap().path();
-        if p.join("_delta_log").is_dir() {
-            let url = url::Url::from_directory_path(p.canonicalize().unwrap()).unwrap();
-            let table = deltalake::DeltaTable::try_from_url(url).await.unwrap();
-            let name = p.file_name().unwrap().to_string_lossy().into_owned();
-            parstat::warehouse::register(&ctx, &table, &name)
-                .await
-                .unwrap();
-        }
-    }
-    ctx
 }
 
 async fn strings(ctx: &SessionContext, sql: &str) -> Vec<String> {
@@ -248,12 +237,7 @@ async fn a_dataset_without_an_update_time_loads_from_a_database() {
     .await;
     s.exec("INSERT INTO SCHEMA_.giai_ngan SELECT 'DA' || i, '2026-0' || (1 + i % 9), i * 1000000 FROM generate_series(1, 50) i").await;
     let p = project_copy();
-    edit(
-        p.path(),
-        "parstat.toml",
-        "[connections.exports]",
-        "[connections.motcua]\nkind = \"postgres\"\nurl = \"${MOTCUA_URL}\"\n\n[connections.exports]",
-    );
+    add_postgres(p.path());
     // Investors' reports as the contract defines them: no update time at all.
     std::fs::write(
         p.path().join("pipelines/investment_disbursement.toml"),
@@ -292,17 +276,7 @@ async fn a_dataset_without_an_update_time_loads_from_a_database() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_replace_reads_every_file_and_a_failed_one_replaces_nothing() {
     let p = project_copy();
-    ok(run(
-        p.path(),
-        &[
-            "demo",
-            "--data-only",
-            "--until",
-            "2026-10",
-            "--dossiers",
-            "2000",
-        ],
-    ));
+    demo(p.path(), &["--dossiers", "2000"]);
     // The disbursement reports split in two files, loaded in replace mode.
     let text = std::fs::read_to_string(p.path().join("data/dautu/giai_ngan.csv")).unwrap();
     let mut lines: Vec<&str> = text.lines().collect();
@@ -366,17 +340,7 @@ async fn a_replace_reads_every_file_and_a_failed_one_replaces_nothing() {
 #[test]
 fn a_broken_workbook_fails_the_run_and_replaces_nothing() {
     let p = project_copy();
-    ok(run(
-        p.path(),
-        &[
-            "demo",
-            "--data-only",
-            "--until",
-            "2026-10",
-            "--dossiers",
-            "2000",
-        ],
-    ));
+    demo(p.path(), &["--dossiers", "2000"]);
     ok(run(p.path(), &["extract", "rating"]));
     let log = p.path().join("warehouse/rating/_delta_log");
     let before = delta_commits(&log);
@@ -427,17 +391,7 @@ async fn a_database_that_hangs_fails_the_run_within_its_timeout() {
 #[test]
 fn a_second_run_of_a_pipeline_is_refused_while_the_first_holds_its_lease() {
     let p = project_copy();
-    ok(run(
-        p.path(),
-        &[
-            "demo",
-            "--data-only",
-            "--until",
-            "2026-10",
-            "--dossiers",
-            "20000",
-        ],
-    ));
+    demo(p.path(), &["--dossiers", "20000"]);
     let mut first = std::process::Command::new(env!("CARGO_BIN_EXE_parstat"))
         .arg("--project")
         .arg(p.path())

@@ -761,6 +761,7 @@ mod tests {
             formats: Default::default(),
             values: Default::default(),
             overlap_minutes: 0,
+            future_tolerance_minutes: 10,
             quarantine_max_share: 0.05,
             max_record_bytes: cap,
             max_workbook_bytes: 8 << 20,

@@ -70,6 +70,8 @@ impl ExtractError {
 pub(crate) struct RowSink {
     tx: mpsc::Sender<Msg>,
     buf: Vec<RawRow>,
+    /// Text bytes in `buf`.
+    buf_bytes: usize,
     /// Bytes received from the source since the last flush, for the job's summary.
     bytes: u64,
 }
@@ -77,11 +79,27 @@ pub(crate) struct RowSink {
 /// Rows per message from a source to the typing: small, so that few rows wait as cells.
 const SEND_ROWS: usize = 10_000;
 
+/// Text bytes per message at most: rows of long values (each up to `max_record_mb`) are sent
+/// sooner, so a message never holds more than this and one row.
+const SEND_BYTES: usize = 64 << 20;
+
+/// A row's text bytes, for [`SEND_BYTES`]; other cells are small and fixed.
+fn text_bytes(row: &RawRow) -> usize {
+    row.cells
+        .iter()
+        .map(|c| match c {
+            Cell::Text(t) => t.len(),
+            _ => 0,
+        })
+        .sum()
+}
+
 impl RowSink {
     fn new(tx: mpsc::Sender<Msg>) -> Self {
         RowSink {
             tx,
             buf: Vec::with_capacity(SEND_ROWS),
+            buf_bytes: 0,
             bytes: 0,
         }
     }
@@ -94,8 +112,9 @@ impl RowSink {
     }
 
     pub(crate) async fn push(&mut self, row: RawRow) -> Result<(), ExtractError> {
+        self.buf_bytes += text_bytes(&row);
         self.buf.push(row);
-        if self.buf.len() >= SEND_ROWS {
+        if self.buf.len() >= SEND_ROWS || self.buf_bytes >= SEND_BYTES {
             self.flush().await?;
         }
         Ok(())
@@ -115,6 +134,7 @@ impl RowSink {
             return Ok(());
         }
         let rows = std::mem::replace(&mut self.buf, Vec::with_capacity(SEND_ROWS));
+        self.buf_bytes = 0;
         self.tx.send(Msg::Rows(rows)).await.map_err(|_| stopped())
     }
 }
@@ -259,6 +279,9 @@ pub fn file_stat_id(pipeline: &str, rel: &str) -> String {
     format!("parstat.filestat.{pipeline}.{rel}")
 }
 
+/// Typed bytes per commit at most: rows of long text commit sooner than `chunk` rows would.
+const COMMIT_BYTES: usize = 256 << 20;
+
 /// Rows per commit. With freed memory kept for reuse during a load (`crate::alloc`), a chunk's
 /// copies set most of the peak: 150,000 rows keep a 10-million-row load near 850 MiB from
 /// PostgreSQL, at the speed of 200,000 (bench/extract_pg.sh).
@@ -355,6 +378,7 @@ async fn run_leased(
     // Typed batches and their rejected rows since the last commit, and how many rows they hold.
     let mut pending_rows: Vec<(RecordBatch, Vec<Rejected>)> = Vec::new();
     let mut pending_count = 0usize;
+    let mut pending_bytes = 0usize;
     let mut pending_files: Vec<(String, i64, i64)> = Vec::new();
     let bar = progress(opts.progress, &pipeline.name);
     let replace = job.mode == Mode::Replace;
@@ -444,6 +468,7 @@ async fn run_leased(
                     typing = Some(t);
                     let (batch, rejected) = typed?;
                     pending_count += batch.num_rows() + rejected.len();
+                    pending_bytes += batch.get_array_memory_size();
                     pending_rows.push((batch, rejected));
                 }
                 Some(Msg::FileDone {
@@ -470,7 +495,7 @@ async fn run_leased(
             }
             // Commit every `chunk` rows (small files share a commit, each marked as loaded in
             // it) and at the end, which also carries the watermark.
-            if !(last || pending_count >= chunk) {
+            if !(last || pending_count >= chunk || pending_bytes >= COMMIT_BYTES) {
                 continue;
             }
             if last {
@@ -506,6 +531,7 @@ async fn run_leased(
             }
             let rows = std::mem::take(&mut pending_rows);
             pending_count = 0;
+            pending_bytes = 0;
             let files = std::mem::take(&mut pending_files);
             let h = tokio::spawn(c.commit(rows, files, last));
             if last {
@@ -1077,9 +1103,12 @@ fn spawn_source(
                     }
                     let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
                     let mut buf: Vec<RawRow> = Vec::with_capacity(chunk.min(SEND_ROWS));
+                    let mut buf_bytes = 0usize;
                     let mut send = |r: RawRow| -> Result<(), ExtractError> {
+                        buf_bytes += text_bytes(&r);
                         buf.push(r);
-                        if buf.len() >= SEND_ROWS {
+                        if buf.len() >= SEND_ROWS || buf_bytes >= SEND_BYTES {
+                            buf_bytes = 0;
                             tx.blocking_send(Msg::Rows(std::mem::take(&mut buf)))
                                 .map_err(|_| ExtractError::Source("the writer stopped".into()))?;
                         }
