@@ -95,3 +95,132 @@ fn the_analysts_query_cannot_read_or_write_files() {
     ));
     assert!(std::fs::read_to_string(&out).unwrap().contains('1'));
 }
+
+/// Every file below `dir`, read as bytes.
+fn all_bytes(dir: &std::path::Path, out: &mut Vec<(std::path::PathBuf, Vec<u8>)>) {
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            all_bytes(&p, out);
+        } else {
+            out.push((p.clone(), std::fs::read(&p).unwrap()));
+        }
+    }
+}
+
+#[test]
+fn a_csv_row_with_a_field_too_many_keeps_no_personal_text_in_clear() {
+    let p = project_copy();
+    std::fs::write(
+        p.path().join("schemas/applicant.toml"),
+        r#"name = "applicant"
+label = "Người nộp"
+description = "A test dataset with personal data."
+primary_key = ["code"]
+
+[[columns]]
+name = "code"
+type = "Utf8"
+nullable = false
+label = "Mã"
+
+[[columns]]
+name = "applicant_name"
+type = "Utf8"
+nullable = true
+label = "Họ tên"
+personal = "hash"
+
+[[columns]]
+name = "applicant_address"
+type = "Utf8"
+nullable = true
+label = "Địa chỉ"
+personal = "drop"
+
+[[columns]]
+name = "agency_name"
+type = "Utf8"
+nullable = true
+label = "Cơ quan"
+
+[[columns]]
+name = "fee_vnd"
+type = "Int64"
+nullable = true
+label = "Phí"
+"#,
+    )
+    .unwrap();
+    std::fs::write(
+        p.path().join("pipelines/applicant.toml"),
+        "kind = \"extract\"\ndataset = \"applicant\"\nconnection = \"exports\"\npath = \"nguoi_nop.csv\"\nformat = \"csv\"\nmode = \"merge\"\nquarantine_max_share = 0.5\n\n[columns]\ncode = \"Ma\"\napplicant_name = \"HoTen\"\napplicant_address = \"DiaChi\"\nagency_name = \"CoQuan\"\nfee_vnd = \"Phi\"\n",
+    )
+    .unwrap();
+    // Row 3's address holds an unquoted comma: every field after it slides one column right,
+    // the address's second half into `agency_name`, which is not personal.
+    let name = "Nguyễn Thị Hồng Nhung";
+    let (street, ward) = ("Số 12 ngõ Trần Phú", "Phường Thạch Quý");
+    std::fs::create_dir_all(p.path().join("data")).unwrap();
+    std::fs::write(
+        p.path().join("data/nguoi_nop.csv"),
+        format!(
+            "Ma,HoTen,DiaChi,CoQuan,Phi\nA1,Lê Văn An,\"Số 1, Hà Huy Tập\",Sở Tư pháp,1000\nA2,{name},{street}, {ward},Sở Xây dựng,2000\nA3,Trần Bình,Xã Cẩm Bình,Sở Y tế,3000\n"
+        ),
+    )
+    .unwrap();
+    let o = run(p.path(), &["extract", "applicant"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("3 read, 2 written, 1 quarantined"),
+        "{}",
+        stdout(&o)
+    );
+    let mut files = Vec::new();
+    all_bytes(&p.path().join("warehouse"), &mut files);
+    assert!(files.len() > 3);
+    let mut quarantined = false;
+    for (path, bytes) in &files {
+        let text = String::from_utf8_lossy(bytes);
+        for secret in [name, street, ward, "Hà Huy Tập", "Lê Văn An"] {
+            assert!(
+                !text.contains(secret),
+                "{secret:?} in clear in {}",
+                path.display()
+            );
+        }
+        quarantined |= text.contains("6 fields where the header has 5");
+    }
+    assert!(
+        quarantined,
+        "the misshapen row is in the quarantine with its reason"
+    );
+    for out in [stdout(&o), stderr(&o)] {
+        assert!(!out.contains(name) && !out.contains(ward), "{out}");
+    }
+    // The files may be compressed: the quarantine read back through a query, too.
+    let q = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let ctx = crate::extract::warehouse(p.path()).await;
+        let b = ctx
+            .sql("SELECT position, row_json, reasons FROM quarantine")
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        datafusion::arrow::util::pretty::pretty_format_batches(&b)
+            .unwrap()
+            .to_string()
+    });
+    assert!(q.contains("nguoi_nop.csv:3"), "{q}");
+    for secret in [name, street, ward, "Sở Xây dựng", "2000"] {
+        assert!(
+            !q.contains(secret),
+            "{secret:?} in clear in the quarantine: {q}"
+        );
+    }
+    assert!(
+        q.contains("\"applicant_name\":\""),
+        "hashed, not dropped: {q}"
+    );
+}

@@ -512,6 +512,29 @@ impl RowPlan {
     }
 
     /// The row with personal data hashed or left out, for the quarantine.
+    /// A misshapen row as JSON: every cell hashed as a personal one would be (dropped where
+    /// its column is dropped, or where no hashing key is needed by the schema), since any of
+    /// them may hold personal text that slid out of its column.
+    pub fn hashed_json(
+        &self,
+        names: &[String],
+        cells: &[Cell],
+        personal: &BTreeMap<String, Personal>,
+    ) -> serde_json::Value {
+        let mut m = serde_json::Map::new();
+        for (n, c) in names.iter().zip(cells) {
+            if personal.get(n) == Some(&Personal::Drop) {
+                continue;
+            }
+            let v = match (c.text(), &self.hasher) {
+                (Some(t), Some(h)) => serde_json::Value::String(h.hash(t.trim())),
+                _ => serde_json::Value::Null,
+            };
+            m.insert(n.clone(), v);
+        }
+        serde_json::Value::Object(m)
+    }
+
     pub fn safe_json(
         &self,
         names: &[String],

@@ -253,6 +253,7 @@ pub(crate) fn read_ndjson_from(
                 position,
                 cells: vec![Cell::Null; columns.len()],
                 errors: vec![too_long("line", Some(total), cap)],
+                misshapen: false,
             })?;
             continue;
         }
@@ -277,6 +278,7 @@ pub(crate) fn read_ndjson_from(
                     position,
                     cells: vec![Cell::Null; columns.len()],
                     errors,
+                    misshapen: false,
                 })?;
                 continue;
             }
@@ -299,6 +301,7 @@ pub(crate) fn read_ndjson_from(
             position,
             cells,
             errors,
+            misshapen: false,
         })?;
     }
     Ok(())
@@ -438,9 +441,10 @@ pub(crate) fn read_csv_from(
         }
         let line = rec.position().map(|p| p.line()).unwrap_or(0);
         let mut errors = Vec::new();
-        if rec.len() != headers.len() {
+        let misshapen = rec.len() != headers.len();
+        if misshapen {
             errors.push(format!(
-                "{} fields where the header has {}",
+                "{} fields where the header has {}: the cells cannot be matched to their columns, so every cell is kept hashed; quote values that hold the delimiter",
                 rec.len(),
                 headers.len()
             ));
@@ -467,6 +471,7 @@ pub(crate) fn read_csv_from(
             position: Position::Line(file.clone(), line),
             cells,
             errors,
+            misshapen,
         })?;
     }
     Ok(())
@@ -650,6 +655,7 @@ fn read_sheet<'a>(
                     position: Position::Text(format!("{at}:{}", r as u64 + 1)),
                     cells,
                     errors,
+                    misshapen: false,
                 })?;
             }
         }

@@ -138,6 +138,7 @@ pub(crate) async fn stream(
                     position,
                     cells: vec![super::cell::Cell::Null; columns.len()],
                     errors: vec!["not a JSON object".into()],
+                    misshapen: false,
                 })
                 .await?;
                 continue;
@@ -164,6 +165,7 @@ pub(crate) async fn stream(
                 position,
                 cells,
                 errors,
+                misshapen: false,
             })
             .await?;
         }

@@ -212,6 +212,10 @@ pub struct RawRow {
     pub cells: Vec<Cell>,
     /// Problems found while reading (broken encoding, bad JSON): the row goes to quarantine.
     pub errors: Vec<String>,
+    /// The row's shape is wrong (more or fewer fields than the header): no cell can be trusted
+    /// to be in its column, so personal text may sit in any of them. Quarantined with every
+    /// cell hashed (or dropped), and no value in its reasons.
+    pub misshapen: bool,
 }
 
 enum Msg {
@@ -869,6 +873,14 @@ impl Typing {
         let mut rejected = Vec::new();
         let mut kept_rows: Vec<(Position, Vec<Cell>)> = Vec::with_capacity(rows.len());
         for r in rows {
+            if r.misshapen {
+                rejected.push(Rejected {
+                    row_json: plan.hashed_json(names, &r.cells, personal).to_string(),
+                    position: r.position.to_string(),
+                    reasons: r.errors,
+                });
+                continue;
+            }
             let mut reasons = r.errors;
             if reasons.is_empty() {
                 if let Err(e) = plan.append_row(&r.cells, &mut builders, &mut scratch) {

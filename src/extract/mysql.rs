@@ -145,6 +145,7 @@ pub(crate) async fn stream(
             position: Position::Row(n),
             cells,
             errors,
+            misshapen: false,
         })
         .await?;
     }

@@ -324,6 +324,7 @@ impl CopyDecoder {
                 position: Position::Row(self.rows),
                 cells,
                 errors,
+                misshapen: false,
             });
         }
         self.partial.extend_from_slice(&data);
