@@ -473,41 +473,90 @@ fn claims(project: &Path) -> Vec<PathBuf> {
 }
 
 #[test]
-fn a_message_that_cannot_be_built_claims_nobody_and_the_fix_delivers_to_all() {
+fn a_recipient_from_the_environment_is_checked_before_anything_runs_then_delivered() {
     let p = demo_project();
     let server = smtp(&p.path().join("mail.mbox"), &[]);
     use_smtp(p.path(), server.port);
-    edit(
+    let text = edit(
         p.path(),
         "pipelines/monthly_investment.toml",
         "cc = [\"so-tai-chinh@example.gov.vn\"]",
         "cc = [\"${PARSTAT_CC}\"]",
     );
     let report = ["report", "monthly_investment", "--period", "2021-10"];
-    // Twice: a failed build must not leave claims that the second run reads as deliveries.
-    for _ in 0..2 {
-        let o = run(p.path(), &report);
-        assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
-        assert!(
-            stderr(&o).contains("nothing was sent or claimed"),
-            "{}",
-            stderr(&o)
+    // Unset: `check` names the variable where it is written, and the report runs nothing.
+    let (line, col) = pos(&text, "${PARSTAT_CC}");
+    for args in [&["check"][..], &report[..]] {
+        let o = run(p.path(), args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stdout(&o));
+        let want = format!(
+            "pipelines/monthly_investment.toml:{line}:{col}: error: environment variable `PARSTAT_CC` is not set"
         );
-        assert!(claims(p.path()).is_empty(), "{:?}", claims(p.path()));
+        assert!(stderr(&o).contains(&want), "{args:?}: {}", stderr(&o));
     }
-    assert_eq!(messages(&server.mbox, None).len(), 0);
-    edit(
+    // Set to something that is no address: refused with the variable named.
+    let o = run_with(
         p.path(),
-        "pipelines/monthly_investment.toml",
-        "cc = [\"${PARSTAT_CC}\"]",
-        "cc = [\"so-tai-chinh@example.gov.vn\"]",
+        &["check"],
+        &[("PARSTAT_CC", "so-tai-chinh@@example")],
     );
-    let out = ok(run(p.path(), &report));
-    assert!(out.contains("chu-tich@example.gov.vn: sent"), "{out}");
+    assert_eq!(o.status.code(), Some(2), "{}", stdout(&o));
+    assert!(
+        stderr(&o)
+            .contains("`so-tai-chinh@@example` (from `${PARSTAT_CC}`) is not an email address"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(claims(p.path()).is_empty(), "{:?}", claims(p.path()));
+    assert_eq!(messages(&server.mbox, None).len(), 0);
+    // Set: both recipients get the report once.
+    let env = [("PARSTAT_CC", "so-tai-chinh@example.gov.vn")];
+    let out = ok(run_with(p.path(), &report, &env));
+    assert!(out.contains("so-tai-chinh@example.gov.vn: sent"), "{out}");
     let msgs = messages(&server.mbox, None);
     let subject = "thu hút đầu tư";
     assert_eq!(count_to(&msgs, "chu-tich@example.gov.vn", subject), 1);
     assert_eq!(count_to(&msgs, "so-tai-chinh@example.gov.vn", subject), 1);
+}
+
+/// A message that cannot be built (no configuration can make one now that `check` parses
+/// every address as the mailer does, so the library is called directly) fails the delivery
+/// before any recipient is claimed: no later run can take a claim for a delivery.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_message_that_cannot_be_built_claims_nobody() {
+    let p = project_copy();
+    let project = parstat::config::Project::load(p.path()).unwrap();
+    let email = parstat::render::Email {
+        subject: "Báo cáo".into(),
+        html: "<p>Báo cáo</p>".into(),
+        text: "Báo cáo".into(),
+        inline: vec![],
+        attachments: vec![],
+    };
+    let recipients = vec![
+        "chu-tich@example.gov.vn".to_string(),
+        "so-tai-chinh@@example".to_string(),
+    ];
+    let r = parstat::deliver::deliver(
+        &project,
+        "monthly_investment",
+        "2021-10",
+        &recipients,
+        &email,
+        &parstat::deliver::DeliverOptions { resend: false },
+    )
+    .await;
+    let err = r
+        .expect_err("an unbuildable message fails the delivery")
+        .to_string();
+    assert!(
+        err.contains("so-tai-chinh@@example") && err.contains("nothing was sent or claimed"),
+        "{err}"
+    );
+    assert!(claims(p.path()).is_empty(), "{:?}", claims(p.path()));
+    let outbox = p.path().join("outbox");
+    let sent = std::fs::read_dir(&outbox).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(sent, 0, "nothing in {}", outbox.display());
 }
 
 #[test]

@@ -399,12 +399,14 @@ fn load_mail(src: &Source, raw: Option<&RawMail>, diags: &mut Diagnostics) -> Ma
         mail.outbox = PathBuf::from(o.get_ref());
     }
     if let Some(f) = &raw.from {
-        check_address(src, f, diags);
-        mail.from = f.get_ref().clone();
+        if let Some(a) = resolve_address(src, f, diags) {
+            mail.from = a;
+        }
     }
     for op in &raw.operators {
-        check_address(src, op, diags);
-        mail.operators.push(op.get_ref().clone());
+        if let Some(a) = resolve_address(src, op, diags) {
+            mail.operators.push(a);
+        }
     }
     if let Some(m) = &raw.max_size_mb {
         if m.get_ref().is_nan() || *m.get_ref() <= 0.0 {
@@ -491,23 +493,40 @@ fn load_mail(src: &Source, raw: Option<&RawMail>, diags: &mut Diagnostics) -> Ma
     mail
 }
 
-fn check_address(src: &Source, v: &Spanned<String>, diags: &mut Diagnostics) {
-    let s = v.get_ref();
-    let addr = match (s.rfind('<'), s.rfind('>')) {
-        (Some(a), Some(b)) if a < b => &s[a + 1..b],
-        _ => s.as_str(),
+/// An address as written (`${NAME}` resolved from the environment), checked as the mailer
+/// will parse it: `name@domain` or `Display Name <name@domain>`. `None`, with the error at
+/// the value, when a variable is unset or the address is not one.
+pub(crate) fn resolve_address(
+    src: &Source,
+    v: &Spanned<String>,
+    diags: &mut Diagnostics,
+) -> Option<String> {
+    let before = diags.error_count();
+    check_env_value(src, v, true, diags);
+    if diags.error_count() > before {
+        return None;
+    }
+    let s = env::interpolate(v.get_ref()).ok()?;
+    let s = s.trim();
+    let addr = match (s.rfind('<'), s.ends_with('>')) {
+        (Some(a), true) => &s[a + 1..s.len() - 1],
+        _ => s,
     };
-    let ok = addr
-        .split_once('@')
-        .is_some_and(|(l, d)| !l.is_empty() && d.contains('.') && !addr.contains(' '));
-    if !ok && !env::has_reference(s) {
+    if let Err(e) = addr.trim().parse::<lettre::Address>() {
+        let shown = if env::has_reference(v.get_ref()) {
+            format!("`{s}` (from `{}`)", v.get_ref().trim())
+        } else {
+            format!("`{s}`")
+        };
         diags.error_at(
             src,
             v.span(),
-            format!("`{s}` is not an email address"),
+            format!("{shown} is not an email address: {e}"),
             Some("write `name@domain` or `Display Name <name@domain>`".into()),
         );
+        return None;
     }
+    Some(s.to_string())
 }
 
 /// Syntax of `${...}` is checked everywhere; whether the variable is set only where needed.

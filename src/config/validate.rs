@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use toml::Spanned;
 
 use super::diag::{suggest, Diagnostics, Source};
-use super::env;
 use super::pipeline::{self, *};
 use super::schema::{is_identifier, AllowedValue, Schema};
 use super::settings::{self, ConnectionKind, Settings};
@@ -1089,19 +1088,11 @@ fn addresses(src: &Source, list: &[Spanned<String>], diags: &mut Diagnostics) ->
     let mut seen = BTreeSet::new();
     let mut out = Vec::new();
     for a in list {
-        let s = a.get_ref().trim();
-        let ok = s
-            .split_once('@')
-            .is_some_and(|(l, d)| !l.is_empty() && d.contains('.'))
-            && !s.contains(' ');
-        if !ok && !env::has_reference(s) {
-            diags.error_at(
-                src,
-                a.span(),
-                format!("`{s}` is not an email address"),
-                Some("write `name@domain`".into()),
-            );
-        } else if !seen.insert(s.to_lowercase()) {
+        // `${NAME}` is resolved here, so a recipient is a real address before any job runs.
+        let Some(s) = settings::resolve_address(src, a, diags) else {
+            continue;
+        };
+        if !seen.insert(s.to_lowercase()) {
             diags.error_at(
                 src,
                 a.span(),
@@ -1109,7 +1100,7 @@ fn addresses(src: &Source, list: &[Spanned<String>], diags: &mut Diagnostics) ->
                 Some("each recipient gets one message: list them once".into()),
             );
         } else {
-            out.push(s.to_string());
+            out.push(s);
         }
     }
     out
