@@ -419,3 +419,44 @@ fn a_second_run_of_a_pipeline_is_refused_while_the_first_holds_its_lease() {
     let out = ok(run(p.path(), &["extract", "dossier"]));
     assert!(out.contains(" 0 written"), "{out}");
 }
+
+#[test]
+fn a_run_whose_lease_was_taken_commits_nothing_more() {
+    let p = project_copy();
+    demo(p.path(), &["--dossiers", "20000"]);
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_parstat"))
+        .arg("--project")
+        .arg(p.path())
+        .args(["-q", "extract", "dossier", "--chunk-rows", "500"])
+        .env("PARSTAT_PII_KEY", KEY)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let log = p.path().join("warehouse/dossier/_delta_log");
+    let started = std::time::Instant::now();
+    while delta_commits(&log) < 2 && started.elapsed().as_secs() < 60 {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    // Another holder takes the next epoch, as one would after this run's heartbeats stopped
+    // (a paused process): from the next commit on, this run must stop.
+    let lease = p.path().join("warehouse/_lease/pipeline-dossier");
+    let taken = format!(
+        "{{\"holder\":\"parstat run other\",\"at\":\"{}\",\"released\":false}}",
+        chrono::Utc::now().to_rfc3339()
+    );
+    std::fs::write(lease.join("epoch-000000000001.json"), taken).unwrap();
+    let at_steal = delta_commits(&log);
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("another process took this run's lease"),
+        "{err}"
+    );
+    // At most the commit already under way when the lease was taken lands.
+    assert!(
+        delta_commits(&log) <= at_steal + 1,
+        "{} commits after the lease was taken at {at_steal}",
+        delta_commits(&log) - at_steal
+    );
+}

@@ -46,7 +46,7 @@ pub enum ExtractError {
     Warehouse(#[from] WarehouseError),
     #[error(transparent)]
     Busy(#[from] Busy),
-    #[error("pipeline `{0}`: another process took this run's lease (its heartbeats failed for too long); stopped before the next commit. Run it again")]
+    #[error("pipeline `{0}`: another process took this run's lease (its heartbeats stopped for too long, or it was paused); stopped before the next commit. What was committed stays; run it again once the other run ends")]
     LeaseLost(String),
     #[error("{share:.1}% of the rows of {what} are invalid, above the {max:.1}% allowed (`quarantine_max_share`); nothing of it was stored. First reasons: {examples}")]
     TooManyInvalid {
@@ -522,7 +522,7 @@ async fn run_leased(
                 }
                 continue;
             }
-            if lease.lost() {
+            if !lease.still_held().await? {
                 return Err(ExtractError::LeaseLost(pipeline.name.clone()));
             }
             let mut c: Committer = match (home.take(), inflight.take()) {

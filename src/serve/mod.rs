@@ -104,13 +104,30 @@ pub async fn serve(project: Project) -> anyhow::Result<()> {
                 // the lease keeps being renewed meanwhile.
                 let p = project.clone();
                 let mut task = tokio::spawn(async move { run_fire(&p, &fire).await });
+                let mut lost = false;
                 let stopped = loop {
                     tokio::select! {
                         _ = &mut task => break false,
-                        _ = renew.tick() => { let _ = lease.renew().await; }
+                        _ = renew.tick() => {
+                            match lease.renew().await {
+                                Ok(true) => {}
+                                // Another scheduler holds the lease now: this one's job must
+                                // not go on beside it. Its commits are atomic; an extract
+                                // also checks its own pipeline lease before each commit.
+                                Ok(false) => {
+                                    task.abort();
+                                    lost = true;
+                                    break false;
+                                }
+                                Err(e) => tracing::warn!(error = %e, "could not renew the lease"),
+                            }
+                        }
                         _ = &mut stop => break true,
                     }
                 };
+                if lost {
+                    break Err(anyhow::anyhow!("the lease was taken by another scheduler while a job ran; the job was stopped, and this scheduler stops"));
+                }
                 if stopped {
                     tracing::info!(grace_seconds = cfg.grace_seconds, "stopping: letting the running job finish");
                     if tokio::time::timeout(Duration::from_secs(cfg.grace_seconds), &mut task).await.is_err() {

@@ -350,9 +350,18 @@ impl RunLease {
         Ok(Ok(RunLease { lease, lost, beats }))
     }
 
-    /// Whether another process took the lease (this run's heartbeats failed for too long).
-    pub fn lost(&self) -> bool {
-        self.lost.load(Ordering::SeqCst)
+    /// Whether the lease is still this run's, asked of the store now (and renewed): a run
+    /// checks before each commit, so that one paused past its lease (a stopped process, a
+    /// suspended machine) commits nothing once another holder took over.
+    pub async fn still_held(&self) -> Result<bool, WarehouseError> {
+        if self.lost.load(Ordering::SeqCst) {
+            return Ok(false);
+        }
+        let held = self.lease.renew().await?;
+        if !held {
+            self.lost.store(true, Ordering::SeqCst);
+        }
+        Ok(held)
     }
 
     /// Gives the lease up, so that the next run need not wait.
