@@ -224,3 +224,28 @@ label = "Phí"
         "hashed, not dropped: {q}"
     );
 }
+
+#[test]
+fn smtp_credentials_never_go_out_in_clear_to_another_host() {
+    let p = project_copy();
+    edit(
+        p.path(),
+        "parstat.toml",
+        "host = \"127.0.0.1\"",
+        "host = \"smtp.example.gov.vn\"",
+    );
+    let text = std::fs::read_to_string(p.path().join("parstat.toml")).unwrap();
+    let o = parstat(p.path(), &["check"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stdout(&o));
+    let (line, col) = pos(&text, "\"none\"");
+    let want = format!("parstat.toml:{line}:{col}: error: `security = \"none\"` would send the SMTP username and password to `smtp.example.gov.vn` in clear");
+    assert!(stderr(&o).contains(&want), "{}", stderr(&o));
+    // Without `security`, the default is STARTTLS: accepted.
+    edit(p.path(), "parstat.toml", "security = \"none\"", "");
+    let o = parstat(p.path(), &["check"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    // A relay on this machine may take them without encryption.
+    let p = project_copy();
+    let o = parstat(p.path(), &["check"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+}

@@ -428,8 +428,10 @@ fn load_mail(src: &Source, raw: Option<&RawMail>, diags: &mut Diagnostics) -> Ma
                 .as_ref()
                 .map(|v| (v.get_ref().as_str(), v.span()))
             {
-                None | Some(("none", _)) => Security::None,
-                Some(("starttls", _)) => Security::StartTls,
+                // Encrypted unless said otherwise: credentials and citizens' figures cross
+                // the network.
+                None | Some(("starttls", _)) => Security::StartTls,
+                Some(("none", _)) => Security::None,
                 Some(("tls", _)) => Security::Tls,
                 Some((other, span)) => {
                     diags.error_at(
@@ -461,6 +463,30 @@ fn load_mail(src: &Source, raw: Option<&RawMail>, diags: &mut Diagnostics) -> Ma
             .flatten()
             {
                 check_env_value(src, v, needed, diags);
+            }
+            // A password sent in clear can be read by anyone on the path; only a server on
+            // this machine (a local relay) may take one without encryption.
+            if security == Security::None && (s_ref.username.is_some() || s_ref.password.is_some())
+            {
+                let host = env::interpolate(s_ref.host.get_ref()).unwrap_or_default();
+                let loopback = host == "localhost"
+                    || host
+                        .trim_matches(['[', ']'])
+                        .parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| ip.is_loopback());
+                if !loopback {
+                    let at = s_ref
+                        .security
+                        .as_ref()
+                        .map(|v| v.span())
+                        .unwrap_or_else(|| s_ref.host.span());
+                    diags.error_at(
+                        src,
+                        at,
+                        format!("`security = \"none\"` would send the SMTP username and password to `{host}` in clear"),
+                        Some("use `security = \"starttls\"` (port 587) or `\"tls\"` (port 465); `none` only for a relay on this machine".into()),
+                    );
+                }
             }
             mail.smtp = Some(SmtpSettings {
                 host: EnvValue::new(src, &s_ref.host),
