@@ -29,7 +29,7 @@ if [ "$have" = "$n" ]; then
     echo "reusing the $n dossiers of schema bench" >&2
 else
     echo "loading $n dossiers into PostgreSQL (schema bench)..." >&2
-    "$bin" -q --project "$work" demo --data-only --dossiers "$n" --until 2026-10 --postgres postgres://postgres@127.0.0.1:5432/test --pg-schema bench >/dev/null
+    "$bin" -q --project "$work" demo --data-only --dossiers "$n" --until 2026-10 --postgres postgres://postgres@127.0.0.1:5432/test --pg-schema bench --force >/dev/null
 fi
 export MOTCUA_DATABASE_URL=postgres://postgres@127.0.0.1:5432/test PARSTAT_PII_KEY=bench-key-0123456789abcdef
 measure() { /usr/bin/time -f '%e %M' -o "$work/t" "$@" >/dev/null; cat "$work/t"; }

@@ -249,3 +249,114 @@ fn smtp_credentials_never_go_out_in_clear_to_another_host() {
     let o = parstat(p.path(), &["check"]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_demo_never_drops_tables_it_did_not_create() {
+    let schema = format!("parstat_foreign_{}", std::process::id());
+    let pg = "postgres://postgres@127.0.0.1:5432/test";
+    let (client, conn) = tokio_postgres::connect(pg, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    // A real one-stop-shop schema's table, with a dossier in it.
+    client
+        .batch_execute(&format!(
+            "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}; CREATE TABLE {schema}.ho_so (ma_ho_so text); INSERT INTO {schema}.ho_so VALUES ('REAL-1')"
+        ))
+        .await
+        .unwrap();
+    let p = project_copy();
+    let args = |force: bool| {
+        let mut a = vec![
+            "demo".to_string(),
+            "--data-only".into(),
+            "--dossiers".into(),
+            "500".into(),
+            "--until".into(),
+            "2026-10".into(),
+            "--postgres".into(),
+            pg.into(),
+            "--pg-schema".into(),
+            schema.clone(),
+        ];
+        if force {
+            a.push("--force".into());
+        }
+        a
+    };
+    // The demo runs in a blocking task: its own runtime may not start inside this one.
+    let demo = |a: Vec<String>| {
+        let dir = p.path().to_path_buf();
+        tokio::task::spawn_blocking(move || {
+            let a: Vec<&str> = a.iter().map(|s| s.as_str()).collect();
+            run(&dir, &a)
+        })
+    };
+    let refused = demo(args(false)).await.unwrap();
+    assert_ne!(refused.status.code(), Some(0));
+    assert!(
+        stderr(&refused).contains(&format!("PostgreSQL schema `{schema}` already holds ho_so"))
+            && stderr(&refused).contains("--force"),
+        "{}",
+        stderr(&refused)
+    );
+    let kept: i64 = client
+        .query_one(
+            &format!("SELECT count(*) FROM {schema}.ho_so WHERE ma_ho_so = 'REAL-1'"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(kept, 1, "the real table was touched");
+    // With --force it is replaced, and marked: the next demo load needs no --force.
+    ok(demo(args(true)).await.unwrap());
+    ok(demo(args(false)).await.unwrap());
+    client
+        .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+        .await
+        .unwrap();
+}
+
+#[test]
+fn the_demo_refuses_a_project_that_is_not_a_demo() {
+    // Exports the demo did not write.
+    let p = project_copy();
+    std::fs::create_dir_all(p.path().join("data/motcua")).unwrap();
+    std::fs::write(
+        p.path().join("data/motcua/hoso_202610.ndjson"),
+        "{\"real\":1}\n",
+    )
+    .unwrap();
+    let o = run(p.path(), &["demo", "--data-only", "--dossiers", "500"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stdout(&o));
+    assert!(
+        stderr(&o).contains("did not write (no manifest.json)"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(
+        std::fs::read_to_string(p.path().join("data/motcua/hoso_202610.ndjson")).unwrap(),
+        "{\"real\":1}\n"
+    );
+    // A project that mails its leaders over SMTP.
+    let p = project_copy();
+    edit(
+        p.path(),
+        "parstat.toml",
+        "transport = \"outbox\"",
+        "transport = \"smtp\"",
+    );
+    let o = run_with(
+        p.path(),
+        &["demo", "--dossiers", "500"],
+        &[("PARSTAT_SMTP_USER", "u"), ("PARSTAT_SMTP_PASSWORD", "p")],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", stdout(&o));
+    assert!(
+        stderr(&o).contains("this project mails over SMTP"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!p.path().join("data").exists(), "nothing generated");
+}

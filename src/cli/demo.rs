@@ -40,6 +40,11 @@ pub struct DemoArgs {
     /// Output folder, relative to the project.
     #[arg(long, default_value = "data", value_name = "DIR")]
     pub out: PathBuf,
+    /// Run even where the demo would overwrite what it did not make: a data folder without
+    /// the demo's manifest, database tables without its marker, or a project that mails
+    /// over SMTP.
+    #[arg(long)]
+    pub force: bool,
 }
 
 fn parse_month(s: &str) -> Option<(i32, u32)> {
@@ -75,8 +80,12 @@ pub async fn run(project: &Path, args: DemoArgs) -> Result<(), Failure> {
         until,
         bad_rows: args.bad_rows,
         progress: std::io::stderr().is_terminal(),
+        force: args.force,
     };
     let out = project.join(&args.out);
+    if !args.force {
+        refuse_what_is_not_the_demos(project, &out, args.data_only)?;
+    }
     let started = std::time::Instant::now();
     let manifest = tokio::task::spawn_blocking({
         let opts = opts.clone();
@@ -113,6 +122,32 @@ pub async fn run(project: &Path, args: DemoArgs) -> Result<(), Failure> {
     }
     super::check::run(project).await?;
     whole_job(project, until).await
+}
+
+/// The demo writes `out` and, unless `--data-only`, delivers: in a real project that would
+/// overwrite the province's exports and mail its leaders. Refused unless `--force`.
+fn refuse_what_is_not_the_demos(
+    project: &Path,
+    out: &Path,
+    data_only: bool,
+) -> Result<(), Failure> {
+    let has_files = std::fs::read_dir(out).is_ok_and(|mut d| d.next().is_some());
+    if has_files && !out.join("manifest.json").is_file() {
+        return Err(Failure::usage(anyhow::anyhow!(
+            "{} holds files that `parstat demo` did not write (no manifest.json): the demo would overwrite them. Give another --out, or pass --force",
+            out.display()
+        )));
+    }
+    if !data_only {
+        if let Ok(p) = crate::config::Project::load(project) {
+            if p.settings.mail.transport == crate::config::settings::Transport::Smtp {
+                return Err(Failure::usage(anyhow::anyhow!(
+                    "this project mails over SMTP (`[mail] transport = \"smtp\"`): the demo would send its made-up report to the recipients of pipelines/. Use --data-only, the outbox transport, or pass --force"
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Extract, backfill the 12 months before `until` without sending, deliver `until`.

@@ -127,8 +127,38 @@ pub async fn load_postgres(
         .await
         .map_err(|e| err(e.to_string()))?;
     let conn_task = tokio::spawn(conn);
+    // Tables of these names that the demo did not create may be a real one-stop-shop
+    // system's: never dropped without --force.
+    let names: Vec<String> = TABLES.iter().map(|t| t.to_string()).collect();
+    let present: Vec<String> = client
+        .query(
+            "SELECT table_name::text FROM information_schema.tables WHERE table_schema = $1 AND table_name = ANY($2) ORDER BY 1",
+            &[&schema, &names],
+        )
+        .await
+        .map_err(|e| err(e.to_string()))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let marked = client
+        .query(
+            "SELECT 1 FROM information_schema.tables WHERE table_schema = $1 AND table_name = $2",
+            &[&schema, &super::MARKER],
+        )
+        .await
+        .map_err(|e| err(e.to_string()))?;
+    if !present.is_empty() && marked.is_empty() && !opts.force {
+        return Err(DemoError::NotOurs {
+            target: format!("PostgreSQL schema `{schema}`"),
+            tables: present.join(", "),
+        });
+    }
     client
-        .batch_execute(&pg_ddl(schema))
+        .batch_execute(&format!(
+            "{}CREATE TABLE IF NOT EXISTS {schema}.{} (created_at timestamptz DEFAULT now());",
+            pg_ddl(schema),
+            super::MARKER
+        ))
         .await
         .map_err(|e| err(e.to_string()))?;
     let cat = Catalogue::new();
@@ -290,11 +320,33 @@ pub async fn load_mysql(url: &str, opts: &DemoOptions) -> Result<(u64, u64), Dem
     let mut conn = mysql_async::Conn::new(my_opts)
         .await
         .map_err(|e| err(e.to_string()))?;
+    // As for PostgreSQL: tables the demo did not create are never dropped without --force.
+    let tables: Vec<String> = conn
+        .query("SELECT table_name FROM information_schema.tables WHERE table_schema = DATABASE()")
+        .await
+        .map_err(|e| err(e.to_string()))?;
+    let present: Vec<&str> = TABLES
+        .iter()
+        .copied()
+        .filter(|t| tables.iter().any(|x| x == t))
+        .collect();
+    if !present.is_empty() && !tables.iter().any(|x| x == super::MARKER) && !opts.force {
+        return Err(DemoError::NotOurs {
+            target: "the MariaDB/MySQL database".into(),
+            tables: present.join(", "),
+        });
+    }
     for stmt in mysql_ddl() {
         conn.query_drop(stmt)
             .await
             .map_err(|e| err(e.to_string()))?;
     }
+    conn.query_drop(format!(
+        "CREATE TABLE IF NOT EXISTS {} (created_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP)",
+        super::MARKER
+    ))
+    .await
+    .map_err(|e| err(e.to_string()))?;
     let cat = Catalogue::new();
     use mysql_async::Value as V;
     let opt_s = |v: Option<String>| v.map(V::from).unwrap_or(V::NULL);

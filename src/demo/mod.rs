@@ -40,7 +40,12 @@ pub enum DemoError {
     TooEarly(String),
     #[error("database load into {target} failed: {message}")]
     Database { target: String, message: String },
+    #[error("{target} already holds {tables} and they were not created by `parstat demo` (no `{MARKER}` table): the demo would drop them. Point --postgres/--pg-schema or --mysql at a database of its own, or pass --force to replace them")]
+    NotOurs { target: String, tables: String },
 }
+
+/// The table that marks a database's one-stop-shop tables as the demo's own.
+pub const MARKER: &str = "parstat_demo";
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> DemoError + '_ {
     move |source| DemoError::Io {
@@ -58,6 +63,8 @@ pub struct DemoOptions {
     pub bad_rows: f64,
     /// Show a progress bar.
     pub progress: bool,
+    /// Replace one-stop-shop tables that the demo did not create (`--force`).
+    pub force: bool,
 }
 
 impl DemoOptions {
