@@ -360,3 +360,20 @@ fn the_demo_refuses_a_project_that_is_not_a_demo() {
     );
     assert!(!p.path().join("data").exists(), "nothing generated");
 }
+
+#[test]
+fn a_value_mapping_on_personal_data_is_refused() {
+    let p = project_copy();
+    let path = p.path().join("pipelines/dossier.toml");
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    text.push_str("\n[values.applicant_name]\n\"Nguyễn Văn An\" = \"Nguyễn Văn Bình\"\n");
+    std::fs::write(&path, &text).unwrap();
+    let o = parstat(p.path(), &["check"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stdout(&o));
+    assert!(
+        stderr(&o).contains("`applicant_name` is personal data (`personal = \"hash\"`): it cannot have a value mapping"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!stderr(&o).contains("Nguyễn"), "{}", stderr(&o));
+}

@@ -771,6 +771,23 @@ fn values(
             );
             continue;
         };
+        if let Some(how) = c.personal {
+            // A mapping's source text is written in the pipeline and echoed when a value is
+            // not in it: personal data would sit in clear in files, errors and quarantine.
+            diags.error_at(
+                src,
+                table.span(),
+                format!(
+                    "`{col}` is personal data (`personal = \"{}\"`): it cannot have a value mapping",
+                    match how {
+                        crate::config::schema::Personal::Hash => "hash",
+                        crate::config::schema::Personal::Drop => "drop",
+                    }
+                ),
+                Some("remove `[values]` for this column; map values only of non-personal columns".into()),
+            );
+            continue;
+        }
         let mut m = BTreeMap::new();
         for (from, to) in table.get_ref() {
             let v = to.get_ref();
