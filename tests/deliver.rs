@@ -144,6 +144,12 @@ fn both_demo_reports_arrive_through_a_real_smtp_server() {
             subject == par_subject || subject == inv_subject,
             "{subject}"
         );
+        // Python's parser reads the sender's name whole (an encoded word cut inside
+        // "thông" showed as "thôn g").
+        assert_eq!(
+            m["from"].as_str().unwrap(),
+            "\"Trung tâm Giám sát, điều hành thông minh\" <ioc@example.gov.vn>"
+        );
         let text = m["text"].as_str().expect("a plain-text alternative");
         let html = m["html"].as_str().expect("an HTML alternative");
         assert!(
