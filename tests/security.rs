@@ -377,3 +377,41 @@ fn a_value_mapping_on_personal_data_is_refused() {
     );
     assert!(!stderr(&o).contains("Nguyễn"), "{}", stderr(&o));
 }
+
+/// Every path below `dir`, relative, sorted.
+fn listing(dir: &std::path::Path) -> Vec<String> {
+    let mut files = Vec::new();
+    all_bytes(dir, &mut files);
+    let mut out: Vec<String> = files
+        .iter()
+        .map(|(p, _)| p.strip_prefix(dir).unwrap().display().to_string())
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn read_only_commands_create_nothing() {
+    let p = project_copy();
+    let docs = tempfile::tempdir().unwrap();
+    let before = listing(p.path());
+    for args in [
+        vec!["check"],
+        vec!["test"],
+        vec!["query", "SELECT count(*) AS n FROM dossier"],
+        vec!["runs", "list"],
+        vec!["docs", "-o", docs.path().to_str().unwrap()],
+    ] {
+        let o = run(p.path(), &args);
+        assert!(
+            matches!(o.status.code(), Some(0) | Some(1)),
+            "{args:?}: {}",
+            stderr(&o)
+        );
+        assert_eq!(listing(p.path()), before, "{args:?} wrote into the project");
+        assert!(
+            !p.path().join("warehouse").exists(),
+            "{args:?} created the warehouse folder"
+        );
+    }
+}

@@ -310,14 +310,14 @@ pub async fn session_with(
         .filter(|p| wanted(p))
         .collect();
     let (opened, published_opened) = futures_util::future::try_join(
-        futures_util::future::try_join_all(datasets.iter().map(|(name, _)| wh.open(name))),
-        futures_util::future::try_join_all(published.iter().map(|p| wh.open(p))),
+        futures_util::future::try_join_all(datasets.iter().map(|(name, _)| wh.read(name))),
+        futures_util::future::try_join_all(published.iter().map(|p| wh.read(p))),
     )
     .await?;
     let mut inputs = Vec::new();
     for ((name, schema), table) in datasets.into_iter().zip(opened) {
-        match table.version() {
-            Some(v) => {
+        match table.and_then(|t| t.version().map(|v| (t, v))) {
+            Some((table, v)) => {
                 warehouse::register(&ctx, &table, name).await?;
                 inputs.push(InputTable {
                     name: name.clone(),
@@ -337,7 +337,7 @@ pub async fn session_with(
         }
     }
     for (pname, table) in published.iter().zip(published_opened) {
-        if table.version().is_some() {
+        if let Some(table) = table {
             warehouse::register(&ctx, &table, pname).await?;
         }
     }

@@ -61,20 +61,28 @@ impl Warehouse {
             }
             u
         } else {
+            // Nothing is created here: a read-only command leaves no folder behind; the
+            // first write creates its table's folder (see `open`).
             let path = project_root.join(url);
-            std::fs::create_dir_all(&path)
-                .map_err(|e| bad(format!("cannot create {}: {e}", path.display())))?;
-            let abs = path.canonicalize().map_err(|e| bad(e.to_string()))?;
+            let abs = match path.canonicalize() {
+                Ok(p) => p,
+                Err(_) => std::path::absolute(&path).map_err(|e| bad(e.to_string()))?,
+            };
             Url::from_directory_path(&abs)
                 .map_err(|_| bad(format!("{} is not an absolute folder", abs.display())))?
         };
-        if base.scheme() == "file" {
-            if let Ok(p) = base.to_file_path() {
-                std::fs::create_dir_all(&p)
-                    .map_err(|e| bad(format!("cannot create {}: {e}", p.display())))?;
+        Ok(Warehouse { base })
+    }
+
+    /// The table if it was ever written, for reading; creates nothing.
+    pub async fn read(&self, name: &str) -> Result<Option<DeltaTable>, WarehouseError> {
+        if let Ok(p) = self.table_url(name).to_file_path() {
+            if !p.join("_delta_log").is_dir() {
+                return Ok(None);
             }
         }
-        Ok(Warehouse { base })
+        let table = self.open(name).await?;
+        Ok(table.version().is_some().then_some(table))
     }
 
     pub fn table_url(&self, name: &str) -> Url {

@@ -103,10 +103,9 @@ pub async fn record(wh: &Warehouse, r: &RunRecord) -> Result<(), WarehouseError>
 
 /// Every recorded run, newest first.
 pub async fn all(wh: &Warehouse) -> Result<Vec<RunRecord>, WarehouseError> {
-    let table = wh.open(TABLE).await?;
-    if table.version().is_none() {
+    let Some(table) = wh.read(TABLE).await? else {
         return Ok(vec![]);
-    }
+    };
     let ctx = datafusion::prelude::SessionContext::new();
     super::register(&ctx, &table, "runs").await?;
     let err = |e: datafusion::error::DataFusionError| WarehouseError::Data {
