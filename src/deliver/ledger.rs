@@ -159,6 +159,9 @@ impl Ledger {
         message_id: &str,
         resend: bool,
     ) -> Result<Claim, LedgerError> {
+        crate::warehouse::lease::require_exclusion(self.store.as_ref(), &self.root)
+            .await
+            .map_err(|e| self.err(e))?;
         let dir = self.dir(report, period, recipient);
         let claims = self.claims(&dir).await?;
         let next = match claims.last() {

@@ -88,60 +88,88 @@ pub async fn deliver(
     }
     let mut out = Vec::new();
     let mut failures = Vec::new();
-    let mut in_progress = Vec::new();
-    for (to, message_id, built) in built {
-        let claim = ledger
-            .claim(report, period, to, &message_id, opts.resend)
-            .await?;
-        let token = match claim {
-            Claim::Mine(token) => token,
-            Claim::Sent => {
-                tracing::info!(report, period, recipient = %to, "already delivered; not sent again");
-                out.push(Delivered {
-                    recipient: to.clone(),
-                    outcome: Outcome::AlreadyDelivered,
-                    message_id,
-                    file: None,
-                });
-                continue;
-            }
-            Claim::InProgress => {
-                tracing::warn!(report, period, recipient = %to, "another sender is delivering it now; not counted as delivered");
-                in_progress.push(to.clone());
-                out.push(Delivered {
-                    recipient: to.clone(),
-                    outcome: Outcome::InProgress,
-                    message_id,
-                    file: None,
-                });
-                continue;
-            }
-        };
-        match transport.send(report, period, to, &built).await {
-            Ok(file) => {
-                ledger.settle(&token, Outcome::Sent, None).await?;
-                out.push(Delivered {
-                    recipient: to.clone(),
-                    outcome: Outcome::Sent,
-                    message_id,
-                    file,
-                });
-            }
-            Err(e) => {
-                tracing::error!(report, period, recipient = %to, error = %e, "delivery failed permanently");
-                ledger
-                    .settle(&token, Outcome::Failed, Some(e.as_str()))
-                    .await?;
-                failures.push(format!("{to}: {e}"));
-                out.push(Delivered {
-                    recipient: to.clone(),
-                    outcome: Outcome::Failed,
-                    message_id,
-                    file: None,
-                });
+    // A recipient another sender is delivering to right now is waited for (its claim
+    // settles as sent, or failed and then ours), for about as long as one attempt may take.
+    let wait =
+        std::time::Duration::from_secs(mail.smtp.as_ref().map_or(30, |s| s.timeout_secs + 30));
+    let deadline = std::time::Instant::now() + wait;
+    let mut pending = built;
+    let mut resend = opts.resend;
+    let in_progress = loop {
+        let mut waiting = Vec::new();
+        for (to, message_id, built) in pending {
+            let claim = ledger
+                .claim(report, period, to, &message_id, resend)
+                .await?;
+            let token = match claim {
+                Claim::Mine(token) => token,
+                Claim::Sent => {
+                    tracing::info!(report, period, recipient = %to, "already delivered; not sent again");
+                    out.push(Delivered {
+                        recipient: to.clone(),
+                        outcome: Outcome::AlreadyDelivered,
+                        message_id,
+                        file: None,
+                    });
+                    continue;
+                }
+                Claim::InProgress => {
+                    waiting.push((to, message_id, built));
+                    continue;
+                }
+            };
+            match transport.send(report, period, to, &built).await {
+                Ok(file) => {
+                    ledger.settle(&token, Outcome::Sent, None).await?;
+                    out.push(Delivered {
+                        recipient: to.clone(),
+                        outcome: Outcome::Sent,
+                        message_id,
+                        file,
+                    });
+                }
+                Err(e) => {
+                    tracing::error!(report, period, recipient = %to, error = %e, "delivery failed permanently");
+                    ledger
+                        .settle(&token, Outcome::Failed, Some(e.as_str()))
+                        .await?;
+                    failures.push(format!("{to}: {e}"));
+                    out.push(Delivered {
+                        recipient: to.clone(),
+                        outcome: Outcome::Failed,
+                        message_id,
+                        file: None,
+                    });
+                }
             }
         }
-    }
+        if waiting.is_empty() || std::time::Instant::now() >= deadline {
+            break waiting;
+        }
+        tracing::info!(
+            report,
+            period,
+            recipients = waiting.len(),
+            "another sender is delivering; waiting for its outcome"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        pending = waiting;
+        // A resend that met another sender's claim takes that sender's outcome as its own.
+        resend = false;
+    };
+    let in_progress: Vec<String> = in_progress
+        .into_iter()
+        .map(|(to, message_id, _)| {
+            tracing::warn!(report, period, recipient = %to, "another sender is still delivering it; not counted as delivered");
+            out.push(Delivered {
+                recipient: to.clone(),
+                outcome: Outcome::InProgress,
+                message_id,
+                file: None,
+            });
+            to.clone()
+        })
+        .collect();
     if !failures.is_empty() {
         alert_operators(project, &transport, report, period, &failures).await;
         return Err(DeliverError::Failed {

@@ -168,6 +168,51 @@ fn heartbeat_file(dir: &StorePath, n: u64) -> StorePath {
     dir.clone().join(format!("heartbeat-{n:012}.json"))
 }
 
+/// Stores already found to refuse a second create-if-absent write, in this process.
+static EXCLUSIVE: std::sync::OnceLock<std::sync::Mutex<std::collections::HashSet<String>>> =
+    std::sync::OnceLock::new();
+
+/// Checks, once per store and process, that `store` refuses a second create-if-absent write
+/// under `dir`: leases and delivery claims exclude each other only through it, and an S3
+/// server that ignores `If-None-Match` would let two holders both win, silently.
+pub async fn require_exclusion(
+    store: &dyn ObjectStore,
+    dir: &StorePath,
+) -> Result<(), WarehouseError> {
+    let key = format!("{store}/{dir}");
+    let known = EXCLUSIVE.get_or_init(Default::default);
+    if known.lock().map(|k| k.contains(&key)).unwrap_or(false) {
+        return Ok(());
+    }
+    let probe = dir
+        .clone()
+        .join(format!("probe-{}.json", uuid::Uuid::new_v4().simple()));
+    let create = || PutOptions {
+        mode: PutMode::Create,
+        ..Default::default()
+    };
+    store
+        .put_opts(&probe, PutPayload::from_static(b"{}"), create())
+        .await
+        .map_err(err)?;
+    let second = store
+        .put_opts(&probe, PutPayload::from_static(b"{}"), create())
+        .await;
+    let _ = store.delete(&probe).await;
+    match second {
+        Err(object_store::Error::AlreadyExists { .. }) => {
+            if let Ok(mut k) = known.lock() {
+                k.insert(key);
+            }
+            Ok(())
+        }
+        Ok(_) => Err(err(format!(
+            "the warehouse's store ({store}) accepted a second create-if-absent write of one object: it ignores conditional writes (S3 `If-None-Match`), so two schedulers, two runs of a pipeline or two senders could not exclude each other. Point `[warehouse] url` in parstat.toml at a store that supports them (AWS S3, MinIO, or a local folder)"
+        ))),
+        Err(e) => Err(err(e)),
+    }
+}
+
 impl Lease {
     /// One attempt to take the lease `name` (`scheduler`, `pipeline-dossier`): `Ok(Err(held))`
     /// while another holder lives.
@@ -180,6 +225,7 @@ impl Lease {
     ) -> Result<Result<Lease, Held>, WarehouseError> {
         let (store, dir) =
             crate::warehouse::object_store_at(project_root, warehouse_url, "_lease")?;
+        require_exclusion(store.as_ref(), &dir).await?;
         let dir = dir.join(name);
         let ttl = chrono::Duration::seconds(ttl_seconds as i64);
         let known = epochs(store.as_ref(), &dir).await?;
@@ -403,6 +449,89 @@ mod tests {
             .await
             .unwrap();
         assert!(again.is_ok(), "the released lease is taken again");
+    }
+
+    /// An object store that takes every write as an overwrite: an S3 server that ignores
+    /// `If-None-Match`.
+    #[derive(Debug)]
+    struct IgnoresConditions(object_store::memory::InMemory);
+
+    impl std::fmt::Display for IgnoresConditions {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "IgnoresConditions")
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl ObjectStore for IgnoresConditions {
+        async fn put_opts(
+            &self,
+            location: &StorePath,
+            payload: PutPayload,
+            _opts: PutOptions,
+        ) -> object_store::Result<object_store::PutResult> {
+            self.0
+                .put_opts(location, payload, PutOptions::default())
+                .await
+        }
+        async fn put_multipart_opts(
+            &self,
+            location: &StorePath,
+            opts: object_store::PutMultipartOptions,
+        ) -> object_store::Result<Box<dyn object_store::MultipartUpload>> {
+            self.0.put_multipart_opts(location, opts).await
+        }
+        async fn get_opts(
+            &self,
+            location: &StorePath,
+            options: object_store::GetOptions,
+        ) -> object_store::Result<object_store::GetResult> {
+            self.0.get_opts(location, options).await
+        }
+        fn delete_stream(
+            &self,
+            locations: futures_util::stream::BoxStream<'static, object_store::Result<StorePath>>,
+        ) -> futures_util::stream::BoxStream<'static, object_store::Result<StorePath>> {
+            self.0.delete_stream(locations)
+        }
+        fn list(
+            &self,
+            prefix: Option<&StorePath>,
+        ) -> futures_util::stream::BoxStream<'static, object_store::Result<object_store::ObjectMeta>>
+        {
+            self.0.list(prefix)
+        }
+        async fn list_with_delimiter(
+            &self,
+            prefix: Option<&StorePath>,
+        ) -> object_store::Result<object_store::ListResult> {
+            self.0.list_with_delimiter(prefix).await
+        }
+        async fn copy_opts(
+            &self,
+            from: &StorePath,
+            to: &StorePath,
+            options: object_store::CopyOptions,
+        ) -> object_store::Result<()> {
+            self.0.copy_opts(from, to, options).await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_store_that_ignores_conditional_writes_is_refused() {
+        let bad = IgnoresConditions(object_store::memory::InMemory::new());
+        let e = require_exclusion(&bad, &StorePath::from("_lease"))
+            .await
+            .expect_err("a store without exclusion is refused");
+        assert!(e.to_string().contains("ignores conditional writes"), "{e}");
+        assert!(e.to_string().contains("[warehouse] url"), "{e}");
+        // Nothing of the probe is left behind.
+        let left: Vec<_> = bad.list(None).try_collect().await.unwrap();
+        assert!(left.is_empty(), "{left:?}");
+        let good = object_store::memory::InMemory::new();
+        require_exclusion(&good, &StorePath::from("_lease"))
+            .await
+            .unwrap();
     }
 
     #[tokio::test]
