@@ -511,51 +511,27 @@ impl RowPlan {
         RecordBatch::try_new(self.schema.clone(), arrays)
     }
 
-    /// The row with personal data hashed or left out, for the quarantine.
-    /// A misshapen row as JSON: every cell hashed as a personal one would be (dropped where
-    /// its column is dropped, or where no hashing key is needed by the schema), since any of
-    /// them may hold personal text that slid out of its column.
-    pub fn hashed_json(
-        &self,
-        names: &[String],
-        cells: &[Cell],
-        personal: &BTreeMap<String, Personal>,
-    ) -> serde_json::Value {
-        let mut m = serde_json::Map::new();
-        for (n, c) in names.iter().zip(cells) {
-            if personal.get(n) == Some(&Personal::Drop) {
-                continue;
-            }
-            let v = match (c.text(), &self.hasher) {
-                (Some(t), Some(h)) => serde_json::Value::String(h.hash(t.trim())),
-                _ => serde_json::Value::Null,
-            };
-            m.insert(n.clone(), v);
-        }
-        serde_json::Value::Object(m)
-    }
-
+    /// The row with personal data hashed or left out, for the quarantine. With `all_hashed`
+    /// (a misshapen row, whose cells may sit in the wrong columns and so hold personal text
+    /// anywhere) every kept cell is hashed, or left out where the schema needs no key.
     pub fn safe_json(
         &self,
         names: &[String],
         cells: &[Cell],
         personal: &BTreeMap<String, Personal>,
+        all_hashed: bool,
     ) -> serde_json::Value {
         let mut m = serde_json::Map::new();
         for (n, c) in names.iter().zip(cells) {
-            match personal.get(n) {
-                Some(Personal::Drop) => {}
-                Some(Personal::Hash) => {
-                    let v = match (c.text(), &self.hasher) {
-                        (Some(t), Some(h)) => serde_json::Value::String(h.hash(t.trim())),
-                        _ => serde_json::Value::Null,
-                    };
-                    m.insert(n.clone(), v);
-                }
-                None => {
-                    m.insert(n.clone(), c.to_json());
-                }
-            }
+            let v = match (personal.get(n), all_hashed) {
+                (Some(Personal::Drop), _) => continue,
+                (Some(Personal::Hash), _) | (None, true) => match (c.text(), &self.hasher) {
+                    (Some(t), Some(h)) => serde_json::Value::String(h.hash(t.trim())),
+                    _ => serde_json::Value::Null,
+                },
+                (None, false) => c.to_json(),
+            };
+            m.insert(n.clone(), v);
         }
         serde_json::Value::Object(m)
     }

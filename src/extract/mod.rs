@@ -875,7 +875,7 @@ impl Typing {
         for r in rows {
             if r.misshapen {
                 rejected.push(Rejected {
-                    row_json: plan.hashed_json(names, &r.cells, personal).to_string(),
+                    row_json: plan.safe_json(names, &r.cells, personal, true).to_string(),
                     position: r.position.to_string(),
                     reasons: r.errors,
                 });
@@ -894,7 +894,7 @@ impl Typing {
                 kept_rows.push((r.position, r.cells));
             } else {
                 rejected.push(Rejected {
-                    row_json: plan.safe_json(names, &r.cells, personal).to_string(),
+                    row_json: plan.safe_json(names, &r.cells, personal, false).to_string(),
                     position: r.position.to_string(),
                     reasons,
                 });
@@ -945,7 +945,7 @@ impl Typing {
             let (position, cells) = &kept_rows[i];
             rejected.push(Rejected {
                 position: position.to_string(),
-                row_json: plan.safe_json(names, cells, personal).to_string(),
+                row_json: plan.safe_json(names, cells, personal, false).to_string(),
                 reasons,
             });
         }
