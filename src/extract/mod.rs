@@ -69,9 +69,7 @@ impl ExtractError {
 /// Hands rows from an async source to the writer in chunks, announcing the columns first.
 pub(crate) struct RowSink {
     tx: mpsc::Sender<Msg>,
-    buf: Vec<RawRow>,
-    /// Text bytes in `buf`.
-    buf_bytes: usize,
+    batch: Batch,
     /// Bytes received from the source since the last flush, for the job's summary.
     bytes: u64,
 }
@@ -83,23 +81,49 @@ const SEND_ROWS: usize = 10_000;
 /// sooner, so a message never holds more than this and one row.
 const SEND_BYTES: usize = 64 << 20;
 
-/// A row's text bytes, for [`SEND_BYTES`]; other cells are small and fixed.
-fn text_bytes(row: &RawRow) -> usize {
-    row.cells
-        .iter()
-        .map(|c| match c {
-            Cell::Text(t) => t.len(),
-            _ => 0,
-        })
-        .sum()
+/// The rows of the next message to the writer, for every source: full at [`SEND_ROWS`] rows
+/// or [`SEND_BYTES`] of text, whichever comes first.
+struct Batch {
+    rows: Vec<RawRow>,
+    /// Text bytes in `rows`; other cells are small and fixed.
+    text_bytes: usize,
+}
+
+impl Batch {
+    fn new() -> Batch {
+        Batch {
+            rows: Vec::with_capacity(SEND_ROWS),
+            text_bytes: 0,
+        }
+    }
+
+    /// Adds `row`; whether the message is full now.
+    fn push(&mut self, row: RawRow) -> bool {
+        for c in &row.cells {
+            if let Cell::Text(t) = c {
+                self.text_bytes += t.len();
+            }
+        }
+        self.rows.push(row);
+        self.rows.len() >= SEND_ROWS || self.text_bytes >= SEND_BYTES
+    }
+
+    fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// The rows gathered so far, leaving room for the next message's.
+    fn take(&mut self) -> Vec<RawRow> {
+        self.text_bytes = 0;
+        std::mem::replace(&mut self.rows, Vec::with_capacity(SEND_ROWS))
+    }
 }
 
 impl RowSink {
     fn new(tx: mpsc::Sender<Msg>) -> Self {
         RowSink {
             tx,
-            buf: Vec::with_capacity(SEND_ROWS),
-            buf_bytes: 0,
+            batch: Batch::new(),
             bytes: 0,
         }
     }
@@ -112,9 +136,7 @@ impl RowSink {
     }
 
     pub(crate) async fn push(&mut self, row: RawRow) -> Result<(), ExtractError> {
-        self.buf_bytes += text_bytes(&row);
-        self.buf.push(row);
-        if self.buf.len() >= SEND_ROWS || self.buf_bytes >= SEND_BYTES {
+        if self.batch.push(row) {
             self.flush().await?;
         }
         Ok(())
@@ -130,11 +152,10 @@ impl RowSink {
             let n = std::mem::take(&mut self.bytes);
             self.tx.send(Msg::Bytes(n)).await.map_err(|_| stopped())?;
         }
-        if self.buf.is_empty() {
+        if self.batch.is_empty() {
             return Ok(());
         }
-        let rows = std::mem::replace(&mut self.buf, Vec::with_capacity(SEND_ROWS));
-        self.buf_bytes = 0;
+        let rows = self.batch.take();
         self.tx.send(Msg::Rows(rows)).await.map_err(|_| stopped())
     }
 }
@@ -150,6 +171,14 @@ pub(crate) struct Timeouts {
 }
 
 impl Timeouts {
+    fn of(conn: &crate::config::settings::Connection) -> Timeouts {
+        Timeouts {
+            connection: conn.name.clone(),
+            connect: std::time::Duration::from_secs(conn.connect_timeout_secs),
+            read: std::time::Duration::from_secs(conn.timeout_secs),
+        }
+    }
+
     pub(crate) async fn connect<T>(
         &self,
         peer: &str,
@@ -368,7 +397,6 @@ async fn run_leased(
         &table_marks(&table, pipeline, &job, project, opts).await?,
         previous,
         tz,
-        chunk,
         tx,
     )?);
 
@@ -997,6 +1025,46 @@ async fn table_marks(
     Ok(out)
 }
 
+/// What a run does with one matching file, decided from its stat and, when that changed, its
+/// content: a loaded file whose stat is unchanged is not read again; one whose stat changed is
+/// hashed, and skipped if its content did not change.
+enum FileState {
+    Skip,
+    /// Skipped, its new stat marked with the next commit.
+    Unchanged {
+        fingerprint: i64,
+        stat: i64,
+    },
+    Load {
+        fingerprint: i64,
+        stat: i64,
+    },
+}
+
+impl FileState {
+    fn of(path: &Path, mark: Option<&FileMark>) -> Result<FileState, ExtractError> {
+        let stat = file::stat_fingerprint(path)?;
+        if mark.is_some_and(|m| m.stat == Some(stat)) {
+            return Ok(FileState::Skip);
+        }
+        let fingerprint = file::fingerprint(path)?;
+        Ok(if mark.is_some_and(|m| m.content == fingerprint) {
+            FileState::Unchanged { fingerprint, stat }
+        } else {
+            FileState::Load { fingerprint, stat }
+        })
+    }
+
+    /// The same file, read whatever its marks say (a replace that reads every file).
+    fn load(self, path: &Path) -> Result<FileState, ExtractError> {
+        Ok(match self {
+            FileState::Skip => FileState::of(path, None)?,
+            FileState::Unchanged { fingerprint, stat } => FileState::Load { fingerprint, stat },
+            load @ FileState::Load { .. } => load,
+        })
+    }
+}
+
 /// What the table says of a loaded file: its content fingerprint and, when recorded, its
 /// stat fingerprint.
 #[derive(Debug, Clone, Copy)]
@@ -1026,7 +1094,6 @@ fn spawn_source(
     loaded: &BTreeMap<String, FileMark>,
     watermark: Option<i64>,
     tz: chrono_tz::Tz,
-    chunk: usize,
     tx: mpsc::Sender<Msg>,
 ) -> Result<tokio::task::JoinHandle<Result<(), ExtractError>>, ExtractError> {
     // Rows updated since the watermark minus the overlap; everything on a first or full run.
@@ -1068,7 +1135,7 @@ fn spawn_source(
             let root = file_root(project, job)?;
             let files = file::matching_files(&root, path)?;
             let columns: Vec<String> = job.columns.keys().cloned().collect();
-            let (job, mut loaded, format, sheet, header_row, delimiter) = (
+            let (job, loaded, format, sheet, header_row, delimiter) = (
                 job.clone(),
                 loaded.clone(),
                 *format,
@@ -1080,49 +1147,55 @@ fn spawn_source(
                 tx.blocking_send(Msg::Columns(columns.clone())).ok();
                 // A replace writes the whole table from what the run read: once any file is
                 // new or changed, every file is read again, or the unchanged ones' rows would
-                // be dropped from the table.
-                if job.mode == Mode::Replace {
-                    for (path, rel) in &files {
-                        let unchanged = match loaded.get(rel) {
-                            None => false,
-                            Some(m) if m.stat == Some(file::stat_fingerprint(path)?) => true,
-                            Some(m) => m.content == file::fingerprint(path)?,
-                        };
-                        if !unchanged {
-                            loaded.clear();
-                            break;
-                        }
-                    }
-                }
+                // be dropped from the table. Other modes look at each file just before
+                // reading it, while it is still in the page cache from its hashing.
+                let decided: Option<Vec<FileState>> = if job.mode == Mode::Replace {
+                    let states = files
+                        .iter()
+                        .map(|(path, rel)| FileState::of(path, loaded.get(rel)))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    Some(
+                        if states.iter().any(|s| matches!(s, FileState::Load { .. })) {
+                            files
+                                .iter()
+                                .zip(states)
+                                .map(|((path, _), s)| s.load(path))
+                                .collect::<Result<Vec<_>, _>>()?
+                        } else {
+                            states
+                        },
+                    )
+                } else {
+                    None
+                };
+                let mut decided = decided.map(Vec::into_iter);
                 for (path, rel) in files {
-                    // A loaded file whose stat is unchanged is not read again; one whose stat
-                    // changed is hashed, and skipped if its content did not change.
-                    let stat = file::stat_fingerprint(&path)?;
-                    let mark = loaded.get(&rel);
-                    if mark.is_some_and(|m| m.stat == Some(stat)) {
-                        tx.blocking_send(Msg::FileSkipped).ok();
-                        continue;
-                    }
-                    let fp = file::fingerprint(&path)?;
-                    if mark.is_some_and(|m| m.content == fp) {
-                        tx.blocking_send(Msg::FileUnchanged {
-                            rel,
-                            fingerprint: fp,
-                            stat,
-                        })
-                        .ok();
-                        continue;
-                    }
+                    let state = match decided.as_mut().and_then(|d| d.next()) {
+                        Some(s) => s,
+                        None => FileState::of(&path, loaded.get(&rel))?,
+                    };
+                    let (fp, stat) = match state {
+                        FileState::Skip => {
+                            tx.blocking_send(Msg::FileSkipped).ok();
+                            continue;
+                        }
+                        FileState::Unchanged { fingerprint, stat } => {
+                            tx.blocking_send(Msg::FileUnchanged {
+                                rel,
+                                fingerprint,
+                                stat,
+                            })
+                            .ok();
+                            continue;
+                        }
+                        FileState::Load { fingerprint, stat } => (fingerprint, stat),
+                    };
                     let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-                    let mut buf: Vec<RawRow> = Vec::with_capacity(chunk.min(SEND_ROWS));
-                    let mut buf_bytes = 0usize;
+                    let mut batch = Batch::new();
                     let mut send = |r: RawRow| -> Result<(), ExtractError> {
-                        buf_bytes += text_bytes(&r);
-                        buf.push(r);
-                        if buf.len() >= SEND_ROWS || buf_bytes >= SEND_BYTES {
-                            buf_bytes = 0;
-                            tx.blocking_send(Msg::Rows(std::mem::take(&mut buf)))
-                                .map_err(|_| ExtractError::Source("the writer stopped".into()))?;
+                        if batch.push(r) {
+                            tx.blocking_send(Msg::Rows(batch.take()))
+                                .map_err(|_| stopped())?;
                         }
                         Ok(())
                     };
@@ -1137,9 +1210,9 @@ fn spawn_source(
                         delimiter,
                         &mut send,
                     )?;
-                    if !buf.is_empty() {
-                        tx.blocking_send(Msg::Rows(buf))
-                            .map_err(|_| ExtractError::Source("the writer stopped".into()))?;
+                    if !batch.is_empty() {
+                        tx.blocking_send(Msg::Rows(batch.take()))
+                            .map_err(|_| stopped())?;
                     }
                     tx.blocking_send(Msg::FileDone {
                         rel,
@@ -1147,7 +1220,7 @@ fn spawn_source(
                         stat,
                         bytes,
                     })
-                    .map_err(|_| ExtractError::Source("the writer stopped".into()))?;
+                    .map_err(|_| stopped())?;
                 }
                 Ok(())
             }))
@@ -1165,11 +1238,7 @@ fn spawn_source(
                 .resolve()
                 .map_err(|e| ExtractError::Config(e.to_string()))?;
             let query = query.clone();
-            let limits = Timeouts {
-                connection: conn.name.clone(),
-                connect: std::time::Duration::from_secs(conn.connect_timeout_secs),
-                read: std::time::Duration::from_secs(conn.timeout_secs),
-            };
+            let limits = Timeouts::of(conn);
             let dropped = project
                 .schemas
                 .get(&job.dataset)
