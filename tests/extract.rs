@@ -604,22 +604,27 @@ fn a_killed_extract_reruns_to_every_row_exactly_once() {
 }
 
 /// The sync API server of tests/fixtures, stopped when dropped.
-struct SyncApi(std::process::Child, u16);
+pub(crate) struct SyncApi {
+    child: std::process::Child,
+    pub port: u16,
+}
 
 impl Drop for SyncApi {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
-fn sync_api(data: &Path, token: &str, log: &Path) -> SyncApi {
+/// Starts tests/fixtures/sync_api.py over `data`, with the misbehaviours in `opts`.
+pub(crate) fn sync_api(data: &Path, token: &str, log: &Path, opts: &[&str]) -> SyncApi {
     use std::io::BufRead;
     let mut child = Command::new("python3")
         .arg(repo().join("tests/fixtures/sync_api.py"))
         .arg(data)
         .arg(token)
         .arg(log)
+        .args(opts)
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("python3 runs the test sync API");
@@ -628,7 +633,7 @@ fn sync_api(data: &Path, token: &str, log: &Path) -> SyncApi {
         .read_line(&mut line)
         .unwrap();
     let port = line.trim().parse().expect("the server prints its port");
-    SyncApi(child, port)
+    SyncApi { child, port }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -639,7 +644,7 @@ async fn the_sync_api_gives_the_same_table_as_the_files() {
     let from_files = dossier_dump(files.path()).await;
 
     let log = files.path().join("503.log");
-    let api = sync_api(&files.path().join("data"), "s3cret-token", &log);
+    let api = sync_api(&files.path().join("data"), "s3cret-token", &log, &[]);
     let p = project_copy();
     edit(p.path(), "parstat.toml", "[connections.exports]", "[connections.motcua_api]\nkind = \"http\"\nurl = \"${SYNC_URL}\"\ntoken = \"${SYNC_TOKEN}\"\npage_size = 400\n\n[connections.exports]");
     let pipeline = std::fs::read_to_string(p.path().join("pipelines/dossier.toml")).unwrap();
@@ -656,7 +661,7 @@ async fn the_sync_api_gives_the_same_table_as_the_files() {
             .arg(p.path())
             .args(["extract", "dossier"])
             .env("PARSTAT_PII_KEY", KEY)
-            .env("SYNC_URL", format!("http://127.0.0.1:{}", api.1))
+            .env("SYNC_URL", format!("http://127.0.0.1:{}", api.port))
             .env("SYNC_TOKEN", token)
             .output()
             .unwrap()

@@ -4,45 +4,17 @@
 
 use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
-use crate::extract::{count, demo, dossier_dump, manifest_rows, warehouse};
+use crate::extract::{count, demo, dossier_dump, manifest_rows, sync_api, warehouse, SyncApi};
 use crate::util::*;
 
 const TOKEN: &str = "faults-token";
 
-/// The sync API fixture, killed when dropped.
-struct Api {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Api {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Starts tests/fixtures/sync_api.py over `data` with the misbehaviours in `opts`.
-fn api(data: &Path, log: &Path, opts: &[&str]) -> Api {
-    use std::io::BufRead;
-    let mut child = Command::new("python3")
-        .arg(repo().join("tests/fixtures/sync_api.py"))
-        .arg(data)
-        .arg(TOKEN)
-        .arg(log)
-        .args(opts)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python3 runs the test sync API");
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let port = line.trim().parse().expect("the server prints its port");
-    Api { child, port }
+fn api(data: &Path, log: &Path, opts: &[&str]) -> SyncApi {
+    sync_api(data, TOKEN, log, opts)
 }
 
 /// The demo's dossier export in a project of its own; the number of dossiers.
