@@ -636,6 +636,27 @@ pub(crate) fn sync_api(data: &Path, token: &str, log: &Path, opts: &[&str]) -> S
     SyncApi { child, port }
 }
 
+/// A project whose dossier pipeline reads the sync API `page_size` records a page, with `conn`
+/// added to the connection.
+pub(crate) fn api_project(page_size: u32, conn: &str) -> tempfile::TempDir {
+    let p = project_copy();
+    edit(
+        p.path(),
+        "parstat.toml",
+        "[connections.exports]",
+        &format!("[connections.motcua_api]\nkind = \"http\"\nurl = \"${{SYNC_URL}}\"\ntoken = \"${{SYNC_TOKEN}}\"\npage_size = {page_size}\n{conn}\n[connections.exports]"),
+    );
+    let pipeline = std::fs::read_to_string(p.path().join("pipelines/dossier.toml")).unwrap();
+    let pipeline = pipeline
+        .replace("connection = \"exports\"", "connection = \"motcua_api\"")
+        .replace(
+            "path = \"motcua/hoso_*.ndjson\"\nformat = \"ndjson\"",
+            "endpoint = \"/api/hoso/sync\"\nrecords = \"data\"",
+        );
+    std::fs::write(p.path().join("pipelines/dossier.toml"), pipeline).unwrap();
+    p
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_sync_api_gives_the_same_table_as_the_files() {
     let files = project_copy();
@@ -645,16 +666,7 @@ async fn the_sync_api_gives_the_same_table_as_the_files() {
 
     let log = files.path().join("503.log");
     let api = sync_api(&files.path().join("data"), "s3cret-token", &log, &[]);
-    let p = project_copy();
-    edit(p.path(), "parstat.toml", "[connections.exports]", "[connections.motcua_api]\nkind = \"http\"\nurl = \"${SYNC_URL}\"\ntoken = \"${SYNC_TOKEN}\"\npage_size = 400\n\n[connections.exports]");
-    let pipeline = std::fs::read_to_string(p.path().join("pipelines/dossier.toml")).unwrap();
-    let pipeline = pipeline
-        .replace("connection = \"exports\"", "connection = \"motcua_api\"")
-        .replace(
-            "path = \"motcua/hoso_*.ndjson\"\nformat = \"ndjson\"",
-            "endpoint = \"/api/hoso/sync\"\nrecords = \"data\"",
-        );
-    std::fs::write(p.path().join("pipelines/dossier.toml"), pipeline).unwrap();
+    let p = api_project(400, "");
     let extract = |token: &str| {
         Command::new(env!("CARGO_BIN_EXE_parstat"))
             .arg("--project")

@@ -7,7 +7,9 @@ use std::path::Path;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use crate::extract::{count, demo, dossier_dump, manifest_rows, sync_api, warehouse, SyncApi};
+use crate::extract::{
+    api_project, count, demo, dossier_dump, manifest_rows, sync_api, warehouse, SyncApi,
+};
 use crate::util::*;
 
 const TOKEN: &str = "faults-token";
@@ -23,27 +25,6 @@ fn source(dossiers: &str) -> (tempfile::TempDir, i64) {
     let m = demo(files.path(), &["--dossiers", dossiers, "--seed", "11"]);
     let rows = manifest_rows(&m, "dossier");
     (files, rows)
-}
-
-/// A project whose dossier pipeline reads the sync API `page_size` records a page, with `conn`
-/// added to the connection.
-fn api_project(page_size: u32, conn: &str) -> tempfile::TempDir {
-    let p = project_copy();
-    edit(
-        p.path(),
-        "parstat.toml",
-        "[connections.exports]",
-        &format!("[connections.motcua_api]\nkind = \"http\"\nurl = \"${{SYNC_URL}}\"\ntoken = \"${{SYNC_TOKEN}}\"\npage_size = {page_size}\n{conn}\n[connections.exports]"),
-    );
-    let pipeline = std::fs::read_to_string(p.path().join("pipelines/dossier.toml")).unwrap();
-    let pipeline = pipeline
-        .replace("connection = \"exports\"", "connection = \"motcua_api\"")
-        .replace(
-            "path = \"motcua/hoso_*.ndjson\"\nformat = \"ndjson\"",
-            "endpoint = \"/api/hoso/sync\"\nrecords = \"data\"",
-        );
-    std::fs::write(p.path().join("pipelines/dossier.toml"), pipeline).unwrap();
-    p
 }
 
 /// `parstat extract dossier` against the API on `port`, and how long it took.
