@@ -440,7 +440,8 @@ fn refused(e: datafusion::error::DataFusionError) -> datafusion::error::DataFusi
     }
 }
 
-fn first_line(m: &str) -> &str {
+/// An error's first line (DataFusion's errors go on with their plan and backtrace).
+pub(crate) fn first_line(m: &str) -> &str {
     m.lines().next().unwrap_or(m)
 }
 

@@ -120,17 +120,13 @@ pub async fn check(
                 diags.error_at(
                     &pipeline_src,
                     span,
-                    format!("check `{}`: {}", c.name, first_line(&e.to_string())),
+                    format!("check `{}`: {}", c.name, super::first_line(&e.to_string())),
                     Some("fix the check's SQL; it runs after the report's tables".into()),
                 );
             }
         }
     }
     planned
-}
-
-fn first_line(s: &str) -> String {
-    s.lines().next().unwrap_or_default().to_string()
 }
 
 /// `$name` that parstat does not bind.
@@ -178,7 +174,7 @@ fn report(
     columns: &[String],
     diags: &mut Diagnostics,
 ) {
-    let msg = first_line(message)
+    let msg = super::first_line(message)
         .trim_start_matches("Error during planning: ")
         .trim_start_matches("SQL error: ")
         .to_string();
