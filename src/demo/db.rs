@@ -129,8 +129,12 @@ pub async fn load_postgres(
     let conn_task = tokio::spawn(conn);
     // Tables of these names that the demo did not create may be a real one-stop-shop
     // system's: never dropped without --force.
-    let names: Vec<String> = TABLES.iter().map(|t| t.to_string()).collect();
-    let present: Vec<String> = client
+    let names: Vec<String> = TABLES
+        .iter()
+        .chain(&[super::MARKER])
+        .map(|t| t.to_string())
+        .collect();
+    let found: Vec<String> = client
         .query(
             "SELECT table_name::text FROM information_schema.tables WHERE table_schema = $1 AND table_name = ANY($2) ORDER BY 1",
             &[&schema, &names],
@@ -140,14 +144,13 @@ pub async fn load_postgres(
         .iter()
         .map(|r| r.get(0))
         .collect();
-    let marked = client
-        .query(
-            "SELECT 1 FROM information_schema.tables WHERE table_schema = $1 AND table_name = $2",
-            &[&schema, &super::MARKER],
-        )
-        .await
-        .map_err(|e| err(e.to_string()))?;
-    if !present.is_empty() && marked.is_empty() && !opts.force {
+    let marked = found.iter().any(|t| t == super::MARKER);
+    let present: Vec<&str> = TABLES
+        .iter()
+        .copied()
+        .filter(|t| found.iter().any(|x| x == t))
+        .collect();
+    if !present.is_empty() && !marked && !opts.force {
         return Err(DemoError::NotOurs {
             target: format!("PostgreSQL schema `{schema}`"),
             tables: present.join(", "),
