@@ -5,6 +5,7 @@
 
 pub mod alloc;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod deliver;
 pub mod demo;

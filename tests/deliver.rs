@@ -12,9 +12,9 @@ use calamine::{Data, Reader};
 use crate::report::demo_project;
 use crate::util::*;
 
-struct Smtp {
+pub(crate) struct Smtp {
     child: Child,
-    port: u16,
+    pub(crate) port: u16,
     mbox: PathBuf,
 }
 
@@ -25,7 +25,7 @@ impl Drop for Smtp {
     }
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -34,7 +34,11 @@ fn free_port() -> u16 {
 }
 
 fn smtp(mbox: &Path, extra: &[&str]) -> Smtp {
-    let port = free_port();
+    smtp_at(free_port(), mbox, extra)
+}
+
+/// An SMTP server on `port` storing into `mbox` (which may already hold messages).
+pub(crate) fn smtp_at(port: u16, mbox: &Path, extra: &[&str]) -> Smtp {
     let mut child = Command::new("python3")
         .arg(repo().join("tests/fixtures/smtp_server.py"))
         .arg(port.to_string())
@@ -79,7 +83,7 @@ pub(crate) fn use_smtp(project: &Path, port: u16) {
     std::fs::write(&p, out).unwrap();
 }
 
-fn messages(mbox: &Path, out: Option<&Path>) -> Vec<serde_json::Value> {
+pub(crate) fn messages(mbox: &Path, out: Option<&Path>) -> Vec<serde_json::Value> {
     if !mbox.exists() {
         return vec![];
     }
@@ -550,7 +554,10 @@ async fn a_message_that_cannot_be_built_claims_nobody() {
         "2021-10",
         &recipients,
         &email,
-        &parstat::deliver::DeliverOptions { resend: false },
+        &parstat::deliver::DeliverOptions {
+            resend: false,
+            guard: Default::default(),
+        },
     )
     .await;
     let err = r

@@ -11,19 +11,25 @@ use std::time::{Duration, Instant};
 use crate::report::demo_project;
 use crate::util::*;
 
-struct Serve {
-    child: Child,
+pub(crate) struct Serve {
+    pub(crate) child: Child,
     lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
+    pub(crate) seen: Vec<String>,
 }
 
 impl Serve {
     fn start(project: &Path) -> Serve {
+        Serve::start_with(project, &[])
+    }
+
+    /// `parstat serve` with more environment variables (a simulated clock).
+    pub(crate) fn start_with(project: &Path, env: &[(&str, &str)]) -> Serve {
         let mut child = Command::new(env!("CARGO_BIN_EXE_parstat"))
             .arg("--project")
             .arg(project)
             .arg("serve")
             .env("PARSTAT_PII_KEY", "test-key-0123456789abcdef")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -46,7 +52,7 @@ impl Serve {
     }
 
     /// Waits for a stdout line containing `needle`.
-    fn expect(&mut self, needle: &str, within: Duration) -> String {
+    pub(crate) fn expect(&mut self, needle: &str, within: Duration) -> String {
         let until = Instant::now() + within;
         if let Some(l) = self.seen.iter().find(|l| l.contains(needle)) {
             return l.clone();
@@ -62,7 +68,14 @@ impl Serve {
         panic!("no line with {needle:?} in {:?}", self.seen);
     }
 
-    fn signal(&self, sig: &str) {
+    /// Reads what it printed so far into `seen`.
+    pub(crate) fn drain(&mut self) {
+        while let Ok(l) = self.lines.try_recv() {
+            self.seen.push(l);
+        }
+    }
+
+    pub(crate) fn signal(&self, sig: &str) {
         let s = Command::new("kill")
             .args([sig, &self.child.id().to_string()])
             .status()
@@ -103,7 +116,7 @@ fn schedules(project: &Path, extract: &str, report: &str) {
     }
     let settings = project.join("parstat.toml");
     let mut s = std::fs::read_to_string(&settings).unwrap();
-    s.push_str("\n[scheduler]\nlease_seconds = 3\ngrace_seconds = 30\nwait_minutes = 1\npoll_seconds = 1\n");
+    s.push_str("\n[scheduler]\nlease_seconds = 3\ngrace_seconds = 30\n");
     std::fs::write(&settings, s).unwrap();
 }
 

@@ -12,6 +12,7 @@ mod http_faults;
 mod recovery;
 mod report;
 mod s3;
+mod schedule;
 mod security;
 mod serve;
 mod util;

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use super::{load_project, Failure};
 use crate::config::diag::suggest;
-use crate::extract::{self, ExtractOptions};
+use crate::extract::ExtractOptions;
 
 #[derive(clap::Args, Debug)]
 pub struct ExtractArgs {
@@ -67,13 +67,12 @@ pub async fn run(project_dir: &Path, args: ExtractArgs) -> Result<(), Failure> {
         full: args.full,
         progress: std::io::stderr().is_terminal(),
         chunk_rows: args.chunk_rows,
+        guard: Default::default(),
     };
     let mut failed = 0;
     for n in &names {
         let p = project.pipeline(n).expect("checked above");
-        let started = chrono::Utc::now();
-        let result = extract::run(&project, p, &opts).await;
-        crate::jobs::record_extract(&project, n, started, &result).await;
+        let result = crate::jobs::extract(&project, p, &opts).await;
         match result {
             Ok(s) => {
                 tracing::info!(

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use super::{load_project, Failure};
 use crate::config::diag::suggest;
-use crate::jobs::report::{self, ReportError, ReportOptions};
+use crate::jobs::report::{ReportError, ReportOptions};
 use crate::query::{Period, QueryError};
 
 #[derive(clap::Args, Debug)]
@@ -43,21 +43,9 @@ pub async fn run(project_dir: &Path, args: ReportArgs) -> Result<(), Failure> {
         preview: args.preview.as_deref(),
         send: true,
         resend: args.resend,
+        guard: Default::default(),
     };
-    let started = chrono::Utc::now();
-    let result = report::run(&project, pipeline, period, &opts).await;
-    if opts.preview.is_none() {
-        // Published runs enter the history (a failure to record it is reported, not fatal).
-        let record = crate::jobs::report_record(pipeline, period, started, &result);
-        match crate::warehouse::Warehouse::new(&project.root, &project.settings.warehouse_url) {
-            Ok(wh) => {
-                if let Err(e) = crate::warehouse::runs::record(&wh, &record).await {
-                    tracing::error!(error = %e, "could not record the run");
-                }
-            }
-            Err(e) => tracing::error!(error = %e, "could not record the run"),
-        }
-    }
+    let result = crate::jobs::report(&project, pipeline, period, &opts).await;
     let outcome = match result {
         Ok(o) => o,
         // A broken SQL file is the analyst's configuration; a failed check or an unreadable

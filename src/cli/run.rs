@@ -6,7 +6,6 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::{load_project, Failure};
-use crate::config::pipeline::PeriodChoice;
 use crate::jobs::backfill::{self, State, Task};
 use crate::query::Period;
 
@@ -25,19 +24,13 @@ pub struct RunArgs {
 pub async fn run(project_dir: &Path, args: RunArgs) -> Result<(), Failure> {
     let project = load_project(project_dir)?;
     super::extract::all(project_dir).await?;
-    let now = chrono::Utc::now();
+    let now = crate::clock::now();
     let mut tasks: Vec<Task> = Vec::new();
     for p in project.pipelines.iter().filter(|p| p.as_report().is_some()) {
         let job = p.as_report().expect("filtered");
-        let period = match (&args.period, args.due) {
-            (Some(s), _) => Period::parse(s, job.period_rule).map_err(Failure::usage)?,
-            (None, _) => {
-                let current = Period::containing(now, project.settings.timezone, job.period_rule);
-                match job.period {
-                    PeriodChoice::PreviousMonth => current.previous(),
-                    PeriodChoice::CurrentMonth => current,
-                }
-            }
+        let period = match &args.period {
+            Some(s) => Period::parse(s, job.period_rule).map_err(Failure::usage)?,
+            None => crate::jobs::due_period(&project, p, now).expect("a report"),
         };
         let planned = backfill::plan(&project, &[p], &period.label(), &period.label())
             .await

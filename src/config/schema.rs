@@ -18,6 +18,7 @@ struct RawSchema {
     primary_key: Spanned<Vec<Spanned<String>>>,
     partition: Option<Spanned<RawPartition>>,
     watermark: Option<Spanned<String>>,
+    freshness: Option<Spanned<String>>,
     sort_by: Option<Spanned<Vec<Spanned<String>>>>,
     #[serde(default)]
     columns: Vec<Spanned<RawColumn>>,
@@ -199,11 +200,57 @@ pub struct Schema {
     pub primary_key: Vec<String>,
     pub partition: Option<Partition>,
     pub watermark: Option<String>,
+    /// How recently a report needs this dataset extracted.
+    pub freshness: Freshness,
     /// Columns each written batch is sorted by (ascending, NULLs last), so that Parquet page
     /// statistics let queries skip what they filter out.
     pub sort_by: Vec<String>,
     pub rules: Vec<Rule>,
     pub tests: Vec<DataTest>,
+}
+
+/// How fresh a report needs a dataset (`freshness` in its schema file).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Freshness {
+    /// `"period_end"` (the default): extracted after the report's period ended, as daily
+    /// dossiers must be for the month's figures to be whole.
+    PeriodEnd,
+    /// `"N days"` / `"N hours"`: any successful extract within that age, as for yearly
+    /// ratings extracted weekly.
+    Within(chrono::Duration),
+    /// `"none"`: any data will do.
+    Any,
+}
+
+impl Freshness {
+    /// `period_end`, `none`, `N days` or `N hours`.
+    pub fn parse(s: &str) -> Option<Freshness> {
+        match s.trim() {
+            "period_end" => return Some(Freshness::PeriodEnd),
+            "none" => return Some(Freshness::Any),
+            _ => {}
+        }
+        let (n, unit) = s.trim().split_once(' ')?;
+        let n: i64 = n.parse().ok().filter(|&n| n > 0)?;
+        match unit.trim() {
+            "day" | "days" => Some(Freshness::Within(chrono::Duration::days(n))),
+            "hour" | "hours" => Some(Freshness::Within(chrono::Duration::hours(n))),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Freshness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Freshness::PeriodEnd => f.write_str("extracted after the period ended"),
+            Freshness::Within(d) if d.num_hours() % 24 == 0 => {
+                write!(f, "extracted within {} days", d.num_days())
+            }
+            Freshness::Within(d) => write!(f, "extracted within {} hours", d.num_hours()),
+            Freshness::Any => f.write_str("any extract"),
+        }
+    }
 }
 
 impl Schema {
@@ -612,6 +659,19 @@ pub fn load(src: &Source, stem: &str, diags: &mut Diagnostics) -> Option<Schema>
         }
     }
 
+    let freshness = match &raw.freshness {
+        None => Freshness::PeriodEnd,
+        Some(f) => Freshness::parse(f.get_ref()).unwrap_or_else(|| {
+            diags.error_at(
+                src,
+                f.span(),
+                format!("`freshness = \"{}\"` is not a freshness", f.get_ref()),
+                Some("write \"period_end\" (extracted after the report's period ended), \"N days\" or \"N hours\" (any extract that recent), or \"none\"".into()),
+            );
+            Freshness::PeriodEnd
+        }),
+    };
+
     let mut rules = Vec::new();
     let mut rule_names = BTreeSet::new();
     for r in &raw.rules {
@@ -661,6 +721,7 @@ pub fn load(src: &Source, stem: &str, diags: &mut Diagnostics) -> Option<Schema>
             .collect(),
         partition,
         watermark: raw.watermark.map(|w| w.into_inner()),
+        freshness,
         sort_by,
         rules,
         tests,
@@ -955,6 +1016,27 @@ pub fn is_identifier(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn freshness_reads_its_four_forms_and_nothing_else() {
+        assert_eq!(Freshness::parse("period_end"), Some(Freshness::PeriodEnd));
+        assert_eq!(Freshness::parse("none"), Some(Freshness::Any));
+        assert_eq!(
+            Freshness::parse("8 days"),
+            Some(Freshness::Within(chrono::Duration::days(8)))
+        );
+        assert_eq!(
+            Freshness::parse("36 hours"),
+            Some(Freshness::Within(chrono::Duration::hours(36)))
+        );
+        for bad in ["", "8", "0 days", "-1 days", "8 weeks", "daily"] {
+            assert_eq!(Freshness::parse(bad), None, "{bad}");
+        }
+        assert_eq!(
+            Freshness::Within(chrono::Duration::days(8)).to_string(),
+            "extracted within 8 days"
+        );
+    }
 
     #[test]
     fn parses_contract_types() {

@@ -24,8 +24,8 @@ struct RawSettings {
 struct RawScheduler {
     lease_seconds: Option<Spanned<u64>>,
     grace_seconds: Option<Spanned<u64>>,
-    wait_minutes: Option<Spanned<u64>>,
-    poll_seconds: Option<Spanned<u64>>,
+    retry_minutes: Option<Spanned<u64>>,
+    retry_hours: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize)]
@@ -145,17 +145,17 @@ pub struct Settings {
     pub connections: BTreeMap<String, Connection>,
 }
 
-/// `[scheduler]`: how `parstat serve` holds its lease and waits for data.
+/// `[scheduler]`: how `parstat serve` holds its lease and retries what failed.
 #[derive(Debug, Clone, Copy)]
 pub struct SchedulerSettings {
     /// A scheduler that has not renewed its lease for this long is presumed dead.
     pub lease_seconds: u64,
     /// On SIGTERM/SIGINT, how long the running job may take to finish.
     pub grace_seconds: u64,
-    /// How long a report waits for the extracts it needs to be fresh, then alerts operators.
-    pub wait_minutes: u64,
-    /// How often a waiting report looks again.
-    pub poll_seconds: u64,
+    /// A report that failed (after its immediate retries) is tried again this often...
+    pub retry_minutes: u64,
+    /// ...until this long after its first failure.
+    pub retry_hours: u64,
 }
 
 impl Default for SchedulerSettings {
@@ -163,8 +163,8 @@ impl Default for SchedulerSettings {
         SchedulerSettings {
             lease_seconds: 60,
             grace_seconds: 300,
-            wait_minutes: 120,
-            poll_seconds: 30,
+            retry_minutes: 60,
+            retry_hours: 72,
         }
     }
 }
@@ -348,11 +348,15 @@ pub fn load(src: &Source, diags: &mut Diagnostics) -> Option<Settings> {
                 &mut scheduler.grace_seconds,
                 "grace_seconds",
             ),
-            (&r.wait_minutes, &mut scheduler.wait_minutes, "wait_minutes"),
-            (&r.poll_seconds, &mut scheduler.poll_seconds, "poll_seconds"),
+            (
+                &r.retry_minutes,
+                &mut scheduler.retry_minutes,
+                "retry_minutes",
+            ),
+            (&r.retry_hours, &mut scheduler.retry_hours, "retry_hours"),
         ] {
             if let Some(v) = v {
-                if *v.get_ref() == 0 && what != "wait_minutes" {
+                if *v.get_ref() == 0 && what != "retry_hours" {
                     diags.error_at(src, v.span(), format!("`{what}` must be at least 1"), None);
                 }
                 *slot = *v.get_ref();

@@ -27,6 +27,8 @@ pub enum DeliverError {
     InProgress { recipients: String },
     #[error(transparent)]
     Ledger(#[from] ledger::LedgerError),
+    #[error(transparent)]
+    Guard(#[from] crate::warehouse::lease::GuardError),
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -54,6 +56,8 @@ pub struct Delivered {
 pub struct DeliverOptions {
     /// Send again on purpose, recording it.
     pub resend: bool,
+    /// The daemon's lease, asked before each claim and send.
+    pub guard: crate::warehouse::lease::Guard,
 }
 
 /// Attempts per message on temporary SMTP failures, with exponential backoff.
@@ -98,6 +102,8 @@ pub async fn deliver(
     let in_progress = loop {
         let mut waiting = Vec::new();
         for (to, message_id, built) in pending {
+            // A daemon that lost its lease claims and sends nothing more.
+            opts.guard.check(&format!("sending to {to}")).await?;
             let claim = ledger
                 .claim(report, period, to, &message_id, resend)
                 .await?;
@@ -242,8 +248,9 @@ struct Smtp {
     timeout: Duration,
     /// `host:port`, for the errors.
     server: String,
-    /// Set once the server has not answered within the timeout: the run's other messages
-    /// (and the operators' alert) fail at once instead of waiting that long each.
+    /// Set once the server has not answered within the timeout, or could not be reached at
+    /// all: the run's other messages (and the operators' alert) fail at once instead of
+    /// waiting that long each.
     hung: std::sync::OnceLock<String>,
 }
 
@@ -335,12 +342,14 @@ impl Sender {
                 }
                 let mut delay = Duration::from_millis(500);
                 let mut last = String::new();
+                let mut last_was_reply = false;
                 for attempt in 1..=ATTEMPTS {
                     match tokio::time::timeout(smtp.timeout, smtp.transport.send(m.clone())).await {
                         Ok(Ok(_)) => return Ok(None),
                         Ok(Err(e)) if e.is_permanent() => return Err(format!("refused: {e}")),
                         Ok(Err(e)) if !e.is_timeout() => {
                             last = e.to_string();
+                            last_was_reply = e.is_transient();
                             if attempt < ATTEMPTS {
                                 tracing::warn!(recipient = %to, attempt, error = %last, "temporary SMTP failure; retrying");
                                 tokio::time::sleep(delay).await;
@@ -352,7 +361,16 @@ impl Sender {
                         _ => return Err(smtp.timed_out()),
                     }
                 }
-                Err(format!("{last} (after {ATTEMPTS} attempts)"))
+                let reason = format!("{last} (after {ATTEMPTS} attempts)");
+                // No SMTP reply at all (refused, reset, unreachable): the run's other
+                // messages would only wait through the same attempts.
+                if !last_was_reply {
+                    let _ = smtp.hung.set(format!(
+                        "the SMTP server {} could not be reached: {reason}",
+                        smtp.server
+                    ));
+                }
+                Err(reason)
             }
         }
     }

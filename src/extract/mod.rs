@@ -22,7 +22,7 @@ use crate::config::pipeline::{ExtractJob, Mode, SourceSpec};
 use crate::config::schema::{Personal, Schema};
 use crate::config::settings::ConnectionKind;
 use crate::config::{Pipeline, Project};
-use crate::warehouse::lease::{Busy, RunLease};
+use crate::warehouse::lease::{Busy, Guard, GuardError, RunLease};
 use crate::warehouse::quarantine::{self, Rejected};
 use crate::warehouse::{self, Warehouse, WarehouseError, WriteMode};
 use cell::Cell;
@@ -46,6 +46,8 @@ pub enum ExtractError {
     Warehouse(#[from] WarehouseError),
     #[error(transparent)]
     Busy(#[from] Busy),
+    #[error(transparent)]
+    Guard(#[from] GuardError),
     #[error("pipeline `{0}`: another process took this run's lease (its heartbeats stopped for too long, or it was paused); stopped before the next commit. What was committed stays; run it again once the other run ends")]
     LeaseLost(String),
     #[error("{share:.1}% of the rows of {what} are invalid, above the {max:.1}% allowed (`quarantine_max_share`); nothing of it was stored. First reasons: {examples}")]
@@ -279,6 +281,8 @@ pub struct ExtractOptions {
     pub progress: bool,
     /// Rows per commit.
     pub chunk_rows: usize,
+    /// The daemon's lease, asked before each commit.
+    pub guard: Guard,
 }
 
 /// What one extract did.
@@ -553,6 +557,7 @@ async fn run_leased(
             if !lease.still_held().await? {
                 return Err(ExtractError::LeaseLost(pipeline.name.clone()));
             }
+            opts.guard.check("a commit").await?;
             let mut c: Committer = match (home.take(), inflight.take()) {
                 (Some(c), _) => c,
                 (None, Some(h)) => finished(h).await?,
@@ -944,7 +949,7 @@ impl Typing {
         // A watermark time from the future would pin the watermark there and hide every row
         // updated until then: such rows wait in the quarantine instead.
         if let Some(column) = schema.watermark.as_deref() {
-            let limit = (chrono::Utc::now() + *future_tolerance).timestamp_micros();
+            let limit = (crate::clock::now() + *future_tolerance).timestamp_micros();
             let times = batch.column_by_name(column).and_then(|c| {
                 c.as_any()
                     .downcast_ref::<arrow::array::TimestampMicrosecondArray>()

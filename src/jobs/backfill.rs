@@ -12,8 +12,8 @@ use super::report::{self, ReportOptions};
 use crate::config::pipeline::Pipeline;
 use crate::config::Project;
 use crate::query::Period;
-use crate::warehouse::runs::{self, RunRecord};
-use crate::warehouse::{Warehouse, WarehouseError};
+use crate::warehouse::runs::{self, RunRecord, Status};
+use crate::warehouse::WarehouseError;
 
 /// What the history says of one job and period.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,8 +40,7 @@ pub async fn plan(
     from: &str,
     to: &str,
 ) -> Result<Vec<Task>, anyhow::Error> {
-    let wh = Warehouse::new(&project.root, &project.settings.warehouse_url)?;
-    let history = runs::all(&wh).await?;
+    let history = super::history(project).await?;
     // The latest finished run of each (job, period) decides; history is newest first.
     let mut latest: BTreeMap<(String, String), &RunRecord> = BTreeMap::new();
     for r in &history {
@@ -58,7 +57,7 @@ pub async fn plan(
         let mut period = first;
         while period <= last {
             let state = match latest.get(&(p.name.clone(), period.label())) {
-                Some(r) if r.status == "succeeded" => State::Done {
+                Some(r) if r.status == Status::Succeeded => State::Done {
                     run_id: r.run_id.clone(),
                 },
                 Some(r) => State::Failed {
@@ -154,18 +153,13 @@ pub async fn run_one(
     period: Period,
     send: bool,
 ) -> Result<report::ReportOutcome, String> {
-    let started = chrono::Utc::now();
     let opts = ReportOptions {
         preview: None,
         send,
         resend: false,
+        guard: Default::default(),
     };
-    let result = report::run(project, pipeline, period, &opts).await;
-    let record = super::report_record(pipeline, period, started, &result);
-    let wh = Warehouse::new(&project.root, &project.settings.warehouse_url)
-        .map_err(|e| e.to_string())?;
-    runs::record(&wh, &record)
+    super::report(project, pipeline, period, &opts)
         .await
-        .map_err(|e| e.to_string())?;
-    result.map_err(|e| format!("{e:#}"))
+        .map_err(|e| format!("{e:#}"))
 }

@@ -1,24 +1,280 @@
-//! The one place that chains the stages into jobs: a report job runs query → checks →
-//! publish → render → deliver (or preview files); a backfill runs report jobs over periods.
-//! Extract jobs chain source → validate → warehouse in `extract`. Every finished run is
-//! recorded in the run history.
+//! The one place that runs jobs: an extract, or a report for a period (query → checks →
+//! publish → render → deliver, or a preview), each recorded in the run history with a typed
+//! status; which period a report is due for; and what a scheduled fire does (skip what is
+//! done, extract what is stale, then report). `cli`, `serve` and `demo` build requests here
+//! and print the outcomes.
 
 pub mod backfill;
+pub mod fresh;
 pub mod report;
 
-use crate::config::pipeline::Pipeline;
-use crate::deliver::ledger::Outcome;
-use crate::query::Period;
-use crate::warehouse::runs::RunRecord;
+use chrono::{DateTime, Utc};
 
-/// The run-history row of a report run, from its result.
-pub fn report_record(
+use crate::config::pipeline::{JobKind, PeriodChoice, Pipeline};
+use crate::config::Project;
+use crate::deliver::ledger::Outcome;
+use crate::extract::{self, ExtractError, ExtractOptions, Summary};
+use crate::query::Period;
+use crate::warehouse::lease::Guard;
+use crate::warehouse::runs::{self, RunRecord, Status};
+use crate::warehouse::{Warehouse, WarehouseError};
+use report::{ReportError, ReportOptions, ReportOutcome};
+
+/// Runs one extract pipeline and records the run.
+pub async fn extract(
+    project: &Project,
+    pipeline: &Pipeline,
+    opts: &ExtractOptions,
+) -> Result<Summary, ExtractError> {
+    let started = crate::clock::now();
+    let result = extract::run(project, pipeline, opts).await;
+    record(project, extract_record(&pipeline.name, started, &result)).await;
+    result
+}
+
+/// Runs one report for one period and records the run (a preview is not a run).
+pub async fn report(
+    project: &Project,
     pipeline: &Pipeline,
     period: Period,
-    started: chrono::DateTime<chrono::Utc>,
-    result: &Result<report::ReportOutcome, report::ReportError>,
+    opts: &ReportOptions<'_>,
+) -> Result<ReportOutcome, ReportError> {
+    let started = crate::clock::now();
+    let result = report::run(project, pipeline, period, opts).await;
+    if opts.preview.is_none() {
+        record(project, report_record(pipeline, period, started, &result)).await;
+    }
+    result
+}
+
+/// The period a report job is due for when its schedule fires at `at`: the month containing
+/// `at` or the one before, as its pipeline file says. None for an extract.
+pub fn due_period(project: &Project, pipeline: &Pipeline, at: DateTime<Utc>) -> Option<Period> {
+    let job = pipeline.as_report()?;
+    let current = Period::containing(at, project.settings.timezone, job.period_rule);
+    Some(match job.period {
+        PeriodChoice::PreviousMonth => current.previous(),
+        PeriodChoice::CurrentMonth => current,
+    })
+}
+
+/// Whether the history holds a succeeded run of `job` for `period`.
+pub fn succeeded<'a>(
+    history: &'a [RunRecord],
+    job: &str,
+    period: &Period,
+) -> Option<&'a RunRecord> {
+    let label = period.label();
+    history
+        .iter()
+        .find(|r| r.job == job && r.period == label && r.status == Status::Succeeded)
+}
+
+/// What a scheduled fire did.
+#[derive(Debug)]
+pub enum Fired {
+    Extracted(Summary),
+    /// The report ran (after the extracts it needed, if any were stale).
+    Reported {
+        period: Period,
+        extracted: Vec<String>,
+        outcome: Box<ReportOutcome>,
+    },
+    /// The period had already succeeded: nothing to do.
+    AlreadyDone {
+        period: Period,
+        run_id: String,
+    },
+}
+
+/// Why a scheduled job failed: carries the job and period, formatted once where it is shown.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error("{job}: {source}")]
+    Extract {
+        job: String,
+        #[source]
+        source: ExtractError,
+    },
+    #[error("{job} {period}: {source}")]
+    Report {
+        job: String,
+        period: String,
+        #[source]
+        source: ReportError,
+    },
+    /// A needed dataset is still stale after its extract was run for it.
+    #[error("{job} {period}: data not fresh: {}", fresh::describe(.stale))]
+    Stale {
+        job: String,
+        period: String,
+        stale: Vec<fresh::Stale>,
+    },
+    #[error("{job}: reading the run history: {source}")]
+    History {
+        job: String,
+        #[source]
+        source: WarehouseError,
+    },
+}
+
+impl JobError {
+    /// Whether the job stopped because the daemon's lease went to another scheduler.
+    pub fn lease_lost(&self) -> bool {
+        use crate::deliver::DeliverError;
+        use crate::warehouse::lease::GuardError::Lost;
+        matches!(
+            self,
+            JobError::Extract {
+                source: ExtractError::Guard(Lost(_)),
+                ..
+            } | JobError::Report {
+                source: ReportError::Guard(Lost(_))
+                    | ReportError::Deliver(DeliverError::Guard(Lost(_))),
+                ..
+            }
+        )
+    }
+}
+
+/// One scheduled fire of `pipeline` at `at`, under the daemon's lease: an extract runs; a
+/// report skips a period that already succeeded, runs the extract of every needed dataset
+/// that is stale (rather than wait for that extract's own schedule, which may be days away),
+/// and runs only if they are all fresh then.
+pub async fn scheduled(
+    project: &Project,
+    pipeline: &Pipeline,
+    at: DateTime<Utc>,
+    guard: &Guard,
+) -> Result<Fired, JobError> {
+    let opts = ExtractOptions {
+        guard: guard.clone(),
+        ..Default::default()
+    };
+    let job = match &pipeline.job {
+        JobKind::Extract(_) => {
+            return extract(project, pipeline, &opts)
+                .await
+                .map(Fired::Extracted)
+                .map_err(|source| JobError::Extract {
+                    job: pipeline.name.clone(),
+                    source,
+                })
+        }
+        JobKind::Report(job) => job,
+    };
+    let period = due_period(project, pipeline, at).expect("a report");
+    let history_err = |source| JobError::History {
+        job: pipeline.name.clone(),
+        source,
+    };
+    let history = history(project).await.map_err(history_err)?;
+    if let Some(r) = succeeded(&history, &pipeline.name, &period) {
+        return Ok(Fired::AlreadyDone {
+            period,
+            run_id: r.run_id.clone(),
+        });
+    }
+    let now = crate::clock::now();
+    let mut stale = fresh::stale(project, &history, &job.needs, period, now);
+    let mut extracted = Vec::new();
+    if !stale.is_empty() {
+        for s in &mut stale {
+            let Some(producer) = project.pipeline(&s.producer) else {
+                continue;
+            };
+            tracing::info!(report = %pipeline.name, dataset = %s.dataset, "needed data is stale; extracting it now");
+            match extract(project, producer, &opts).await {
+                Ok(_) => extracted.push(producer.name.clone()),
+                Err(e) => s.extract_error = Some(e.to_string()),
+            }
+        }
+        let history = self::history(project).await.map_err(history_err)?;
+        let now = crate::clock::now();
+        let still: Vec<fresh::Stale> = fresh::stale(project, &history, &job.needs, period, now)
+            .into_iter()
+            .map(|mut s| {
+                s.extract_error = stale
+                    .iter()
+                    .find(|o| o.dataset == s.dataset)
+                    .and_then(|o| o.extract_error.clone());
+                s
+            })
+            .collect();
+        if !still.is_empty() {
+            let e = JobError::Stale {
+                job: pipeline.name.clone(),
+                period: period.label(),
+                stale: still,
+            };
+            // The history shows the report failed for this period, and why.
+            let started = now.timestamp_micros();
+            record(
+                project,
+                RunRecord {
+                    run_id: uuid::Uuid::now_v7().to_string(),
+                    job: pipeline.name.clone(),
+                    kind: "report".into(),
+                    period: period.label(),
+                    status: Status::Failed,
+                    started_at: started,
+                    finished_at: started,
+                    rows: 0,
+                    deliveries: 0,
+                    error: e.to_string(),
+                    detail: serde_json::json!({ "not_run": "needed data not fresh", "extracted": extracted }).to_string(),
+                },
+            )
+            .await;
+            return Err(e);
+        }
+    }
+    let opts = ReportOptions {
+        preview: None,
+        send: true,
+        resend: false,
+        guard: guard.clone(),
+    };
+    report(project, pipeline, period, &opts)
+        .await
+        .map(|outcome| Fired::Reported {
+            period,
+            extracted,
+            outcome: Box::new(outcome),
+        })
+        .map_err(|source| JobError::Report {
+            job: pipeline.name.clone(),
+            period: period.label(),
+            source,
+        })
+}
+
+/// Every recorded run, newest first.
+pub async fn history(project: &Project) -> Result<Vec<RunRecord>, WarehouseError> {
+    let wh = Warehouse::new(&project.root, &project.settings.warehouse_url)?;
+    runs::all(&wh).await
+}
+
+/// Appends a run to the history; a failure to record is logged, not fatal (the job's own
+/// outcome is what the caller reports).
+async fn record(project: &Project, r: RunRecord) {
+    let recorded = match Warehouse::new(&project.root, &project.settings.warehouse_url) {
+        Ok(wh) => runs::record(&wh, &r).await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = recorded {
+        tracing::error!(job = %r.job, period = %r.period, error = %e, "could not record the run");
+    }
+}
+
+/// The run-history row of a report run, from its result.
+fn report_record(
+    pipeline: &Pipeline,
+    period: Period,
+    started: DateTime<Utc>,
+    result: &Result<ReportOutcome, ReportError>,
 ) -> RunRecord {
-    let finished = chrono::Utc::now();
+    let finished = crate::clock::now();
     let (run_id, status, rows, deliveries, error, detail) = match result {
         Ok(o) => {
             let c = &o.computed;
@@ -31,7 +287,7 @@ pub fn report_record(
             });
             (
                 o.run_id.clone(),
-                "succeeded",
+                Status::Succeeded,
                 c.tables.iter().map(|t| t.rows() as i64).sum(),
                 o.delivered
                     .iter()
@@ -43,7 +299,7 @@ pub fn report_record(
         }
         Err(e) => (
             uuid::Uuid::now_v7().to_string(),
-            "failed",
+            Status::Failed,
             0,
             0,
             format!("{e:#}"),
@@ -55,7 +311,7 @@ pub fn report_record(
         job: pipeline.name.clone(),
         kind: "report".into(),
         period: period.label(),
-        status: status.into(),
+        status,
         started_at: started.timestamp_micros(),
         finished_at: finished.timestamp_micros(),
         rows,
@@ -75,49 +331,39 @@ fn error_chain(e: &dyn std::error::Error) -> Vec<String> {
     out
 }
 
-/// Appends the extract run to the run history; a failure to record is logged, not fatal.
-pub async fn record_extract(
-    project: &crate::config::Project,
+/// The run-history row of an extract run, from its result.
+fn extract_record(
     pipeline: &str,
-    started: chrono::DateTime<chrono::Utc>,
-    result: &Result<crate::extract::Summary, crate::extract::ExtractError>,
-) {
-    use crate::warehouse::runs::{self, RunRecord};
+    started: DateTime<Utc>,
+    result: &Result<Summary, ExtractError>,
+) -> RunRecord {
     let (run_id, status, rows, error, detail) = match result {
         Ok(s) => (
             s.run_id.clone(),
-            "succeeded",
+            Status::Succeeded,
             s.rows_written as i64,
             String::new(),
             serde_json::to_string(s).unwrap_or_default(),
         ),
         Err(e) => (
             uuid::Uuid::now_v7().to_string(),
-            "failed",
+            Status::Failed,
             0,
             e.to_string(),
             String::from("{}"),
         ),
     };
-    let r = RunRecord {
+    RunRecord {
         run_id,
         job: pipeline.to_string(),
         kind: "extract".into(),
         period: String::new(),
-        status: status.into(),
+        status,
         started_at: started.timestamp_micros(),
-        finished_at: chrono::Utc::now().timestamp_micros(),
+        finished_at: crate::clock::now().timestamp_micros(),
         rows,
         deliveries: 0,
         error,
         detail,
-    };
-    let recorded =
-        match crate::warehouse::Warehouse::new(&project.root, &project.settings.warehouse_url) {
-            Ok(wh) => runs::record(&wh, &r).await.map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        };
-    if let Err(e) = recorded {
-        tracing::error!(pipeline, error = %e, "could not record the run");
     }
 }

@@ -12,6 +12,7 @@ use crate::config::Project;
 use crate::deliver::{self, DeliverError, DeliverOptions, Delivered};
 use crate::query::{self, Computed, Period, QueryError};
 use crate::render::{self, Email, Provenance, RenderError};
+use crate::warehouse::lease::{Guard, GuardError};
 use crate::warehouse::published::{self, Publication};
 use crate::warehouse::{Warehouse, WarehouseError};
 
@@ -25,6 +26,8 @@ pub enum ReportError {
     Render(#[from] RenderError),
     #[error(transparent)]
     Deliver(#[from] DeliverError),
+    #[error(transparent)]
+    Guard(#[from] GuardError),
     #[error("cannot write {path}: {message}")]
     Write { path: PathBuf, message: String },
 }
@@ -49,6 +52,8 @@ pub struct ReportOptions<'a> {
     pub send: bool,
     /// Send again to recipients who already have it, on purpose.
     pub resend: bool,
+    /// The daemon's lease, asked before each publish and each send.
+    pub guard: Guard,
 }
 
 pub async fn run(
@@ -86,9 +91,10 @@ pub async fn run(
                 start: t0.timestamp_micros(),
                 end: t1.timestamp_micros(),
                 run_id: run_id.clone(),
-                published_at: chrono::Utc::now().timestamp_micros(),
+                published_at: crate::clock::now().timestamp_micros(),
             };
             for t in &computed.tables {
+                opts.guard.check(&format!("publishing {}", t.name)).await?;
                 let v = published::publish(&wh, &t.name, &t.schema, &t.batches, &p).await?;
                 versions.push((t.name.clone(), v));
             }
@@ -106,6 +112,7 @@ pub async fn run(
                     &email,
                     &DeliverOptions {
                         resend: opts.resend,
+                        guard: opts.guard.clone(),
                     },
                 )
                 .await?;

@@ -1,25 +1,24 @@
 //! The scheduler daemon (`parstat serve`): holds the warehouse lease so that one scheduler
 //! runs at a time, applies each job's catch-up policy for schedules missed while it was down,
-//! fires jobs on their cron schedules (tokio-cron-scheduler, project time zone) one at a time,
-//! retries failures with backoff and emails the operators when a job still fails; a report
-//! waits for the extracts it needs to be fresh. SIGTERM/SIGINT stop it gracefully.
+//! fires jobs on their cron schedules (tokio-cron-scheduler, project time zone) one at a time
+//! through `jobs::scheduled`, retries a failed report later (telling the operators once) and
+//! stops its job the moment its lease is lost. SIGTERM/SIGINT stop it gracefully. Under a
+//! simulated clock (`clock`), the schedules fire as the test moves the clock.
 
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
 use tokio_cron_scheduler::{Job, JobScheduler};
 
-use crate::config::pipeline::{CatchUp, JobKind, PeriodChoice, Pipeline};
+use crate::config::pipeline::{CatchUp, JobKind};
 use crate::config::Project;
-use crate::extract::{self, ExtractOptions};
-use crate::jobs::backfill;
-use crate::query::Period;
-use crate::warehouse::lease::Lease;
-use crate::warehouse::runs::{self, RunRecord};
-use crate::warehouse::Warehouse;
+use crate::jobs::{self, Fired, JobError};
+use crate::warehouse::lease::{Guard, Lease};
 
-/// A job to run: its schedule fired at `at` (or a missed fire, on catch-up).
+/// A job to run: its schedule fired at `at` (or a missed fire, on catch-up; or a retry).
 #[derive(Debug, Clone)]
 pub struct Fire {
     pub job: String,
@@ -27,12 +26,14 @@ pub struct Fire {
     pub catch_up: bool,
 }
 
+type Running = tokio::task::JoinHandle<Result<Fired, JobError>>;
+
 /// Runs until SIGTERM/SIGINT or until the lease is lost.
 pub async fn serve(project: Project) -> anyhow::Result<()> {
     let cfg = project.settings.scheduler;
     let holder = format!(
         "{}:{}:{}",
-        std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into()),
+        crate::warehouse::lease::host_name(),
         std::process::id(),
         uuid::Uuid::new_v4().simple()
     );
@@ -48,7 +49,7 @@ pub async fn serve(project: Project) -> anyhow::Result<()> {
         )
         .await?
         {
-            Ok(l) => break l,
+            Ok(l) => break Arc::new(l),
             Err(held) => {
                 tracing::info!(holder = %held.holder, seconds_left = held.seconds_left, "another scheduler holds the lease; waiting");
                 println!("waiting: the lease is held by {}", held.holder);
@@ -61,90 +62,320 @@ pub async fn serve(project: Project) -> anyhow::Result<()> {
     };
     println!("serving: lease epoch {} held by {holder}", lease.epoch);
     tracing::info!(epoch = lease.epoch, "scheduler lease taken");
+    let guard = Guard::of(lease.clone());
 
+    let mut state = State::new(&project);
+    state.queue.extend(catch_up(&project).await?);
     let (tx, mut rx) = mpsc::unbounded_channel::<Fire>();
-    catch_up(&project, &tx).await?;
+    let simulated = crate::clock::simulated();
     let mut sched = JobScheduler::new().await?;
-    for p in &project.pipelines {
-        let Some(schedule) = &p.schedule else {
-            continue;
-        };
-        let (tx, name) = (tx.clone(), p.name.clone());
-        let job = Job::new_async_tz(schedule.as_str(), project.settings.timezone, move |_, _| {
-            let (tx, name) = (tx.clone(), name.clone());
-            Box::pin(async move {
-                let _ = tx.send(Fire {
-                    job: name,
-                    at: Utc::now(),
-                    catch_up: false,
-                });
-            })
-        })?;
-        sched.add(job).await?;
+    if !simulated {
+        for p in &project.pipelines {
+            let Some(schedule) = &p.schedule else {
+                continue;
+            };
+            let (tx, name) = (tx.clone(), p.name.clone());
+            let job =
+                Job::new_async_tz(schedule.as_str(), project.settings.timezone, move |_, _| {
+                    let (tx, name) = (tx.clone(), name.clone());
+                    Box::pin(async move {
+                        let _ = tx.send(Fire {
+                            job: name,
+                            at: Utc::now(),
+                            catch_up: false,
+                        });
+                    })
+                })?;
+            sched.add(job).await?;
+        }
+        sched.start().await?;
     }
-    sched.start().await?;
 
     let mut renew = tokio::time::interval(Duration::from_secs((cfg.lease_seconds / 3).max(1)));
+    let mut tick = tokio::time::interval(if simulated {
+        Duration::from_millis(20)
+    } else {
+        Duration::from_secs(1)
+    });
+    let mut clock_seen = crate::clock::now();
+    let mut idle_reported: Option<DateTime<Utc>> = None;
+    let mut running: Option<(Running, Fire)> = None;
     let result = loop {
+        if running.is_none() {
+            if let Some(fire) = state.queue.pop_front() {
+                let period = project
+                    .pipeline(&fire.job)
+                    .and_then(|p| jobs::due_period(&project, p, fire.at))
+                    .map(|p| format!(" {}", p.label()))
+                    .unwrap_or_default();
+                println!("running {}{period}", fire.job);
+                let (p, g, f) = (project.clone(), guard.clone(), fire.clone());
+                running = Some((
+                    tokio::spawn(async move { run_fire(&p, &f, &g).await }),
+                    fire,
+                ));
+            } else if simulated && idle_reported != Some(clock_seen) {
+                crate::clock::report_idle(clock_seen, state.next_wake(&project, clock_seen));
+                idle_reported = Some(clock_seen);
+            }
+        }
         tokio::select! {
             _ = &mut stop => {
-                tracing::info!("stopping: no new jobs");
-                break Ok(());
-            }
-            _ = renew.tick() => {
-                match lease.renew().await {
-                    Ok(true) => {}
-                    Ok(false) => break Err(anyhow::anyhow!("the lease was taken by another scheduler; stopping")),
-                    Err(e) => tracing::warn!(error = %e, "could not renew the lease"),
-                }
-            }
-            fire = rx.recv() => {
-                let Some(fire) = fire else { break Ok(()) };
-                // The job runs in its own task so that a stop signal is seen while it runs;
-                // the lease keeps being renewed meanwhile.
-                let p = project.clone();
-                let mut task = tokio::spawn(async move { run_fire(&p, &fire).await });
-                let mut lost = false;
-                let stopped = loop {
-                    tokio::select! {
-                        _ = &mut task => break false,
-                        _ = renew.tick() => {
-                            match lease.renew().await {
-                                Ok(true) => {}
-                                // Another scheduler holds the lease now: this one's job must
-                                // not go on beside it. Its commits are atomic; an extract
-                                // also checks its own pipeline lease before each commit.
-                                Ok(false) => {
-                                    task.abort();
-                                    lost = true;
-                                    break false;
-                                }
-                                Err(e) => tracing::warn!(error = %e, "could not renew the lease"),
-                            }
-                        }
-                        _ = &mut stop => break true,
-                    }
-                };
-                if lost {
-                    break Err(anyhow::anyhow!("the lease was taken by another scheduler while a job ran; the job was stopped, and this scheduler stops"));
-                }
-                if stopped {
+                if let Some((mut task, _)) = running.take() {
                     tracing::info!(grace_seconds = cfg.grace_seconds, "stopping: letting the running job finish");
                     if tokio::time::timeout(Duration::from_secs(cfg.grace_seconds), &mut task).await.is_err() {
                         task.abort();
                         tracing::warn!("the running job did not finish within the grace period and was stopped; its commits are atomic, so nothing is half-written");
                     }
-                    break Ok(());
+                } else {
+                    tracing::info!("stopping: no new jobs");
+                }
+                break Ok(());
+            }
+            _ = renew.tick() => {
+                match lease.renew().await {
+                    Ok(true) => {}
+                    // Another scheduler holds the lease now: this one's job must not go on
+                    // beside it. It stops at its next commit or send, each of which asks the
+                    // lease first; cutting it off mid-send instead would leave a message sent
+                    // but not recorded as sent, which the new holder would send again.
+                    Ok(false) => {
+                        if let Some((mut task, fire)) = running.take() {
+                            println!("lease lost: stopping {} at its next commit or send", fire.job);
+                            if tokio::time::timeout(Duration::from_secs(cfg.grace_seconds), &mut task).await.is_err() {
+                                task.abort();
+                            }
+                        }
+                        break Err(anyhow::anyhow!("the lease was taken by another scheduler; this scheduler stops"));
+                    }
+                    Err(e) => tracing::warn!(error = %e, "could not renew the lease"),
+                }
+            }
+            fire = rx.recv() => {
+                if let Some(fire) = fire {
+                    state.queue.push_back(fire);
+                }
+            }
+            _ = tick.tick() => {
+                let now = crate::clock::now();
+                if simulated && now > clock_seen {
+                    state.queue.extend(fires_between(&project, clock_seen, now));
+                    clock_seen = now;
+                }
+                state.due_retries(now);
+            }
+            joined = async {
+                match running.as_mut() {
+                    Some((task, _)) => task.await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                let (_, fire) = running.take().expect("a job was running");
+                match joined {
+                    Ok(outcome) => state.finished(&project, &fire, outcome).await,
+                    Err(e) if e.is_cancelled() => {}
+                    Err(e) => {
+                        let failure = anyhow::anyhow!("job {} stopped: {e}", fire.job);
+                        tracing::error!(error = %failure, "job task failed");
+                    }
+                }
+                if let Some(e) = state.lost.take() {
+                    break Err(e);
                 }
             }
         }
     };
-    sched.shutdown().await?;
+    if !simulated {
+        sched.shutdown().await?;
+    }
     if result.is_ok() {
         lease.release().await?;
     }
     println!("stopped");
     result
+}
+
+/// The daemon's book-keeping: fires waiting to run, reports to retry, who was told.
+struct State {
+    queue: VecDeque<Fire>,
+    /// Reports to try again, one per (job, period), and when.
+    retries: HashMap<(String, String), (DateTime<Utc>, Fire)>,
+    /// (job, period) → when it first failed: bounds its retries, and the operators hear of
+    /// it once.
+    failing: HashMap<(String, String), DateTime<Utc>>,
+    retry_every: chrono::Duration,
+    retry_for: chrono::Duration,
+    /// Set when a job found the lease lost: the daemon stops.
+    lost: Option<anyhow::Error>,
+}
+
+impl State {
+    fn new(project: &Project) -> State {
+        let cfg = project.settings.scheduler;
+        State {
+            queue: VecDeque::new(),
+            retries: HashMap::new(),
+            failing: HashMap::new(),
+            retry_every: chrono::Duration::minutes(cfg.retry_minutes as i64),
+            retry_for: chrono::Duration::hours(cfg.retry_hours as i64),
+            lost: None,
+        }
+    }
+
+    fn due_retries(&mut self, now: DateTime<Utc>) {
+        let mut due: Vec<(DateTime<Utc>, Fire)> = Vec::new();
+        self.retries.retain(|_, (when, fire)| {
+            let keep = *when > now;
+            if !keep {
+                due.push((*when, fire.clone()));
+            }
+            keep
+        });
+        due.sort_by_key(|d| d.0);
+        for (_, fire) in due {
+            tracing::info!(job = %fire.job, "retrying");
+            self.queue.push_back(fire);
+        }
+    }
+
+    /// The next instant with something to do: a schedule's next fire or a retry.
+    fn next_wake(&self, project: &Project, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let tz = project.settings.timezone;
+        let next_fire = project
+            .pipelines
+            .iter()
+            .filter_map(|p| p.schedule.as_deref())
+            .filter_map(|s| {
+                let cron = crate::config::pipeline::parse_schedule(s).ok()?;
+                cron.find_next_occurrence(&now.with_timezone(&tz), false)
+                    .ok()
+                    .map(|t| t.with_timezone(&Utc))
+            })
+            .min();
+        let next_retry = self.retries.values().map(|r| r.0).min();
+        next_fire.into_iter().chain(next_retry).min()
+    }
+
+    /// Prints, records and follows up a fire's outcome.
+    async fn finished(&mut self, project: &Project, fire: &Fire, outcome: Result<Fired, JobError>) {
+        let p = match project.pipeline(&fire.job) {
+            Some(p) => p,
+            None => return,
+        };
+        let period = jobs::due_period(project, p, fire.at);
+        let key = (
+            p.name.clone(),
+            period.map(|x| x.label()).unwrap_or_default(),
+        );
+        let e = match outcome {
+            Ok(fired) => {
+                match &fired {
+                    Fired::Extracted(s) => println!("{}: {} rows written", p.name, s.rows_written),
+                    Fired::Reported {
+                        period,
+                        extracted,
+                        outcome,
+                    } => println!(
+                        "{} {}: sent to {} of {} recipients (the others had it){}",
+                        p.name,
+                        period.label(),
+                        outcome
+                            .delivered
+                            .iter()
+                            .filter(|d| d.outcome == crate::deliver::ledger::Outcome::Sent)
+                            .count(),
+                        outcome.delivered.len(),
+                        if extracted.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" (after extracting {})", extracted.join(", "))
+                        }
+                    ),
+                    Fired::AlreadyDone { period, run_id } => {
+                        tracing::info!(job = %p.name, period = %period.label(), run_id, "already done");
+                    }
+                }
+                self.retries.remove(&key);
+                if self.failing.remove(&key).is_some() {
+                    tracing::info!(job = %p.name, period = %key.1, "succeeded after earlier failures");
+                }
+                return;
+            }
+            Err(e) => e,
+        };
+        if e.lease_lost() {
+            self.lost = Some(anyhow::anyhow!("{e}"));
+            return;
+        }
+        println!("failed: {e}");
+        tracing::error!(job = %p.name, error = %e, "job failed after its retries");
+        let now = crate::clock::now();
+        let attempts = p.retries + 1;
+        let tz = project.settings.timezone;
+        let mut text = format!(
+            "Công việc `{}`, kỳ {} (lịch {}), thất bại sau {attempts} lần thử.\n\nLỗi:\n{e}\n",
+            p.name,
+            if key.1.is_empty() { "—" } else { &key.1 },
+            fire.at.with_timezone(&tz).format("%H:%M:%S %d/%m/%Y"),
+        );
+        if let JobKind::Report(_) = p.job {
+            let first = *self.failing.entry(key.clone()).or_insert(now);
+            let again = now + self.retry_every;
+            if again <= first + self.retry_for {
+                self.retries.insert(key.clone(), (again, fire.clone()));
+                if first != now {
+                    // The operators were told at the first failure; the retries go on quietly.
+                    tracing::info!(job = %p.name, period = %key.1, at = %again, "will retry");
+                    return;
+                }
+                text.push_str(&format!(
+                    "\nparstat thử lại mỗi {} phút, đến {}; chỉ báo lại nếu vẫn thất bại khi hết hạn.\n",
+                    self.retry_every.num_minutes(),
+                    (first + self.retry_for).with_timezone(&tz).format("%H:%M %d/%m/%Y"),
+                ));
+            } else {
+                self.failing.remove(&key);
+                text.push_str(&format!(
+                    "\nparstat đã thử lại đến hết hạn ({} giờ) và dừng. Chạy lại: `parstat run --period {}`.\n",
+                    self.retry_for.num_hours(),
+                    key.1
+                ));
+            }
+        }
+        text.push_str(&format!(
+            "\nCuối nhật ký:\n{}\n\nXem `parstat runs list --job {}`.\n",
+            crate::logtail::last(40).join("\n"),
+            p.name
+        ));
+        let subject = format!("[parstat] Công việc thất bại: {}", p.name);
+        crate::deliver::alert(project, &subject, &text).await;
+    }
+}
+
+/// One fire with its immediate retries (`retries` in the pipeline file, 1 s, 2 s, ...); a
+/// report whose data is stale is not retried at once: its extracts were just run for it.
+async fn run_fire(project: &Project, fire: &Fire, guard: &Guard) -> Result<Fired, JobError> {
+    let p = project
+        .pipeline(&fire.job)
+        .expect("fires name the project's pipelines");
+    let attempts = p.retries + 1;
+    let mut delay = Duration::from_secs(1);
+    let mut attempt = 1;
+    loop {
+        match jobs::scheduled(project, p, fire.at, guard).await {
+            Err(e)
+                if attempt < attempts
+                    && !matches!(e, JobError::Stale { .. })
+                    && !e.lease_lost() =>
+            {
+                tracing::warn!(job = %p.name, attempt, error = %e, "job failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT. The handlers are installed here, at once, not when the
@@ -161,36 +392,71 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     }
 }
 
-/// Applies each scheduled job's catch-up policy for the fires missed since its last run.
-async fn catch_up(project: &Project, tx: &mpsc::UnboundedSender<Fire>) -> anyhow::Result<()> {
-    let wh = Warehouse::new(&project.root, &project.settings.warehouse_url)?;
-    let history = runs::all(&wh).await?;
-    let now = Utc::now();
+/// Every schedule's fires in (`from`, `to`], in time order (the simulated clock's ticks).
+fn fires_between(project: &Project, from: DateTime<Utc>, to: DateTime<Utc>) -> Vec<Fire> {
+    let mut out: Vec<Fire> = project
+        .pipelines
+        .iter()
+        .filter_map(|p| Some((p, p.schedule.as_deref()?)))
+        .flat_map(|(p, s)| {
+            missed_fires(s, project.settings.timezone, from, to)
+                .into_iter()
+                .map(|at| Fire {
+                    job: p.name.clone(),
+                    at,
+                    catch_up: false,
+                })
+        })
+        .collect();
+    out.sort_by_key(|f| f.at);
+    out
+}
+
+/// The fires each scheduled job's catch-up policy asks for, for the schedules missed since
+/// its last run; and, for a report, the latest fire's period when it has not succeeded (a
+/// daemon that stopped or lost its lease during it, or a first start after it was due).
+async fn catch_up(project: &Project) -> anyhow::Result<Vec<Fire>> {
+    let history = jobs::history(project).await?;
+    let now = crate::clock::now();
+    let tz = project.settings.timezone;
+    let mut out = Vec::new();
     for p in &project.pipelines {
         let Some(schedule) = &p.schedule else {
             continue;
         };
-        let Some(last) = history
+        let last = history
             .iter()
             .find(|r| r.job == p.name)
-            .map(|r| r.started_at)
-        else {
-            tracing::info!(job = %p.name, "catch-up: no run recorded yet; waiting for the schedule");
-            continue;
+            .and_then(|r| DateTime::from_timestamp_micros(r.started_at));
+        let missed = match last {
+            Some(last) => missed_fires(schedule, tz, last, now),
+            None => vec![],
         };
-        let last = DateTime::from_timestamp_micros(last).unwrap_or(now);
-        let missed = missed_fires(schedule, project.settings.timezone, last, now);
-        if missed.is_empty() {
-            continue;
-        }
-        let chosen: Vec<DateTime<Utc>> = match (p.catch_up, &p.job) {
+        let mut chosen: Vec<DateTime<Utc>> = match (p.catch_up, &p.job) {
             (CatchUp::None, _) => vec![],
+            _ if missed.is_empty() => vec![],
             // An extract is incremental: one run catches up everything.
             (_, JobKind::Extract(_)) | (CatchUp::Latest, _) => {
                 vec![*missed.last().expect("non-empty")]
             }
             (CatchUp::All, _) => missed.clone(),
         };
+        if p.as_report().is_some() && p.catch_up != CatchUp::None {
+            let latest = missed_fires(schedule, tz, now - chrono::Duration::days(62), now)
+                .last()
+                .copied();
+            if let Some(at) = latest {
+                let period = jobs::due_period(project, p, at).expect("a report");
+                let same = |t: &DateTime<Utc>| jobs::due_period(project, p, *t) == Some(period);
+                if jobs::succeeded(&history, &p.name, &period).is_none() && !chosen.iter().any(same)
+                {
+                    chosen.push(at);
+                }
+            }
+        }
+        if missed.is_empty() && chosen.is_empty() {
+            continue;
+        }
         tracing::info!(job = %p.name, missed = missed.len(), policy = ?p.catch_up, running = chosen.len(), "catch-up");
         println!(
             "catch-up {}: {} missed, policy {:?}, running {}",
@@ -199,15 +465,13 @@ async fn catch_up(project: &Project, tx: &mpsc::UnboundedSender<Fire>) -> anyhow
             p.catch_up,
             chosen.len()
         );
-        for at in chosen {
-            let _ = tx.send(Fire {
-                job: p.name.clone(),
-                at,
-                catch_up: true,
-            });
-        }
+        out.extend(chosen.into_iter().map(|at| Fire {
+            job: p.name.clone(),
+            at,
+            catch_up: true,
+        }));
     }
-    Ok(())
+    Ok(out)
 }
 
 /// The schedule's fire times after `from` up to `to`.
@@ -232,130 +496,46 @@ pub fn missed_fires(
     out
 }
 
-/// Runs one fire with retries; a job that still fails is recorded and the operators told.
-async fn run_fire(project: &Project, fire: &Fire) {
-    let Some(p) = project.pipeline(&fire.job) else {
-        return;
-    };
-    let attempts = p.retries + 1;
-    let mut delay = Duration::from_secs(1);
-    for attempt in 1..=attempts {
-        match run_once(project, p, fire).await {
-            Ok(()) => return,
-            Err(e) if attempt < attempts => {
-                tracing::warn!(job = %p.name, attempt, error = %e, "job failed; retrying");
-                tokio::time::sleep(delay).await;
-                delay *= 2;
-            }
-            Err(e) => {
-                tracing::error!(job = %p.name, error = %e, "job failed after its retries");
-                let subject = format!("[parstat] Công việc thất bại: {}", p.name);
-                let period = match &p.job {
-                    JobKind::Report(job) => {
-                        let current =
-                            Period::containing(fire.at, project.settings.timezone, job.period_rule);
-                        match job.period {
-                            PeriodChoice::PreviousMonth => current.previous().label(),
-                            PeriodChoice::CurrentMonth => current.label(),
-                        }
-                    }
-                    JobKind::Extract(_) => "—".into(),
-                };
-                let text = format!(
-                    "Công việc `{}`, kỳ {period} (lịch {}), thất bại sau {attempts} lần thử.\n\nLỗi:\n{e}\n\nCuối nhật ký:\n{}\n\nXem `parstat runs list --job {}`.\n",
-                    p.name,
-                    fire.at.with_timezone(&project.settings.timezone).format("%H:%M:%S %d/%m/%Y"),
-                    crate::logtail::last(40).join("\n"),
-                    p.name
-                );
-                crate::deliver::alert(project, &subject, &text).await;
-            }
-        }
-    }
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-async fn run_once(project: &Project, p: &Pipeline, fire: &Fire) -> Result<(), String> {
-    match &p.job {
-        JobKind::Extract(_) => {
-            let started = Utc::now();
-            let opts = ExtractOptions {
-                full: false,
-                progress: false,
-                chunk_rows: 0,
-            };
-            let result = extract::run(project, p, &opts).await;
-            crate::jobs::record_extract(project, &p.name, started, &result).await;
-            result.map(|_| ()).map_err(|e| e.to_string())
-        }
-        JobKind::Report(job) => {
-            let current = Period::containing(fire.at, project.settings.timezone, job.period_rule);
-            let period = match job.period {
-                PeriodChoice::PreviousMonth => current.previous(),
-                PeriodChoice::CurrentMonth => current,
-            };
-            let wh = Warehouse::new(&project.root, &project.settings.warehouse_url)
-                .map_err(|e| e.to_string())?;
-            let history = runs::all(&wh).await.map_err(|e| e.to_string())?;
-            if history
-                .iter()
-                .any(|r| r.job == p.name && r.period == period.label() && r.status == "succeeded")
-            {
-                tracing::info!(job = %p.name, period = %period.label(), "already done");
-                return Ok(());
-            }
-            wait_for_fresh(project, p, &job.needs, period, fire.at).await?;
-            backfill::run_one(project, p, period, true)
-                .await
-                .map(|_| ())
-        }
+    fn at(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
     }
-}
 
-/// Waits until every dataset a report needs was extracted after its period ended (or after
-/// the fire, for a period still running); past `[scheduler] wait_minutes`, fails.
-async fn wait_for_fresh(
-    project: &Project,
-    p: &Pipeline,
-    needs: &[String],
-    period: Period,
-    fired: DateTime<Utc>,
-) -> Result<(), String> {
-    let cfg = project.settings.scheduler;
-    let (_, end) = period.bounds(project.settings.timezone);
-    let since = end.min(fired).timestamp_micros();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(cfg.wait_minutes * 60);
-    let wh = Warehouse::new(&project.root, &project.settings.warehouse_url)
-        .map_err(|e| e.to_string())?;
-    loop {
-        let history = runs::all(&wh).await.map_err(|e| e.to_string())?;
-        let stale: Vec<&String> = needs
-            .iter()
-            .filter(|d| {
-                let Some(producer) = project.producer(d) else {
-                    return false;
-                };
-                !history.iter().any(|r: &RunRecord| {
-                    r.job == producer.name && r.status == "succeeded" && r.started_at >= since
-                })
-            })
-            .collect();
-        if stale.is_empty() {
-            return Ok(());
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return Err(format!(
-                "{} {}: data not fresh after {} minutes: {} not extracted since the period ended",
-                p.name,
-                period.label(),
-                cfg.wait_minutes,
-                stale
-                    .iter()
-                    .map(|s| s.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ));
-        }
-        tracing::info!(job = %p.name, waiting_for = ?stale, "waiting for fresh data");
-        tokio::time::sleep(Duration::from_secs(cfg.poll_seconds)).await;
+    #[test]
+    fn missed_fires_are_the_schedule_in_the_project_zone_after_from_up_to_to() {
+        let tz = chrono_tz::Asia::Ho_Chi_Minh;
+        // 07:00 on the 3rd in Hà Tĩnh is 00:00 UTC.
+        let fires = missed_fires(
+            "0 0 7 3 * *",
+            tz,
+            at("2026-11-03T00:00:00Z"),
+            at("2027-02-03T00:00:00Z"),
+        );
+        assert_eq!(
+            fires,
+            vec![
+                at("2026-12-03T00:00:00Z"),
+                at("2027-01-03T00:00:00Z"),
+                at("2027-02-03T00:00:00Z")
+            ]
+        );
+        // Mondays at 03:00 between Tuesday 1 and Thursday 3 December 2026: none.
+        assert!(missed_fires(
+            "0 0 3 * * 1",
+            tz,
+            at("2026-11-30T20:00:00Z"),
+            at("2026-12-03T00:00:00Z")
+        )
+        .is_empty());
+        assert!(missed_fires(
+            "not a schedule",
+            tz,
+            at("2026-11-30T20:00:00Z"),
+            at("2026-12-03T00:00:00Z")
+        )
+        .is_empty());
     }
 }

@@ -327,6 +327,58 @@ impl Lease {
     }
 }
 
+/// The lease a daemon's job works under, asked of the store before each commit and each
+/// send: a daemon paused past its lease (SIGSTOP, a suspended machine) must not publish or
+/// email beside the one that took over. Outside the daemon there is none, and nothing to ask.
+#[derive(Clone, Default)]
+pub struct Guard(Option<Arc<Lease>>);
+
+/// A guarded job found its daemon's lease taken by another.
+#[derive(Debug, thiserror::Error)]
+#[error("the scheduler's lease (epoch {epoch}) was taken by another scheduler; this job stopped before {before}")]
+pub struct LeaseLost {
+    pub epoch: u64,
+    pub before: String,
+}
+
+impl std::fmt::Debug for Guard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            None => f.write_str("Guard(none)"),
+            Some(l) => write!(f, "Guard(epoch {})", l.epoch),
+        }
+    }
+}
+
+impl Guard {
+    pub fn of(lease: Arc<Lease>) -> Guard {
+        Guard(Some(lease))
+    }
+
+    /// Ok while the lease is ours (or there is none); `before` names the step it guards.
+    pub async fn check(&self, before: &str) -> Result<(), GuardError> {
+        let Some(lease) = &self.0 else { return Ok(()) };
+        if lease.renew().await? {
+            Ok(())
+        } else {
+            Err(GuardError::Lost(LeaseLost {
+                epoch: lease.epoch,
+                before: before.to_string(),
+            }))
+        }
+    }
+}
+
+/// Why a guarded step may not go on.
+#[derive(Debug, thiserror::Error)]
+pub enum GuardError {
+    #[error(transparent)]
+    Lost(#[from] LeaseLost),
+    /// The store could not be asked: not knowing is not holding.
+    #[error("could not check the scheduler's lease: {0}")]
+    Store(#[from] WarehouseError),
+}
+
 /// How long a pipeline's run lease lasts without a heartbeat. Heartbeats come every third of
 /// it, so a holder on another host that died is replaced within a minute.
 pub const RUN_LEASE_SECONDS: u64 = 60;

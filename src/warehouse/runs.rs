@@ -12,6 +12,39 @@ use super::{commit_properties, Warehouse, WarehouseError};
 
 pub const TABLE: &str = "_runs";
 
+/// How a run ended, stored as its lower-case name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Everything the job had to do was done: for a report, every recipient has it.
+    Succeeded,
+    Failed,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Succeeded => "succeeded",
+            Status::Failed => "failed",
+        }
+    }
+
+    /// A stored status; anything else (a newer version's) is not a success.
+    fn parse(s: &str) -> Status {
+        if s == "succeeded" {
+            Status::Succeeded
+        } else {
+            Status::Failed
+        }
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
 /// One finished run.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct RunRecord {
@@ -21,8 +54,7 @@ pub struct RunRecord {
     pub kind: String,
     /// `YYYY-MM` for a report; empty for an extract.
     pub period: String,
-    /// `succeeded` or `failed`.
-    pub status: String,
+    pub status: Status,
     /// UTC microseconds.
     pub started_at: i64,
     pub finished_at: i64,
@@ -65,7 +97,7 @@ pub async fn record(wh: &Warehouse, r: &RunRecord) -> Result<(), WarehouseError>
             text(&r.job),
             text(&r.kind),
             text(&r.period),
-            text(&r.status),
+            text(r.status.as_str()),
             ts(r.started_at),
             ts(r.finished_at),
             Arc::new(Int64Array::from(vec![r.rows])),
@@ -140,7 +172,7 @@ pub async fn all(wh: &Warehouse) -> Result<Vec<RunRecord>, WarehouseError> {
                 job: job[k].clone(),
                 kind: kind[k].clone(),
                 period: period[k].clone(),
-                status: status[k].clone(),
+                status: Status::parse(&status[k]),
                 started_at: started[k],
                 finished_at: finished[k],
                 rows: rows[k],
