@@ -12,10 +12,10 @@ use calamine::{Data, Reader};
 use crate::report::demo_project;
 use crate::util::*;
 
-struct Smtp {
+pub(crate) struct Smtp {
     child: Child,
-    port: u16,
-    mbox: PathBuf,
+    pub(crate) port: u16,
+    pub(crate) mbox: PathBuf,
 }
 
 impl Drop for Smtp {
@@ -33,7 +33,7 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn smtp(mbox: &Path, extra: &[&str]) -> Smtp {
+pub(crate) fn smtp(mbox: &Path, extra: &[&str]) -> Smtp {
     let port = free_port();
     let mut child = Command::new("python3")
         .arg(repo().join("tests/fixtures/smtp_server.py"))
@@ -79,7 +79,7 @@ pub(crate) fn use_smtp(project: &Path, port: u16) {
     std::fs::write(&p, out).unwrap();
 }
 
-fn messages(mbox: &Path, out: Option<&Path>) -> Vec<serde_json::Value> {
+pub(crate) fn messages(mbox: &Path, out: Option<&Path>) -> Vec<serde_json::Value> {
     if !mbox.exists() {
         return vec![];
     }
@@ -98,7 +98,7 @@ fn messages(mbox: &Path, out: Option<&Path>) -> Vec<serde_json::Value> {
         .clone()
 }
 
-fn count_to(msgs: &[serde_json::Value], to: &str, subject_part: &str) -> usize {
+pub(crate) fn count_to(msgs: &[serde_json::Value], to: &str, subject_part: &str) -> usize {
     msgs.iter()
         .filter(|m| {
             m["to"].as_str().unwrap_or_default().contains(to)
@@ -460,7 +460,7 @@ fn the_outbox_and_the_preview_and_a_screenshot_of_the_email() {
 }
 
 /// The claim files of the delivery ledger, anywhere under the warehouse.
-fn claims(project: &Path) -> Vec<PathBuf> {
+pub(crate) fn claims(project: &Path) -> Vec<PathBuf> {
     fn walk(d: &Path, out: &mut Vec<PathBuf>) {
         for e in std::fs::read_dir(d).into_iter().flatten().flatten() {
             let p = e.path();

@@ -14,5 +14,6 @@ mod report;
 mod s3;
 mod security;
 mod serve;
+mod tls;
 mod util;
 mod workbench;
