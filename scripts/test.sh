@@ -33,6 +33,10 @@ done
 pg_isready -h 127.0.0.1 -p 5432 >/dev/null || { echo "PostgreSQL is not reachable at 127.0.0.1:5432" >&2; exit 1; }
 mariadb-admin -h 127.0.0.1 -u root status >/dev/null || { echo "MariaDB is not reachable at 127.0.0.1:3306" >&2; exit 1; }
 
+# TLS in both databases with a certificate of a test CA (the TLS tests; plain connections
+# keep working), and the certificates the TLS SMTP tests serve.
+scripts/tls_setup.sh
+
 # An S3-compatible server for the warehouse-on-S3 test, an SMTP server for the delivery tests.
 if ! command -v moto_server >/dev/null 2>&1 || ! python3 -c "import aiosmtpd" 2>/dev/null; then
     log "installing moto (S3-compatible server) and aiosmtpd (SMTP server) from PyPI"

@@ -15,7 +15,7 @@ use crate::util::*;
 pub(crate) struct Smtp {
     child: Child,
     pub(crate) port: u16,
-    mbox: PathBuf,
+    pub(crate) mbox: PathBuf,
 }
 
 impl Drop for Smtp {
@@ -33,7 +33,7 @@ pub(crate) fn free_port() -> u16 {
         .port()
 }
 
-fn smtp(mbox: &Path, extra: &[&str]) -> Smtp {
+pub(crate) fn smtp(mbox: &Path, extra: &[&str]) -> Smtp {
     smtp_at(free_port(), mbox, extra)
 }
 
@@ -102,7 +102,7 @@ pub(crate) fn messages(mbox: &Path, out: Option<&Path>) -> Vec<serde_json::Value
         .clone()
 }
 
-fn count_to(msgs: &[serde_json::Value], to: &str, subject_part: &str) -> usize {
+pub(crate) fn count_to(msgs: &[serde_json::Value], to: &str, subject_part: &str) -> usize {
     msgs.iter()
         .filter(|m| {
             m["to"].as_str().unwrap_or_default().contains(to)
@@ -464,7 +464,7 @@ fn the_outbox_and_the_preview_and_a_screenshot_of_the_email() {
 }
 
 /// The claim files of the delivery ledger, anywhere under the warehouse.
-fn claims(project: &Path) -> Vec<PathBuf> {
+pub(crate) fn claims(project: &Path) -> Vec<PathBuf> {
     fn walk(d: &Path, out: &mut Vec<PathBuf>) {
         for e in std::fs::read_dir(d).into_iter().flatten().flatten() {
             let p = e.path();

@@ -15,5 +15,6 @@ mod s3;
 mod schedule;
 mod security;
 mod serve;
+mod tls;
 mod util;
 mod workbench;

@@ -58,6 +58,7 @@ struct RawSmtp {
     username: Option<Spanned<String>>,
     password: Option<Spanned<String>>,
     timeout_secs: Option<Spanned<u64>>,
+    ca_file: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -200,6 +201,9 @@ pub struct SmtpSettings {
     pub username: Option<EnvValue>,
     pub password: Option<EnvValue>,
     pub timeout_secs: u64,
+    /// A PEM file of CA certificates trusted for the server's certificate, besides the
+    /// public roots (a private CA's); relative to the project folder.
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -508,6 +512,7 @@ fn load_mail(src: &Source, raw: Option<&RawMail>, diags: &mut Diagnostics) -> Ma
                 password: s_ref.password.as_ref().map(|v| EnvValue::new(src, v)),
                 timeout_secs: at_least_one(src, "timeout_secs", s_ref.timeout_secs.as_ref(), diags)
                     .unwrap_or(DEFAULT_SMTP_TIMEOUT_SECS),
+                ca_file: s_ref.ca_file.as_ref().map(|f| PathBuf::from(f.get_ref())),
             });
         }
         None if mail.transport == Transport::Smtp => {

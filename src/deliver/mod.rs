@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use lettre::transport::smtp::authentication::Credentials;
-use lettre::transport::smtp::client::{Tls, TlsParameters};
+use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 
 use crate::config::settings::{MailSettings, Security, Transport};
@@ -267,6 +267,25 @@ impl Smtp {
     }
 }
 
+/// What went wrong in a TLS handshake with the SMTP server, if that is what failed.
+fn tls_problem(e: &lettre::transport::smtp::Error) -> Option<String> {
+    crate::extract::tls::explain(e, "set `[mail.smtp] ca_file` to the CA file that signed it")
+}
+
+/// The CA certificates of `[mail.smtp] ca_file`, trusted besides the public roots.
+fn ca_certificate(path: &std::path::Path) -> Result<Certificate, DeliverError> {
+    let bad = |why: String| {
+        DeliverError::Config(format!("`[mail.smtp] ca_file` {}: {why}", path.display()))
+    };
+    let pem = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+    if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
+        return Err(bad(
+            "holds no PEM certificate (-----BEGIN CERTIFICATE-----)".into(),
+        ));
+    }
+    Certificate::from_pem(&pem).map_err(|e| bad(e.to_string()))
+}
+
 impl Sender {
     fn new(project: &Project, mail: &MailSettings) -> Result<Sender, DeliverError> {
         match mail.transport {
@@ -284,8 +303,17 @@ impl Sender {
                 let mut b = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&host)
                     .port(smtp.port)
                     .timeout(Some(timeout));
+                let ca = smtp
+                    .ca_file
+                    .as_ref()
+                    .map(|f| ca_certificate(&project.root.join(f)))
+                    .transpose()?;
                 let tls = || {
-                    TlsParameters::new(host.clone())
+                    let mut p = TlsParameters::builder(host.clone());
+                    if let Some(ca) = &ca {
+                        p = p.add_root_certificate(ca.clone());
+                    }
+                    p.build()
                         .map_err(|e| DeliverError::Config(format!("TLS for {host}: {e}")))
                 };
                 b = match smtp.security {
@@ -347,6 +375,11 @@ impl Sender {
                     match tokio::time::timeout(smtp.timeout, smtp.transport.send(m.clone())).await {
                         Ok(Ok(_)) => return Ok(None),
                         Ok(Err(e)) if e.is_permanent() => return Err(format!("refused: {e}")),
+                        // A certificate that did not verify will not by the next attempt.
+                        Ok(Err(e)) if tls_problem(&e).is_some() => {
+                            let why = tls_problem(&e).unwrap_or_default();
+                            return Err(format!("the SMTP server {}: {why}", smtp.server));
+                        }
                         Ok(Err(e)) if !e.is_timeout() => {
                             last = e.to_string();
                             last_was_reply = e.is_transient();

@@ -123,9 +123,9 @@ pub async fn load_postgres(
     opts: &DemoOptions,
 ) -> Result<(u64, u64), DemoError> {
     let err = db_err("PostgreSQL");
-    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+    let (client, conn) = crate::extract::tls::connect_postgres(url)
         .await
-        .map_err(|e| err(e.to_string()))?;
+        .map_err(&err)?;
     let conn_task = tokio::spawn(conn);
     // Tables of these names that the demo did not create may be a real one-stop-shop
     // system's: never dropped without --force.
@@ -319,10 +319,9 @@ async fn pg_copy(client: &tokio_postgres::Client, sql: &str, data: String) -> Re
 /// Loads the demo's dossiers and votes into the MariaDB/MySQL database of `url`.
 pub async fn load_mysql(url: &str, opts: &DemoOptions) -> Result<(u64, u64), DemoError> {
     let err = db_err("MariaDB/MySQL");
-    let my_opts = mysql_async::Opts::from_url(url).map_err(|e| err(e.to_string()))?;
-    let mut conn = mysql_async::Conn::new(my_opts)
+    let mut conn = crate::extract::tls::connect_mysql(url)
         .await
-        .map_err(|e| err(e.to_string()))?;
+        .map_err(&err)?;
     // As for PostgreSQL: tables the demo did not create are never dropped without --force.
     let tables: Vec<String> = conn
         .query("SELECT table_name FROM information_schema.tables WHERE table_schema = DATABASE()")

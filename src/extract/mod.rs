@@ -10,6 +10,7 @@ pub mod mysql;
 pub mod pii;
 pub mod postgres;
 mod rules;
+pub mod tls;
 
 use arrow::array::RecordBatch;
 use chrono::{DateTime, Duration, Offset, TimeZone};

@@ -70,12 +70,11 @@ pub(crate) async fn stream(
     sink: &mut RowSink,
 ) -> Result<(), ExtractError> {
     const PEER: &str = "MariaDB/MySQL";
-    let opts = mysql_async::Opts::from_url(url)
-        .map_err(|e| ExtractError::Config(format!("invalid MariaDB/MySQL url: {e}")))?;
+    let my = super::tls::mysql(url).map_err(ExtractError::Config)?;
     let mut conn = limits
-        .connect(PEER, mysql_async::Conn::new(opts))
+        .connect(PEER, my.connect())
         .await?
-        .map_err(|e| ExtractError::Source(format!("cannot connect to MariaDB/MySQL: {e}")))?;
+        .map_err(|e| ExtractError::Source(format!("cannot connect to {e}")))?;
     // `TIMESTAMP` columns are instants shown in the session's zone: in the project's, they
     // compare with the local watermark and read back as local times, whatever the server's
     // default. An offset, since named zones need the server's zone tables.

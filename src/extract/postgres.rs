@@ -182,13 +182,11 @@ pub(crate) async fn stream(
     sink: &mut RowSink,
 ) -> Result<(), ExtractError> {
     let mut names = Vec::new();
+    let pg = super::tls::postgres(url).map_err(ExtractError::Config)?;
     let (client, conn) = limits
-        .connect(
-            "PostgreSQL",
-            tokio_postgres::connect(url, tokio_postgres::NoTls),
-        )
+        .connect("PostgreSQL", pg.connect())
         .await?
-        .map_err(|e| ExtractError::Source(format!("cannot connect to PostgreSQL: {e}")))?;
+        .map_err(|e| ExtractError::Source(format!("cannot connect to {e}")))?;
     let task = tokio::spawn(conn);
     // Casts and date functions in the query see the project's zone, whatever the server's
     // or the role's default.

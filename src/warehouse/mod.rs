@@ -45,6 +45,29 @@ pub enum WarehouseError {
 #[derive(Debug, Clone)]
 pub struct Warehouse {
     base: Url,
+    /// delta-rs storage options of every table (on S3: how commits exclude each other).
+    options: HashMap<String, String>,
+}
+
+/// Whether the operator chose how S3 writes are made conditional (`AWS_CONDITIONAL_PUT`,
+/// as object_store and delta-rs read it); parstat's choice applies otherwise.
+fn conditional_put_chosen() -> bool {
+    ["AWS_CONDITIONAL_PUT", "CONDITIONAL_PUT"]
+        .iter()
+        .any(|k| std::env::var_os(k).is_some())
+}
+
+/// The storage options of a warehouse at `base`. On S3, delta-rs writes each commit file
+/// with a conditional put (`If-None-Match: *`): of two writers of one version, the second
+/// gets `AlreadyExists`, rereads the log and retries (or fails cleanly), with no DynamoDB lock
+/// and no `AWS_S3_ALLOW_UNSAFE_RENAME`. It is object_store's default today; said here so
+/// that a changed default cannot silently let two commits overwrite each other.
+fn storage_options(base: &Url) -> HashMap<String, String> {
+    let mut o = HashMap::new();
+    if base.scheme() == "s3" && !conditional_put_chosen() {
+        o.insert("conditional_put".to_string(), "etag".to_string());
+    }
+    o
 }
 
 impl Warehouse {
@@ -71,7 +94,17 @@ impl Warehouse {
             Url::from_directory_path(&abs)
                 .map_err(|_| bad(format!("{} is not an absolute folder", abs.display())))?
         };
-        Ok(Warehouse { base })
+        Ok(Warehouse {
+            options: storage_options(&base),
+            base,
+        })
+    }
+
+    /// More delta-rs storage options for every table (an endpoint, credentials), over the
+    /// environment's `AWS_*` variables.
+    pub fn with_storage_options(mut self, options: HashMap<String, String>) -> Warehouse {
+        self.options.extend(options);
+        self
     }
 
     /// The table if it was ever written, for reading; creates nothing.
@@ -101,7 +134,7 @@ impl Warehouse {
                 message: format!("cannot create {}: {e}", p.display()),
             })?;
         }
-        DeltaTable::try_from_url(url)
+        DeltaTable::try_from_url_with_storage_options(url, self.options.clone())
             .await
             .map_err(|source| WarehouseError::Delta {
                 table: name.to_string(),
@@ -133,11 +166,14 @@ pub fn object_store_at(
             Ok((Arc::new(fs), object_store::path::Path::default()))
         }
         "s3" => {
-            // Endpoint, region and credentials come from the usual AWS_* variables.
-            let s3 = object_store::aws::AmazonS3Builder::from_env()
-                .with_bucket_name(base.host_str().unwrap_or_default())
-                .build()
-                .map_err(|e| err(e.to_string()))?;
+            // Endpoint, region and credentials come from the usual AWS_* variables. Claims
+            // and the lease are create-if-absent writes: conditional, as for the tables.
+            let mut b = object_store::aws::AmazonS3Builder::from_env()
+                .with_bucket_name(base.host_str().unwrap_or_default());
+            if !conditional_put_chosen() {
+                b = b.with_conditional_put(object_store::aws::S3ConditionalPut::ETagMatch);
+            }
+            let s3 = b.build().map_err(|e| err(e.to_string()))?;
             Ok((
                 Arc::new(s3),
                 object_store::path::Path::from(base.path().trim_matches('/')),
