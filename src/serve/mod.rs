@@ -442,9 +442,7 @@ async fn catch_up(project: &Project) -> anyhow::Result<Vec<Fire>> {
             (CatchUp::All, _) => missed.clone(),
         };
         if p.as_report().is_some() && p.catch_up != CatchUp::None {
-            let latest = missed_fires(schedule, tz, now - chrono::Duration::days(62), now)
-                .last()
-                .copied();
+            let latest = last_fire(schedule, tz, now);
             if let Some(at) = latest {
                 let period = jobs::due_period(project, p, at).expect("a report");
                 let same = |t: &DateTime<Utc>| jobs::due_period(project, p, *t) == Some(period);
@@ -472,6 +470,14 @@ async fn catch_up(project: &Project) -> anyhow::Result<Vec<Fire>> {
         }));
     }
     Ok(out)
+}
+
+/// The schedule's last fire time at or before `at`.
+fn last_fire(schedule: &str, tz: chrono_tz::Tz, at: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    let cron = crate::config::pipeline::parse_schedule(schedule).ok()?;
+    cron.find_previous_occurrence(&at.with_timezone(&tz), true)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
 }
 
 /// The schedule's fire times after `from` up to `to`.
@@ -530,6 +536,15 @@ mod tests {
             at("2026-12-03T00:00:00Z")
         )
         .is_empty());
+        // The last fire is found however often the schedule fires.
+        assert_eq!(
+            last_fire("*/2 * * * * *", tz, at("2026-12-03T00:00:01Z")),
+            Some(at("2026-12-03T00:00:00Z"))
+        );
+        assert_eq!(
+            last_fire("0 0 7 3 * *", tz, at("2026-12-02T00:00:00Z")),
+            Some(at("2026-11-03T00:00:00Z"))
+        );
         assert!(missed_fires(
             "not a schedule",
             tz,
