@@ -9,6 +9,7 @@ mod extract;
 mod faults;
 mod hostile;
 mod http_faults;
+mod personal;
 mod recovery;
 mod report;
 mod s3;

@@ -60,12 +60,14 @@ pub async fn serve(project: Project) -> anyhow::Result<()> {
             }
         }
     };
+    // What is due up to this instant is the catch-up's; the schedules fire after it.
+    let mut clock_seen = crate::clock::now();
     println!("serving: lease epoch {} held by {holder}", lease.epoch);
     tracing::info!(epoch = lease.epoch, "scheduler lease taken");
     let guard = Guard::of(lease.clone());
 
     let mut state = State::new(&project);
-    state.queue.extend(catch_up(&project).await?);
+    state.queue.extend(catch_up(&project, clock_seen).await?);
     let (tx, mut rx) = mpsc::unbounded_channel::<Fire>();
     let simulated = crate::clock::simulated();
     let mut sched = JobScheduler::new().await?;
@@ -97,7 +99,6 @@ pub async fn serve(project: Project) -> anyhow::Result<()> {
     } else {
         Duration::from_secs(1)
     });
-    let mut clock_seen = crate::clock::now();
     let mut idle_reported: Option<DateTime<Utc>> = None;
     let mut running: Option<(Running, Fire)> = None;
     let result = loop {
@@ -415,9 +416,8 @@ fn fires_between(project: &Project, from: DateTime<Utc>, to: DateTime<Utc>) -> V
 /// The fires each scheduled job's catch-up policy asks for, for the schedules missed since
 /// its last run; and, for a report, the latest fire's period when it has not succeeded (a
 /// daemon that stopped or lost its lease during it, or a first start after it was due).
-async fn catch_up(project: &Project) -> anyhow::Result<Vec<Fire>> {
+async fn catch_up(project: &Project, now: DateTime<Utc>) -> anyhow::Result<Vec<Fire>> {
     let history = jobs::history(project).await?;
-    let now = crate::clock::now();
     let tz = project.settings.timezone;
     let mut out = Vec::new();
     for p in &project.pipelines {
