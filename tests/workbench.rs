@@ -1,5 +1,5 @@
 //! The analyst's workbench: `parstat test` (data tests and report unit tests), the interactive
-//! `query` prompt and its piped twin, and the README's worked example of adding a report.
+//! `query` prompt and its piped twin, and the manual's worked example of adding a report (docs/reports.md).
 
 use std::io::Write;
 use std::path::Path;
@@ -333,9 +333,10 @@ fn the_interactive_prompt_completes_names_and_keeps_its_history() {
     assert!(out.contains(&format!("| {n} ")), "{out}");
 }
 
-/// The files of the README's worked example: each fenced block after `<!-- file: PATH -->`.
+/// The files of the manual's worked example (docs/reports.md): each fenced block after
+/// `<!-- file: PATH -->`.
 fn readme_files() -> Vec<(String, String)> {
-    let readme = std::fs::read_to_string(crate::util::repo().join("README.md")).unwrap();
+    let readme = std::fs::read_to_string(crate::util::repo().join("docs/reports.md")).unwrap();
     let mut out = Vec::new();
     let mut lines = readme.lines();
     while let Some(line) = lines.next() {
@@ -383,7 +384,7 @@ fn the_readme_example_adds_a_report_without_rust_and_it_runs_end_to_end() {
         std::fs::create_dir_all(target.parent().unwrap()).unwrap();
         std::fs::write(target, body).unwrap();
     }
-    // The README's steps, in order.
+    // The manual's steps, in order.
     let out = ok(run(p.path(), &["check"]));
     assert!(out.contains("ok: 8 pipelines"), "{out}");
     let out = ok(run(p.path(), &["test", "--unit", "monthly_online"]));
