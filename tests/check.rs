@@ -643,3 +643,32 @@ fn a_broken_check_is_reported_where_its_sql_is() {
     );
     assert!(err.contains("resolvd"), "{err}");
 }
+
+#[test]
+fn an_smtp_ca_file_that_is_missing_or_not_a_certificate_is_reported() {
+    let p = project_copy();
+    let text = edit(
+        p.path(),
+        "parstat.toml",
+        "security = \"none\"",
+        "security = \"none\"\nca_file = \"certs/ca.pem\"",
+    );
+    let err = check(p.path(), 2);
+    expect(
+        &err,
+        "parstat.toml",
+        pos(&text, "\"certs/ca.pem\""),
+        "`ca_file` ",
+    );
+    assert!(err.contains("No such file"), "{err}");
+    std::fs::create_dir_all(p.path().join("certs")).unwrap();
+    std::fs::write(p.path().join("certs/ca.pem"), "not a certificate\n").unwrap();
+    let err = check(p.path(), 2);
+    assert!(err.contains("holds no PEM certificate"), "{err}");
+    std::fs::write(
+        p.path().join("certs/ca.pem"),
+        "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    check(p.path(), 0);
+}

@@ -171,6 +171,7 @@ pub fn load(root: &Path) -> Loaded {
         }
     }
     if let Some((settings, settings_src)) = &settings {
+        settings::check_files(root, settings, settings_src, &mut diags);
         pipelines =
             validate::pipelines(root, settings, settings_src, &schemas, &sources, &mut diags);
     } else {

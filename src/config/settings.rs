@@ -204,6 +204,8 @@ pub struct SmtpSettings {
     /// A PEM file of CA certificates trusted for the server's certificate, besides the
     /// public roots (a private CA's); relative to the project folder.
     pub ca_file: Option<PathBuf>,
+    /// Where `ca_file` is written, for `check`'s diagnostics.
+    pub(crate) ca_file_span: Option<std::ops::Range<usize>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -270,6 +272,38 @@ fn known_keys() -> Vec<&'static str> {
 }
 
 /// Parses and validates `parstat.toml`; every problem goes to `diags`.
+/// The files the settings name, which must exist before anything runs: `[mail.smtp] ca_file`
+/// must hold a PEM certificate (a missing one would only fail the first send).
+pub fn check_files(
+    root: &std::path::Path,
+    settings: &Settings,
+    src: &Source,
+    diags: &mut Diagnostics,
+) {
+    let Some(smtp) = &settings.mail.smtp else {
+        return;
+    };
+    let (Some(file), Some(span)) = (&smtp.ca_file, &smtp.ca_file_span) else {
+        return;
+    };
+    let path = root.join(file);
+    let problem = match std::fs::read(&path) {
+        Err(e) => Some(format!("`ca_file` {}: {e}", path.display())),
+        Ok(pem) if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") => Some(
+            format!("`ca_file` {} holds no PEM certificate", path.display()),
+        ),
+        Ok(_) => None,
+    };
+    if let Some(message) = problem {
+        diags.error_at(
+            src,
+            span.clone(),
+            message,
+            Some("give the PEM file (-----BEGIN CERTIFICATE-----) of the CA that signed the SMTP server's certificate, relative to the project folder".into()),
+        );
+    }
+}
+
 pub fn load(src: &Source, diags: &mut Diagnostics) -> Option<Settings> {
     let raw: RawSettings = toml_file::parse(src, &known_keys(), diags)?;
     let before = diags.error_count();
@@ -513,6 +547,7 @@ fn load_mail(src: &Source, raw: Option<&RawMail>, diags: &mut Diagnostics) -> Ma
                 timeout_secs: at_least_one(src, "timeout_secs", s_ref.timeout_secs.as_ref(), diags)
                     .unwrap_or(DEFAULT_SMTP_TIMEOUT_SECS),
                 ca_file: s_ref.ca_file.as_ref().map(|f| PathBuf::from(f.get_ref())),
+                ca_file_span: s_ref.ca_file.as_ref().map(|f| f.span()),
             });
         }
         None if mail.transport == Transport::Smtp => {
