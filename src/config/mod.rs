@@ -195,3 +195,78 @@ pub fn load(root: &Path) -> Loaded {
         diagnostics: diags.sorted(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A copy of the repository's project files (no data) to break.
+    fn project() -> tempfile::TempDir {
+        fn copy(from: &Path, to: &Path) {
+            std::fs::create_dir_all(to).unwrap();
+            for e in std::fs::read_dir(from).unwrap() {
+                let e = e.unwrap();
+                if e.file_type().unwrap().is_dir() {
+                    copy(&e.path(), &to.join(e.file_name()));
+                } else {
+                    std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+                }
+            }
+        }
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::copy(repo.join("parstat.toml"), dir.path().join("parstat.toml")).unwrap();
+        for sub in ["pipelines", "schemas", "sql", "reports"] {
+            copy(&repo.join(sub), &dir.path().join(sub));
+        }
+        dir
+    }
+
+    fn edit(root: &Path, file: &str, from: &str, to: &str) {
+        let p = root.join(file);
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert!(text.contains(from), "{file} has no {from:?}");
+        std::fs::write(&p, text.replacen(from, to, 1)).unwrap();
+    }
+
+    /// What `parstat check` prints for a project with a mistake in each kind of file.
+    #[test]
+    fn diagnostics_of_every_kind_of_file() {
+        let p = project();
+        let root = p.path();
+        edit(root, "parstat.toml", "timezone = ", "time_zone = ");
+        edit(root, "pipelines/dossier.toml", "schedule = ", "shedule = ");
+        edit(
+            root,
+            "pipelines/rating.toml",
+            "0 0 3 * * 1",
+            "0 0 3 * * Funday",
+        );
+        edit(
+            root,
+            "pipelines/monthly_par.toml",
+            "needs = [\"dossier\"",
+            "needs = [\"dosier\"",
+        );
+        edit(
+            root,
+            "schemas/rating.toml",
+            "freshness = \"8 days\"",
+            "freshness = \"weekly\"",
+        );
+        edit(
+            root,
+            "schemas/dossier.toml",
+            "type = \"Int64\"",
+            "type = \"Int65\"",
+        );
+        let loaded = load(root);
+        assert!(loaded.project.is_none());
+        let text: String = loaded
+            .diagnostics
+            .iter()
+            .map(|d| format!("{d}\n"))
+            .collect();
+        insta::assert_snapshot!(text.replace(root.to_str().unwrap(), "<project>"));
+    }
+}
