@@ -293,3 +293,59 @@ fn a_job_that_still_fails_after_its_retries_alerts_the_operators() {
     let prev = previous_month_label();
     assert!(decoded.contains(&format!("kỳ {prev}")), "{decoded}");
 }
+
+/// The alert files of the operators in the outbox.
+fn alerts(project: &Path) -> usize {
+    std::fs::read_dir(project.join("outbox/_alerts"))
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter(|e| e.path().join("it-ops@example.gov.vn.eml").is_file())
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_restarted_scheduler_does_not_tell_the_operators_again() {
+    let p = demo_project();
+    schedules(p.path(), "0 0 3 1 1 *", "*/2 * * * * *");
+    set_option(p.path(), "monthly_par", "retries = 0");
+    set_option(p.path(), "monthly_investment", "catch_up = \"none\"");
+    edit(
+        p.path(),
+        "sql/par/late_procedures.sql",
+        "MAX(procedure_name) AS procedure_name",
+        "MAX(procedure_nam) AS procedure_name",
+    );
+    let mut first = Serve::start(p.path());
+    let until = Instant::now() + Duration::from_secs(120);
+    while alerts(p.path()) == 0 {
+        assert!(Instant::now() < until, "no alert: {:?}", first.seen);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    first.signal("-TERM");
+    first.expect("stopped", Duration::from_secs(60));
+    // The next scheduler fails the same period again, and again, and says nothing new.
+    let mut second = Serve::start(p.path());
+    second.expect("failed: monthly_par", Duration::from_secs(120));
+    std::thread::sleep(Duration::from_secs(3));
+    second.expect("failed: monthly_par", Duration::from_secs(60));
+    assert_eq!(alerts(p.path()), 1, "told once: {:?}", second.seen);
+    // Once the period succeeds, its mark is cleared: a later failure is news again.
+    edit(
+        p.path(),
+        "sql/par/late_procedures.sql",
+        "MAX(procedure_nam) AS procedure_name",
+        "MAX(procedure_name) AS procedure_name",
+    );
+    second.expect(
+        &format!("monthly_par {}: sent", previous_month_label()),
+        Duration::from_secs(120),
+    );
+    second.signal("-TERM");
+    second.expect("stopped", Duration::from_secs(60));
+    let marks = std::fs::read_dir(p.path().join("warehouse/_alerts"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(marks, 0, "the mark is cleared after the success");
+}

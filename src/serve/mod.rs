@@ -297,6 +297,9 @@ impl State {
                     }
                 }
                 self.retries.remove(&key);
+                if matches!(fired, Fired::Reported { .. }) {
+                    forget_told(project, &key).await;
+                }
                 if self.failing.remove(&key).is_some() {
                     tracing::info!(job = %p.name, period = %key.1, "succeeded after earlier failures");
                 }
@@ -329,6 +332,10 @@ impl State {
                     tracing::info!(job = %p.name, period = %key.1, at = %again, "will retry");
                     return;
                 }
+                if !first_to_tell(project, &key).await {
+                    tracing::info!(job = %p.name, period = %key.1, "the operators were told of this failure by an earlier scheduler; will retry");
+                    return;
+                }
                 text.push_str(&format!(
                     "\nparstat thử lại mỗi {} phút, đến {}; chỉ báo lại nếu vẫn thất bại khi hết hạn.\n",
                     self.retry_every.num_minutes(),
@@ -350,6 +357,54 @@ impl State {
         ));
         let subject = format!("[parstat] Công việc thất bại: {}", p.name);
         crate::deliver::alert(project, &subject, &text).await;
+    }
+}
+
+/// Where the mark that the operators were told of (job, period) failing lives.
+fn told_mark(
+    project: &Project,
+    key: &(String, String),
+) -> Option<(Arc<dyn object_store::ObjectStore>, object_store::path::Path)> {
+    let (store, dir) = crate::warehouse::object_store_at(
+        &project.root,
+        &project.settings.warehouse_url,
+        "_alerts",
+    )
+    .ok()?;
+    Some((store, dir.join(format!("{}.{}.json", key.0, key.1))))
+}
+
+/// Marks (job, period) as told to the operators, create-if-absent: true when this call made
+/// the mark, false when it was there, so that a restarted or second scheduler does not tell
+/// them again. When the store cannot say, they are told.
+async fn first_to_tell(project: &Project, key: &(String, String)) -> bool {
+    use object_store::{PutMode, PutOptions, PutPayload};
+    let Some((store, path)) = told_mark(project, key) else {
+        return true;
+    };
+    let body = PutPayload::from(crate::clock::now().to_rfc3339().into_bytes());
+    let create = PutOptions {
+        mode: PutMode::Create,
+        ..Default::default()
+    };
+    match store.put_opts(&path, body, create).await {
+        Err(object_store::Error::AlreadyExists { .. }) => false,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not mark the operators as told; telling them");
+            true
+        }
+        Ok(_) => true,
+    }
+}
+
+/// Clears the mark once the period succeeded: a later failure of it is news again.
+async fn forget_told(project: &Project, key: &(String, String)) {
+    use object_store::ObjectStoreExt;
+    if let Some((store, path)) = told_mark(project, key) {
+        match store.delete(&path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => tracing::warn!(error = %e, "could not clear the operators' alert mark"),
+        }
     }
 }
 
