@@ -314,7 +314,12 @@ impl State {
         println!("failed: {e}");
         tracing::error!(job = %p.name, error = %e, "job failed after its retries");
         let now = crate::clock::now();
-        let attempts = p.retries + 1;
+        // Stale data is not retried at once (its extracts were just run for it).
+        let attempts = if matches!(e, JobError::Stale { .. }) {
+            1
+        } else {
+            p.retries + 1
+        };
         let tz = project.settings.timezone;
         let mut text = format!(
             "Công việc `{}`, kỳ {} (lịch {}), thất bại sau {attempts} lần thử.\n\nLỗi:\n{e}\n",
