@@ -85,7 +85,8 @@ pub type OnDone = Arc<dyn Fn(&Task, bool) + Send + Sync>;
 pub struct Outcome {
     pub skipped: usize,
     pub succeeded: usize,
-    pub failed: Vec<(String, String, String)>,
+    /// (job, period, why) of each period that failed.
+    pub failed: Vec<(String, String, report::ReportError)>,
 }
 
 /// Runs the tasks that are not done: each job's periods in order, at most `parallel` jobs at
@@ -152,14 +153,12 @@ pub async fn run_one(
     pipeline: &Pipeline,
     period: Period,
     send: bool,
-) -> Result<report::ReportOutcome, String> {
+) -> Result<report::ReportOutcome, report::ReportError> {
     let opts = ReportOptions {
         preview: None,
         send,
         resend: false,
         guard: Default::default(),
     };
-    super::report(project, pipeline, period, &opts)
-        .await
-        .map_err(|e| format!("{e:#}"))
+    super::report(project, pipeline, period, &opts).await
 }
