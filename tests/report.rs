@@ -896,3 +896,21 @@ fn query_reads_the_warehouse_with_the_period_bound() {
         stderr(&o)
     );
 }
+
+/// The text part of both demo reports as a leader's mail client shows it, reviewed whenever
+/// a template, a format or a figure changes (`cargo insta review`).
+#[test]
+fn the_email_text_of_the_demo_reports() {
+    let p = demo_project();
+    for report in ["monthly_par", "monthly_investment"] {
+        let out = p.path().join(format!("preview_{report}"));
+        preview(p.path(), report, "2021-11", &out);
+        let text = std::fs::read_to_string(out.join("email.txt")).unwrap();
+        let manifest: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap())
+                .unwrap();
+        let run_id = manifest["run_id"].as_str().unwrap();
+        assert!(text.contains(run_id), "the text names its run");
+        insta::assert_snapshot!(report, text.replace(run_id, "[run]"));
+    }
+}
