@@ -7,6 +7,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use crate::schedule::{at, SimClock};
 use crate::serve::Serve;
 use crate::util::*;
 
@@ -205,31 +206,24 @@ fn assert_clean(what: &str, text: &str, secrets: &[String]) {
     }
 }
 
-fn all_text(dir: &Path, out: &mut Vec<(String, String)>) {
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            all_text(&p, out);
-        } else {
-            let bytes = std::fs::read(&p).unwrap();
-            out.push((
+/// Every file below `dir`, as (path, text).
+fn all_text(dir: &Path) -> Vec<(String, String)> {
+    files_under(dir)
+        .into_iter()
+        .map(|(p, b)| {
+            (
                 p.display().to_string(),
-                String::from_utf8_lossy(&bytes).into_owned(),
-            ));
-        }
-    }
+                String::from_utf8_lossy(&b).into_owned(),
+            )
+        })
+        .collect()
 }
 
 /// Every run's `runs show` text.
 fn history(project: &Path) -> String {
-    let list = ok(run(project, &["runs", "list", "--limit", "1000"]));
-    let mut out = list.clone();
-    for id in list
-        .lines()
-        .skip(1)
-        .filter_map(|l| l.split_whitespace().next())
-    {
-        out.push_str(&ok(run(project, &["runs", "show", id])));
+    let mut out = ok(run(project, &["runs", "list", "--limit", "1000"]));
+    for r in run_lines(project) {
+        out.push_str(&ok(run(project, &["runs", "show", &r.id])));
     }
     out
 }
@@ -253,8 +247,7 @@ fn no_kind_of_malformed_row_shows_personal_data_anywhere() {
     assert_clean("stdout", &out, &secrets);
     assert_clean("stderr", &stderr(&o), &secrets);
 
-    let mut files = Vec::new();
-    all_text(&p.path().join("warehouse"), &mut files);
+    let files = all_text(&p.path().join("warehouse"));
     for (path, text) in &files {
         assert_clean(path, text, &secrets);
     }
@@ -294,13 +287,10 @@ fn a_run_failed_by_malformed_rows_tells_the_operators_no_personal_data() {
     // which emails the operators.
     let (p, people) = project(0.05);
     let secrets = secrets(&people);
-    let clock_file = p.path().join("clock");
-    std::fs::write(&clock_file, "2026-12-03T02:59:59+07:00").unwrap();
-    let var = ("PARSTAT_TEST_CLOCK", clock_file.to_str().unwrap());
-    let mut serve = Serve::start_with(p.path(), &[var]);
+    let clock = SimClock::new(p.path(), at("2026-12-03T02:59:59+07:00"));
+    let mut serve = Serve::start_with(p.path(), &[clock.var()]);
     serve.expect("serving: lease epoch", Duration::from_secs(90));
-    std::fs::write(p.path().join("clock.tmp"), "2026-12-03T03:00:00+07:00").unwrap();
-    std::fs::rename(p.path().join("clock.tmp"), &clock_file).unwrap();
+    clock.set(at("2026-12-03T03:00:00+07:00"));
     serve.expect("failed: applicant_json", Duration::from_secs(120));
     serve.signal("-TERM");
     serve.expect("stopped", Duration::from_secs(60));
@@ -308,8 +298,7 @@ fn a_run_failed_by_malformed_rows_tells_the_operators_no_personal_data() {
     assert_clean("the daemon's output", &serve.seen.join("\n"), &secrets);
 
     // Each failed extract's alert, decoded as a mail client shows it.
-    let mut alerts = Vec::new();
-    all_text(&p.path().join("outbox/_alerts"), &mut alerts);
+    let alerts = all_text(&p.path().join("outbox/_alerts"));
     assert_eq!(alerts.len(), 2, "{alerts:?}");
     for (path, _) in &alerts {
         let o = Command::new("python3")
@@ -326,8 +315,7 @@ fn a_run_failed_by_malformed_rows_tells_the_operators_no_personal_data() {
     let h = history(p.path());
     assert!(h.matches("failed").count() >= 2, "{h}");
     assert_clean("the run history", &h, &secrets);
-    let mut files = Vec::new();
-    all_text(&p.path().join("warehouse"), &mut files);
+    let files = all_text(&p.path().join("warehouse"));
     for (path, text) in &files {
         assert_clean(path, text, &secrets);
     }

@@ -19,17 +19,17 @@ use crate::util::*;
 
 const PG: &str = "postgres://postgres@127.0.0.1:5432/test";
 
-fn at(s: &str) -> DateTime<Utc> {
+pub(crate) fn at(s: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
 }
 
 /// The clock file the daemons read, moved forward by the test.
-struct SimClock {
+pub(crate) struct SimClock {
     file: PathBuf,
 }
 
 impl SimClock {
-    fn new(dir: &Path, start: DateTime<Utc>) -> SimClock {
+    pub(crate) fn new(dir: &Path, start: DateTime<Utc>) -> SimClock {
         let c = SimClock {
             file: dir.join("clock"),
         };
@@ -37,11 +37,11 @@ impl SimClock {
         c
     }
 
-    fn var(&self) -> (&'static str, &str) {
+    pub(crate) fn var(&self) -> (&'static str, &str) {
         ("PARSTAT_TEST_CLOCK", self.file.to_str().unwrap())
     }
 
-    fn set(&self, t: DateTime<Utc>) {
+    pub(crate) fn set(&self, t: DateTime<Utc>) {
         let tmp = self.file.with_extension("tmp");
         std::fs::write(&tmp, t.to_rfc3339()).unwrap();
         std::fs::rename(&tmp, &self.file).unwrap();
@@ -144,25 +144,12 @@ fn tally(mbox: &Path) -> (Sent, Vec<String>) {
 
 /// (job, period, status, deliveries, error) of every run; the error only for a failed
 /// report (`runs show`).
-fn runs(project: &Path, clock: &SimClock) -> Vec<(String, String, String, i64, String)> {
-    let o = ok(run_with(
-        project,
-        &["runs", "list", "--limit", "100000"],
-        &[clock.var()],
-    ));
-    o.lines()
-        .skip(1)
-        .map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            // run, job, [period], status, ...: extracts have no period.
-            let (period, status) = if f[2].len() == 7 && f[2].contains('-') {
-                (f[2].to_string(), f[3].to_string())
-            } else {
-                (String::new(), f[2].to_string())
-            };
-            let sent: i64 = f.last().unwrap().parse().unwrap();
-            let error = if status == "failed" && !period.is_empty() {
-                let show = ok(run_with(project, &["runs", "show", f[0]], &[clock.var()]));
+fn runs(project: &Path) -> Vec<(String, String, String, i64, String)> {
+    run_lines(project)
+        .into_iter()
+        .map(|r| {
+            let error = if r.status == "failed" && !r.period.is_empty() {
+                let show = ok(run(project, &["runs", "show", &r.id]));
                 show.lines()
                     .find_map(|l| l.strip_prefix("error:"))
                     .unwrap_or_default()
@@ -171,7 +158,7 @@ fn runs(project: &Path, clock: &SimClock) -> Vec<(String, String, String, i64, S
             } else {
                 String::new()
             };
-            (f[1].to_string(), period, status, sent, error)
+            (r.job, r.period, r.status, r.sent, error)
         })
         .collect()
 }
@@ -319,7 +306,7 @@ fn three_simulated_months_deliver_every_report_once() {
 
     // The run history says so: one succeeded run per report and period, which sent both
     // messages (a failed one sends nothing that is later sent again).
-    let history = runs(p.path(), &clock);
+    let history = runs(p.path());
     for (report, period) in want.keys().map(|(r, p, _)| (r, p)) {
         let ok_runs: Vec<_> = history
             .iter()
@@ -416,7 +403,7 @@ fn a_daemon_paused_past_its_lease_mid_send_sends_nothing_twice() {
     );
     let until = Instant::now() + Duration::from_secs(180);
     loop {
-        let done = runs(p.path(), &clock)
+        let done = runs(p.path())
             .iter()
             .any(|r| r.0 == "monthly_par" && r.1 == "2026-11" && r.2 == "succeeded");
         if done {
@@ -443,7 +430,7 @@ fn a_daemon_paused_past_its_lease_mid_send_sends_nothing_twice() {
         second.seen
     );
     assert!(par.iter().all(|(_, &n)| n == 1), "each once: {sent:?}");
-    let history = runs(p.path(), &clock);
+    let history = runs(p.path());
     let succeeded = history
         .iter()
         .filter(|r| r.0 == "monthly_par" && r.1 == "2026-11" && r.2 == "succeeded")

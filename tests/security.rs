@@ -97,16 +97,6 @@ fn the_analysts_query_cannot_read_or_write_files() {
 }
 
 /// Every file below `dir`, read as bytes.
-fn all_bytes(dir: &std::path::Path, out: &mut Vec<(std::path::PathBuf, Vec<u8>)>) {
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            all_bytes(&p, out);
-        } else {
-            out.push((p.clone(), std::fs::read(&p).unwrap()));
-        }
-    }
-}
 
 #[test]
 fn a_csv_row_with_a_field_too_many_keeps_no_personal_text_in_clear() {
@@ -176,8 +166,7 @@ label = "Phí"
         "{}",
         stdout(&o)
     );
-    let mut files = Vec::new();
-    all_bytes(&p.path().join("warehouse"), &mut files);
+    let files = files_under(&p.path().join("warehouse"));
     assert!(files.len() > 3);
     let mut quarantined = false;
     for (path, bytes) in &files {
@@ -380,8 +369,7 @@ fn a_value_mapping_on_personal_data_is_refused() {
 
 /// Every path below `dir`, relative, sorted.
 fn listing(dir: &std::path::Path) -> Vec<String> {
-    let mut files = Vec::new();
-    all_bytes(dir, &mut files);
+    let files = files_under(dir);
     let mut out: Vec<String> = files
         .iter()
         .map(|(p, _)| p.strip_prefix(dir).unwrap().display().to_string())

@@ -121,18 +121,9 @@ fn schedules(project: &Path, extract: &str, report: &str) {
 }
 
 fn history(project: &Path) -> Vec<(String, String, String)> {
-    let list = ok(run(project, &["runs", "list", "--limit", "1000"]));
-    list.lines()
-        .skip(1)
-        .map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            // run, job, [period], status, ...: extracts have no period.
-            if f[2].contains('-') && f[2].len() == 7 {
-                (f[1].to_string(), f[2].to_string(), f[3].to_string())
-            } else {
-                (f[1].to_string(), String::new(), f[2].to_string())
-            }
-        })
+    run_lines(project)
+        .into_iter()
+        .map(|r| (r.job, r.period, r.status))
         .collect()
 }
 

@@ -148,3 +148,51 @@ pub fn preview(project: &Path, report: &str, period: &str, out: &Path) -> String
         ],
     ))
 }
+
+/// One line of `parstat runs list`.
+pub struct RunLine {
+    pub id: String,
+    pub job: String,
+    /// `YYYY-MM` for a report; empty for an extract.
+    pub period: String,
+    pub status: String,
+    pub sent: i64,
+}
+
+/// Every run `parstat runs list` shows, newest first.
+pub fn run_lines(project: &Path) -> Vec<RunLine> {
+    let list = ok(run(project, &["runs", "list", "--limit", "100000"]));
+    list.lines()
+        .skip(1)
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            // run, job, [period], status, ...: extracts have no period.
+            let (period, status) = if f[2].len() == 7 && f[2].contains('-') {
+                (f[2].to_string(), f[3].to_string())
+            } else {
+                (String::new(), f[2].to_string())
+            };
+            RunLine {
+                id: f[0].to_string(),
+                job: f[1].to_string(),
+                period,
+                status,
+                sent: f.last().unwrap().parse().unwrap(),
+            }
+        })
+        .collect()
+}
+
+/// Every file below `dir`, with its bytes.
+pub fn files_under(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else {
+            out.push((p.clone(), std::fs::read(&p).unwrap()));
+        }
+    }
+    out
+}
