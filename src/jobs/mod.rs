@@ -176,17 +176,21 @@ pub async fn scheduled(
         });
     }
     let now = crate::clock::now();
-    let mut stale = fresh::stale(project, &history, &job.needs, period, now);
+    let stale = fresh::stale(project, &history, &job.needs, period, now);
     let mut extracted = Vec::new();
     if !stale.is_empty() {
-        for s in &mut stale {
+        // Why each extract run for it here failed, by dataset.
+        let mut failed = std::collections::HashMap::new();
+        for s in &stale {
             let Some(producer) = project.pipeline(&s.producer) else {
                 continue;
             };
             tracing::info!(report = %pipeline.name, dataset = %s.dataset, "needed data is stale; extracting it now");
             match extract(project, producer, &opts).await {
                 Ok(_) => extracted.push(producer.name.clone()),
-                Err(e) => s.extract_error = Some(e.to_string()),
+                Err(e) => {
+                    failed.insert(s.dataset.clone(), e.to_string());
+                }
             }
         }
         let history = self::history(project).await.map_err(history_err)?;
@@ -194,10 +198,7 @@ pub async fn scheduled(
         let still: Vec<fresh::Stale> = fresh::stale(project, &history, &job.needs, period, now)
             .into_iter()
             .map(|mut s| {
-                s.extract_error = stale
-                    .iter()
-                    .find(|o| o.dataset == s.dataset)
-                    .and_then(|o| o.extract_error.clone());
+                s.extract_error = failed.remove(&s.dataset);
                 s
             })
             .collect();
@@ -208,22 +209,11 @@ pub async fn scheduled(
                 stale: still,
             };
             // The history shows the report failed for this period, and why.
-            let started = now.timestamp_micros();
+            let detail =
+                serde_json::json!({ "not_run": "needed data not fresh", "extracted": extracted });
             record(
                 project,
-                RunRecord {
-                    run_id: uuid::Uuid::now_v7().to_string(),
-                    job: pipeline.name.clone(),
-                    kind: "report".into(),
-                    period: period.label(),
-                    status: Status::Failed,
-                    started_at: started,
-                    finished_at: started,
-                    rows: 0,
-                    deliveries: 0,
-                    error: e.to_string(),
-                    detail: serde_json::json!({ "not_run": "needed data not fresh", "extracted": extracted }).to_string(),
-                },
+                failed_report_record(pipeline, period, now, &e, detail),
             )
             .await;
             return Err(e);
@@ -274,49 +264,59 @@ fn report_record(
     started: DateTime<Utc>,
     result: &Result<ReportOutcome, ReportError>,
 ) -> RunRecord {
-    let finished = crate::clock::now();
-    let (run_id, status, rows, deliveries, error, detail) = match result {
-        Ok(o) => {
-            let c = &o.computed;
-            let detail = serde_json::json!({
-                "covers": c.period.covered_text(),
-                "tables": c.tables.iter().map(|t| serde_json::json!({"name": t.name, "rows": t.rows(), "sql_sha256": t.sql_sha256})).collect::<Vec<_>>(),
-                "checks": c.checks.iter().map(|k| serde_json::json!({"name": k.name, "passed": k.passed})).collect::<Vec<_>>(),
-                "published": o.published,
-                "deliveries": o.delivered.iter().map(|d| serde_json::json!({"recipient": d.recipient, "outcome": d.outcome, "message_id": d.message_id})).collect::<Vec<_>>(),
-            });
-            (
-                o.run_id.clone(),
-                Status::Succeeded,
-                c.tables.iter().map(|t| t.rows() as i64).sum(),
-                o.delivered
-                    .iter()
-                    .filter(|d| d.outcome == Outcome::Sent)
-                    .count() as i64,
-                String::new(),
-                detail,
-            )
+    let o = match result {
+        Ok(o) => o,
+        Err(e) => {
+            let detail = serde_json::json!({ "error_chain": error_chain(e), "log_tail": crate::logtail::last(40) });
+            return failed_report_record(pipeline, period, started, e, detail);
         }
-        Err(e) => (
-            uuid::Uuid::now_v7().to_string(),
-            Status::Failed,
-            0,
-            0,
-            format!("{e:#}"),
-            serde_json::json!({ "error_chain": error_chain(e), "log_tail": crate::logtail::last(40) }),
-        ),
     };
+    let c = &o.computed;
+    let detail = serde_json::json!({
+        "covers": c.period.covered_text(),
+        "tables": c.tables.iter().map(|t| serde_json::json!({"name": t.name, "rows": t.rows(), "sql_sha256": t.sql_sha256})).collect::<Vec<_>>(),
+        "checks": c.checks.iter().map(|k| serde_json::json!({"name": k.name, "passed": k.passed})).collect::<Vec<_>>(),
+        "published": o.published,
+        "deliveries": o.delivered.iter().map(|d| serde_json::json!({"recipient": d.recipient, "outcome": d.outcome, "message_id": d.message_id})).collect::<Vec<_>>(),
+    });
     RunRecord {
-        run_id,
+        run_id: o.run_id.clone(),
         job: pipeline.name.clone(),
         kind: "report".into(),
         period: period.label(),
-        status,
+        status: Status::Succeeded,
         started_at: started.timestamp_micros(),
-        finished_at: finished.timestamp_micros(),
-        rows,
-        deliveries,
-        error,
+        finished_at: crate::clock::now().timestamp_micros(),
+        rows: c.tables.iter().map(|t| t.rows() as i64).sum(),
+        deliveries: o
+            .delivered
+            .iter()
+            .filter(|d| d.outcome == Outcome::Sent)
+            .count() as i64,
+        error: String::new(),
+        detail: detail.to_string(),
+    }
+}
+
+/// The run-history row of a report run for `period` that failed with `e`.
+fn failed_report_record(
+    pipeline: &Pipeline,
+    period: Period,
+    started: DateTime<Utc>,
+    e: &dyn std::error::Error,
+    detail: serde_json::Value,
+) -> RunRecord {
+    RunRecord {
+        run_id: uuid::Uuid::now_v7().to_string(),
+        job: pipeline.name.clone(),
+        kind: "report".into(),
+        period: period.label(),
+        status: Status::Failed,
+        started_at: started.timestamp_micros(),
+        finished_at: crate::clock::now().timestamp_micros(),
+        rows: 0,
+        deliveries: 0,
+        error: format!("{e:#}"),
         detail: detail.to_string(),
     }
 }
