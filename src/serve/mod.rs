@@ -23,7 +23,6 @@ use crate::warehouse::lease::{Guard, Lease};
 pub struct Fire {
     pub job: String,
     pub at: DateTime<Utc>,
-    pub catch_up: bool,
 }
 
 type Running = tokio::task::JoinHandle<Result<Fired, JobError>>;
@@ -84,7 +83,6 @@ pub async fn serve(project: Project) -> anyhow::Result<()> {
                         let _ = tx.send(Fire {
                             job: name,
                             at: Utc::now(),
-                            catch_up: false,
                         });
                     })
                 })?;
@@ -465,7 +463,6 @@ fn fires_between(project: &Project, from: DateTime<Utc>, to: DateTime<Utc>) -> V
                 .map(|at| Fire {
                     job: p.name.clone(),
                     at,
-                    catch_up: false,
                 })
         })
         .collect();
@@ -526,7 +523,6 @@ async fn catch_up(project: &Project, now: DateTime<Utc>) -> anyhow::Result<Vec<F
         out.extend(chosen.into_iter().map(|at| Fire {
             job: p.name.clone(),
             at,
-            catch_up: true,
         }));
     }
     Ok(out)
