@@ -3,8 +3,6 @@
 use std::path::Path;
 
 use super::{load_project, Failure};
-use crate::warehouse::runs;
-use crate::warehouse::Warehouse;
 
 #[derive(clap::Args, Debug)]
 pub struct RunsArgs {
@@ -29,8 +27,7 @@ pub enum RunsCommand {
 
 pub async fn run(project_dir: &Path, args: RunsArgs) -> Result<(), Failure> {
     let project = load_project(project_dir)?;
-    let wh = Warehouse::new(&project.root, &project.settings.warehouse_url)?;
-    let all = runs::all(&wh).await?;
+    let all = crate::jobs::history(&project).await?;
     let tz = project.settings.timezone;
     let local = |us: i64| {
         chrono::DateTime::from_timestamp_micros(us)
