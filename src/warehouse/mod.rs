@@ -24,6 +24,7 @@ mod new_keys;
 pub mod published;
 pub mod quarantine;
 pub mod runs;
+pub mod s3;
 
 pub use new_keys::NewKeys;
 
@@ -45,29 +46,8 @@ pub enum WarehouseError {
 #[derive(Debug, Clone)]
 pub struct Warehouse {
     base: Url,
-    /// delta-rs storage options of every table (on S3: how commits exclude each other).
+    /// delta-rs storage options of every table (on S3: an endpoint, credentials).
     options: HashMap<String, String>,
-}
-
-/// Whether the operator chose how S3 writes are made conditional (`AWS_CONDITIONAL_PUT`,
-/// as object_store and delta-rs read it); parstat's choice applies otherwise.
-fn conditional_put_chosen() -> bool {
-    ["AWS_CONDITIONAL_PUT", "CONDITIONAL_PUT"]
-        .iter()
-        .any(|k| std::env::var_os(k).is_some())
-}
-
-/// The storage options of a warehouse at `base`. On S3, delta-rs writes each commit file
-/// with a conditional put (`If-None-Match: *`): of two writers of one version, the second
-/// gets `AlreadyExists`, rereads the log and retries (or fails cleanly), with no DynamoDB lock
-/// and no `AWS_S3_ALLOW_UNSAFE_RENAME`. It is object_store's default today; said here so
-/// that a changed default cannot silently let two commits overwrite each other.
-fn storage_options(base: &Url) -> HashMap<String, String> {
-    let mut o = HashMap::new();
-    if base.scheme() == "s3" && !conditional_put_chosen() {
-        o.insert("conditional_put".to_string(), "etag".to_string());
-    }
-    o
 }
 
 impl Warehouse {
@@ -94,8 +74,11 @@ impl Warehouse {
             Url::from_directory_path(&abs)
                 .map_err(|_| bad(format!("{} is not an absolute folder", abs.display())))?
         };
+        if matches!(base.scheme(), "s3" | "s3a") {
+            s3::register();
+        }
         Ok(Warehouse {
-            options: storage_options(&base),
+            options: HashMap::new(),
             base,
         })
     }
@@ -165,15 +148,8 @@ pub fn object_store_at(
                 .map_err(|e| err(e.to_string()))?;
             Ok((Arc::new(fs), object_store::path::Path::default()))
         }
-        "s3" => {
-            // Endpoint, region and credentials come from the usual AWS_* variables. Claims
-            // and the lease are create-if-absent writes: conditional, as for the tables.
-            let mut b = object_store::aws::AmazonS3Builder::from_env()
-                .with_bucket_name(base.host_str().unwrap_or_default());
-            if !conditional_put_chosen() {
-                b = b.with_conditional_put(object_store::aws::S3ConditionalPut::ETagMatch);
-            }
-            let s3 = b.build().map_err(|e| err(e.to_string()))?;
+        "s3" | "s3a" => {
+            let s3 = s3::client(&base, &HashMap::new()).map_err(|e| err(e.to_string()))?;
             Ok((
                 Arc::new(s3),
                 object_store::path::Path::from(base.path().trim_matches('/')),
