@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use super::cell::Cell;
 use super::{ExtractError, Position, RawRow};
-use crate::config::pipeline::{ExtractJob, FileFormat, SourceExpr};
+use crate::config::pipeline::{ExtractJob, FileFormat, SourceExpr, SourceSpec};
 
 /// The files a glob matches, sorted, with their path relative to `root`.
 pub fn matching_files(root: &Path, pattern: &str) -> Result<Vec<(PathBuf, String)>, ExtractError> {
@@ -179,23 +179,32 @@ pub(crate) fn eval(
     }
 }
 
-/// Reads one file into rows; `columns` are the dataset columns in the order of the cells.
-#[allow(clippy::too_many_arguments)]
+/// Reads one file of `job`'s file source into rows; `columns` are the dataset columns in the
+/// order of the cells.
 pub fn read_file(
     path: &Path,
     rel: &str,
     job: &ExtractJob,
     columns: &[String],
-    format: FileFormat,
-    sheet: Option<&str>,
-    header_row: u32,
-    delimiter: u8,
     rows: &mut dyn FnMut(RawRow) -> Result<(), ExtractError>,
 ) -> Result<(), ExtractError> {
+    let SourceSpec::Files {
+        format,
+        sheet,
+        header_row,
+        delimiter,
+        ..
+    } = &job.source
+    else {
+        return Err(ExtractError::Config(format!(
+            "dataset `{}`: not a file source",
+            job.dataset
+        )));
+    };
     match format {
         FileFormat::Ndjson => read_ndjson(path, rel, job, columns, rows),
-        FileFormat::Csv => read_csv(path, rel, job, columns, delimiter, rows),
-        FileFormat::Xlsx => read_xlsx(path, rel, job, columns, sheet, header_row, rows),
+        FileFormat::Csv => read_csv(path, rel, job, columns, *delimiter, rows),
+        FileFormat::Xlsx => read_xlsx(path, rel, job, columns, sheet.as_deref(), *header_row, rows),
     }
 }
 

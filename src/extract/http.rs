@@ -8,6 +8,7 @@ use serde_json::{Map, Value};
 use std::time::Duration;
 
 use super::file::{check_fields, eval};
+use super::source::{Msg, Source};
 use super::{ExtractError, Position, RawRow, RowSink};
 use crate::config::pipeline::ExtractJob;
 use crate::config::settings::Connection;
@@ -15,15 +16,34 @@ use crate::config::settings::Connection;
 /// Attempts per page before the run fails.
 const ATTEMPTS: u32 = 5;
 
-pub struct HttpSource<'a> {
-    pub base_url: &'a str,
-    pub endpoint: &'a str,
-    pub records: Option<&'a str>,
-    pub token: Option<&'a str>,
+/// A pipeline's sync API on an HTTP connection.
+pub struct HttpSource {
+    pub base_url: String,
+    pub endpoint: String,
+    pub records: Option<String>,
+    /// The bearer token: a secret, never logged.
+    pub token: Option<String>,
     pub page_size: u32,
     /// The longest one request may take, whole body included.
     pub timeout: Duration,
     pub limits: Limits,
+    pub job: ExtractJob,
+    /// The run's start, in local time.
+    pub since: NaiveDateTime,
+}
+
+impl Source for HttpSource {
+    fn spawn(
+        self: Box<Self>,
+        tx: tokio::sync::mpsc::Sender<Msg>,
+    ) -> tokio::task::JoinHandle<Result<(), ExtractError>> {
+        tokio::spawn(async move {
+            let mut sink = RowSink::new(tx);
+            let columns: Vec<String> = self.job.columns.keys().cloned().collect();
+            stream(&self, &self.job, &columns, self.since, &mut sink).await?;
+            sink.flush().await
+        })
+    }
 }
 
 /// The connection's bounds on a peer that hangs, never stops paging or answers too much.
@@ -76,7 +96,7 @@ fn declared(o: &Map<String, Value>, page: u64, page_size: u32) -> Declared {
 
 /// Reads every page from `since` (local time, sent as `since=yyyyMMddHHmmss`) into `sink`.
 pub(crate) async fn stream(
-    src: &HttpSource<'_>,
+    src: &HttpSource,
     job: &ExtractJob,
     columns: &[String],
     since: NaiveDateTime,
@@ -108,7 +128,7 @@ pub(crate) async fn stream(
         }
         let (body, size) = fetch(&client, &url, src, &since, page).await?;
         sink.count_bytes(size);
-        let (list, end) = match (body, src.records) {
+        let (list, end) = match (body, src.records.as_deref()) {
             (Value::Array(a), _) => (a, Declared::Unknown),
             (Value::Object(mut o), Some(field)) => match o.remove(field) {
                 Some(Value::Array(a)) => (a, declared(&o, page, src.page_size)),
@@ -189,7 +209,7 @@ enum Failure {
 async fn fetch(
     client: &reqwest::Client,
     url: &str,
-    src: &HttpSource<'_>,
+    src: &HttpSource,
     since: &str,
     page: u64,
 ) -> Result<(Value, u64), ExtractError> {
@@ -212,7 +232,7 @@ async fn fetch(
     )))
 }
 
-fn describe(e: &reqwest::Error, src: &HttpSource<'_>) -> String {
+fn describe(e: &reqwest::Error, src: &HttpSource) -> String {
     if e.is_connect() && e.is_timeout() {
         format!(
             "no connection within {} s (`connect_timeout_secs`)",
@@ -239,7 +259,7 @@ fn describe(e: &reqwest::Error, src: &HttpSource<'_>) -> String {
 async fn attempt_page(
     client: &reqwest::Client,
     url: &str,
-    src: &HttpSource<'_>,
+    src: &HttpSource,
     since: &str,
     page: u64,
 ) -> Result<(Value, u64), Failure> {
@@ -248,7 +268,7 @@ async fn attempt_page(
         ("page", page.to_string()),
         ("page_size", src.page_size.to_string()),
     ]);
-    if let Some(t) = src.token {
+    if let Some(t) = &src.token {
         req = req.bearer_auth(t);
     }
     let mut resp = req

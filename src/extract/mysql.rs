@@ -8,6 +8,7 @@ use mysql_async::prelude::Queryable;
 use mysql_async::Value;
 
 use super::cell::Cell;
+use super::source::{Msg, Source};
 use super::{ExtractError, Position, RawRow, RowSink, Timeouts};
 
 fn cell(v: Value, t: ColumnType) -> Result<Cell, String> {
@@ -57,6 +58,40 @@ fn wire_size(v: &Value) -> u64 {
         Value::Float(_) => 4,
         Value::Date(..) => 12,
         Value::Time(..) => 13,
+    }
+}
+
+/// A pipeline's query on a MariaDB/MySQL connection; `$watermark` is bound to `since`.
+pub(crate) struct Query {
+    /// The connection URL: a secret (it may hold the password), never logged.
+    pub url: String,
+    pub query: String,
+    /// The run's start, in local time.
+    pub since: NaiveDateTime,
+    /// The project zone's offset, for the session's `time_zone`.
+    pub utc_offset: String,
+    pub limits: Timeouts,
+}
+
+impl Source for Query {
+    fn spawn(
+        self: Box<Self>,
+        tx: tokio::sync::mpsc::Sender<Msg>,
+    ) -> tokio::task::JoinHandle<Result<(), ExtractError>> {
+        tokio::spawn(async move {
+            let mut sink = RowSink::new(tx);
+            let q = &*self;
+            stream(
+                &q.url,
+                &q.query,
+                q.since,
+                &q.utc_offset,
+                &q.limits,
+                &mut sink,
+            )
+            .await?;
+            sink.flush().await
+        })
     }
 }
 

@@ -8,6 +8,7 @@ use futures_util::StreamExt;
 use tokio_postgres::types::Type;
 
 use super::cell::Cell;
+use super::source::{Msg, Source};
 use super::{ExtractError, Position, RawRow, RowSink, Timeouts};
 
 const SIGNATURE: &[u8] = b"PGCOPY\n\xff\r\n\0";
@@ -169,6 +170,40 @@ fn decode_numeric(mut b: &[u8]) -> Result<Cell, String> {
         if sign == 0x4000 { -v } else { v },
         dscale as i8,
     ))
+}
+
+/// A pipeline's query on a PostgreSQL connection, its `$watermark` already bound.
+pub(crate) struct Query {
+    /// The connection URL: a secret (it may hold the password), never logged.
+    pub url: String,
+    pub query: String,
+    /// Personal columns the dataset never stores.
+    pub dropped: Vec<String>,
+    /// The project's zone, for the session.
+    pub timezone: String,
+    pub limits: Timeouts,
+}
+
+impl Source for Query {
+    fn spawn(
+        self: Box<Self>,
+        tx: tokio::sync::mpsc::Sender<Msg>,
+    ) -> tokio::task::JoinHandle<Result<(), ExtractError>> {
+        tokio::spawn(async move {
+            let mut sink = RowSink::new(tx);
+            let q = &*self;
+            stream(
+                &q.url,
+                &q.query,
+                &q.dropped,
+                &q.timezone,
+                &q.limits,
+                &mut sink,
+            )
+            .await?;
+            sink.flush().await
+        })
+    }
 }
 
 /// Streams `query`'s rows into `sink`, its column names first. The `dropped` columns (personal

@@ -10,7 +10,9 @@
 //! Such a scan also yields one batch per file, about 20 rows each, and the operators above it
 //! pay per batch: a grouped `last_value` walks all its groups at every batch, so 250 batches
 //! into 3,000 groups cost the partial aggregation 21 ms for 5,000 rows. The scan's batches are
-//! gathered into full ones before anything reads them.
+//! gathered into full ones before anything reads them, by a round-robin repartition (which
+//! gathers its outputs, as DataFusion's own operators do since the batch-gathering operator
+//! was deprecated).
 
 use std::sync::Arc;
 
@@ -20,24 +22,19 @@ use datafusion::datasource::physical_plan::FileScanConfig;
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::error::Result;
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
-#[allow(deprecated)]
-use datafusion::physical_plan::coalesce_batches::CoalesceBatchesExec;
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
-use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties};
+use datafusion::physical_plan::repartition::RepartitionExec;
+use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties, Partitioning};
+use deltalake::delta_datafusion::DeltaScanExec;
 
 /// The rule, for each Delta scan:
 /// - of at least as many files as the session has partitions, left in one partition and with
 ///   no order that a parent could rely on: its files are split over the partitions (whatever
 ///   their size) and its streams merged back into one, so that the plan above it is unchanged;
 /// - of files holding fewer rows on average than half a batch: its batches are gathered into
-///   batches of the session's batch size, in each partition.
+///   batches of the session's batch size (in the merge, or in each partition).
 #[derive(Debug, Default)]
 pub struct ParallelFileScans;
-
-/// The name delta-rs gives its scan node (the Parquet scan of the table's files is its child).
-/// Matched by name: deltalake 1.1 keeps the type (`table_provider::next::DeltaScanExec`) in a
-/// private module, so no downcast can reach it.
-const DELTA_SCAN: &str = "DeltaScanExec";
 
 impl PhysicalOptimizerRule for ParallelFileScans {
     fn optimize(
@@ -51,7 +48,8 @@ impl PhysicalOptimizerRule for ParallelFileScans {
         let mut split = config.clone();
         split.optimizer.repartition_file_min_size = 0;
         plan.transform_up(|node| {
-            if node.name() != DELTA_SCAN {
+            // delta-rs's scan node; the Parquet scan of the table's files is its child.
+            if node.downcast_ref::<DeltaScanExec>().is_none() {
                 return Ok(Transformed::no(node));
             }
             let read = files(&node);
@@ -75,16 +73,16 @@ impl PhysicalOptimizerRule for ParallelFileScans {
                 }
             }
             let small = read.count > 1 && read.rows.is_some_and(|r| r / read.count < batch / 2);
-            if small {
-                // DataFusion 52 deprecated this operator, as its own operators now gather
-                // their outputs; a scan's output read by an aggregation still is not.
-                #[allow(deprecated)]
-                let gathered = CoalesceBatchesExec::new(out, batch);
-                out = Arc::new(gathered);
-            }
-            if merge {
-                out = Arc::new(CoalescePartitionsExec::new(out));
-            }
+            out = match (merge, small) {
+                (true, false) => Arc::new(CoalescePartitionsExec::new(out)),
+                // A repartition gathers the batches it passes on (unordered, as these are).
+                (true, true) => gather(out, 1)?,
+                (false, true) => {
+                    let n = out.output_partitioning().partition_count();
+                    gather(out, n)?
+                }
+                (false, false) => out,
+            };
             Ok(if merge || small {
                 Transformed::yes(out)
             } else {
@@ -101,6 +99,14 @@ impl PhysicalOptimizerRule for ParallelFileScans {
     fn schema_check(&self) -> bool {
         true
     }
+}
+
+/// `input`'s batches, round-robin into `partitions` outputs, gathered into full batches.
+fn gather(input: Arc<dyn ExecutionPlan>, partitions: usize) -> Result<Arc<dyn ExecutionPlan>> {
+    Ok(Arc::new(RepartitionExec::try_new(
+        input,
+        Partitioning::RoundRobinBatch(partitions),
+    )?))
 }
 
 /// What a Delta scan's Parquet child reads: its files, whether a limit was pushed into it,
@@ -252,29 +258,29 @@ mod tests {
         assert!(!text.contains("CoalescePartitionsExec"), "{text}");
         assert_eq!(batches(&plain).await, 6);
 
-        // With the rule: the files are split over both partitions, merged back above the
-        // Delta scan, and the result is the same. One row per file is under half a batch, so
-        // each partition's rows come as one batch (how many rows each partition gets depends
-        // on where the byte ranges of the split fall).
+        // With the rule: the files are split over both partitions and merged back above
+        // the Delta scan, and the result is the same. One row per file is under half a batch,
+        // so the merge is a repartition into one partition, which gathers the six rows into
+        // one batch.
         let ctx = session(true, 8192);
         warehouse::register(&ctx, &table, "t").await.unwrap();
         let (text, s) = sum(&ctx).await;
         assert_eq!(s, 21);
         assert!(text.contains("file_groups={2 groups"), "{text}");
-        let merged = text.find("CoalescePartitionsExec").expect(&text);
-        let gathered = text.find("CoalesceBatchesExec").expect(&text);
-        assert!(
-            merged < gathered && gathered < text.find(DELTA_SCAN).unwrap(),
-            "{text}"
-        );
-        assert!(batches(&ctx).await <= 2);
+        let merged = text
+            .find("RepartitionExec: partitioning=RoundRobinBatch(1), input_partitions=2")
+            .expect(&text);
+        assert!(merged < text.find("DeltaScanExec").unwrap(), "{text}");
+        assert!(!text.contains("CoalescePartitionsExec"), "{text}");
+        assert_eq!(batches(&ctx).await, 1);
 
-        // Files of half a batch (one row, batches of 2) are read as they come.
+        // Files of half a batch (one row, batches of 2) are read as they come, and merged.
         let whole = session(true, 2);
         warehouse::register(&whole, &table, "t").await.unwrap();
         let (text, s) = sum(&whole).await;
         assert_eq!(s, 21);
-        assert!(!text.contains("CoalesceBatchesExec"), "{text}");
+        assert!(text.contains("CoalescePartitionsExec"), "{text}");
+        assert!(!text.contains("RepartitionExec"), "{text}");
 
         // A limit pushed into the scan keeps it whole: split, each part would return it.
         for n in [1usize, 4] {
