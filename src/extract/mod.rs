@@ -321,8 +321,8 @@ pub fn file_stat_id(pipeline: &str, rel: &str) -> String {
 const COMMIT_BYTES: usize = 256 << 20;
 
 /// Rows per commit. With freed memory kept for reuse during a load (`crate::alloc`), a chunk's
-/// copies set most of the peak: 150,000 rows keep a 10-million-row load near 850 MiB from
-/// PostgreSQL, at the speed of 200,000 (bench/extract_pg.sh).
+/// copies set most of the peak: 150,000 rows keep it well under 1 GiB at the speed of larger
+/// chunks (bench/README.md).
 const CHUNK_ROWS: usize = 150_000;
 
 /// Runs one extract pipeline, holding its lease: two runs of a pipeline never write at once.

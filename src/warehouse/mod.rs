@@ -194,9 +194,7 @@ pub fn commit_properties(
 
 /// The properties of a commit that another of the same run follows: no checkpoint. delta-rs
 /// writes one every 100 commits (`delta.checkpointInterval`), and each commit a process makes
-/// after that grows its memory: a 20-million-row first load (134 commits) went from 836 MiB
-/// before its checkpoint to 1,761 MiB ten commits later, and stayed at 837 MiB without it
-/// (the committed memory, logged after each commit, flat from the 64th). The run writes the
+/// after that grows its memory, so a long first load would pass 1 GiB. The run writes the
 /// checkpoint it skipped once it is done ([`checkpoint_skipped`]).
 pub fn followed(props: CommitProperties) -> CommitProperties {
     props.with_create_checkpoint(false)
@@ -240,8 +238,7 @@ pub async fn checkpoint_skipped(
 /// Deletes the files that the table's commits replaced longer ago than its retention period
 /// (`delta.deletedFileRetentionDuration`, 7 days by default), and returns how many. Every
 /// merge rewrites the files it touches and a replace rewrites them all; without this the
-/// replaced files stayed forever (10 million dossiers updated run after run: 1.77 GB of live
-/// files, 52 GB on disk after 1,029 versions). Only files the log names as removed are
+/// replaced files would stay forever and fill the disk. Only files the log names as removed are
 /// deleted (delta-rs's lite mode: no listing of the table's folder), and a version of the
 /// last 7 days can still be read. `clock` replaces the system clock (tests).
 pub async fn vacuum(
@@ -512,15 +509,12 @@ pub async fn write(
 const DICTIONARY_PAGE_BYTES: usize = 64 << 10;
 
 /// Parquet settings for a dataset's files:
-/// - LZ4 (raw): files as small as Snappy's here, but cheaper to write and to read. On 10
-///   million dossiers a load's user CPU fell by about 6 s, and `monthly_par` took 1.39–1.43 s
-///   instead of 1.53 s (DuckDB, reading the same files, 1.13–1.17 s instead of 1.31 s).
+/// - LZ4 (raw): files as small as Snappy's here, but cheaper to write and to read.
 /// - Dictionaries of at most 64 KiB (the writer's default is 1 MiB): a column of few values
 ///   (agencies, procedures, statuses, due dates) keeps its dictionary, and one of nearly
 ///   unique values (the times a dossier was received, finished, updated: 8 bytes a value in
 ///   the dictionary plus an index, against 8 plain) falls back to plain values after 8,192 of
-///   them instead of 131,072. 20 million dossiers from PostgreSQL loaded in 53.5–53.7 s
-///   instead of 56.8–57.0 s, into 3,512 MiB of files instead of 3,640.
+///   them instead of 131,072, which makes loads faster and files smaller.
 /// - No dictionary for `unique` columns (the key): a dictionary of values that never repeat
 ///   is only work before the writer gives it up.
 /// - `digests` (hashed personal data) are random hex: no dictionary, no compression (it
@@ -596,11 +590,10 @@ pub async fn write_with(
                     .map_err(err);
             };
             // A merge scans every file its predicate cannot rule out, and holds a file's rows
-            // until it knows whether any matched: on a key alone, that is the whole table (a
-            // 3,425-row update of 20 million dossiers took 22 s and 16 GiB). Where each
-            // incoming key is stored now, found by reading the key column alone, bounds each
-            // merge to those partitions; a row whose partition value changed is still matched
-            // where it was stored.
+            // until it knows whether any matched: on a key alone, that is the whole table, even
+            // for a small update. Where each incoming key is stored now, found by reading the
+            // key column alone, bounds each merge to those partitions; a row whose partition
+            // value changed is still matched where it was stored.
             let stored = stored_partitions(&table, &batch, key, p)
                 .await
                 .map_err(data)?;
@@ -634,12 +627,11 @@ pub async fn write_with(
                     .map_err(err);
             }
             // Updates spread over many partitions (a correction of old dossiers) would make
-            // one merge rewrite most of the table at once, holding it in memory (53,164 rows
-            // over every month of 20 million dossiers: 7.3 GiB). The stored partitions are
-            // merged in groups of at most MERGE_SCAN_BYTES of files, each group its own
-            // commit; only the last carries the run's marks (watermark, loaded files). A crash
-            // between them leaves merges that the rerun, reading from the old watermark,
-            // repeats with the same result.
+            // one merge rewrite most of the table at once, holding it in memory. The stored
+            // partitions are merged in groups of at most MERGE_SCAN_BYTES of files, each group
+            // its own commit; only the last carries the run's marks (watermark, loaded files).
+            // A crash between them leaves merges that the rerun, reading from the old
+            // watermark, repeats with the same result.
             let groups = merge_groups(&table, stored).map_err(err)?;
             let _memory = crate::alloc::ReturnFreedMemory::hold();
             let mut table = table;
@@ -675,8 +667,8 @@ pub async fn write_with(
 }
 
 /// Most bytes of stored files one merge of an update reads (see `write_with`), unless
-/// `PARSTAT_MERGE_SCAN_BYTES` says otherwise. Updating 49,754 dossiers of every month in a
-/// table of 20 million peaked at 2.05 GiB with groups of 192 MiB and 1,015 MiB with 64 MiB.
+/// `PARSTAT_MERGE_SCAN_BYTES` says otherwise: larger groups make a spread update faster but
+/// raise its peak memory far more.
 const MERGE_SCAN_BYTES: i64 = 64 << 20;
 
 fn merge_scan_bytes() -> Result<i64, deltalake::DeltaTableError> {
