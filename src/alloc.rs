@@ -3,12 +3,10 @@
 //! the global allocator, as in the `parstat` binary.
 //!
 //! - A load keeps the memory it frees for reuse instead of returning it to the operating
-//!   system ([`KeepFreedMemory`]). Each chunk of a load frees and allocates again hundreds of
-//!   MiB. With mimalloc's default purge delay that memory went back to the OS between chunks,
-//!   and every page came back zeroed by the kernel: a sixth of a 10-million-row load's CPU
-//!   time (`perf record` over `bench/extract_pg.sh`). The peak rises a little (70–100 MiB
-//!   there), since memory freed early is not returned before the peak; it is returned when
-//!   the last running load ends, so a long-running `serve` does not keep it.
+//!   system ([`KeepFreedMemory`]): each chunk frees and allocates again hundreds of MiB, and
+//!   pages returned to the kernel come back zeroed, at a real CPU cost. The peak rises a
+//!   little; the memory is returned when the last running load ends, so `serve` does not keep
+//!   it.
 //! - Except while it merges an update into stored files: then freed memory goes back after
 //!   100 ms ([`ReturnFreedMemory`]), which keeps a spread update's peak well under 1 GiB.
 //! - A short analytic run (a report, a query, the analysts' tests) uses the system's small
@@ -26,16 +24,10 @@ const MERGE_PURGE_DELAY_MS: std::ffi::c_long = 100;
 
 /// Settings for the rest of a short analytic run (a report, a query, the analysts' tests):
 ///
-/// - Small pages. mimalloc asks the kernel for huge pages on its arenas. A report lives a
-///   second or two and touches each page a few times, so zeroing whole 2 MiB pages at the
-///   first touch, and the kernel's compaction to find them, outweigh the fewer TLB misses: on
-///   `monthly_par` over 10 million dossiers, system time was 0.7–1.7 s with huge pages and
-///   0.45–0.57 s without, and the peak 520–740 MiB against 340–440 MiB
-///   (`MIMALLOC_ALLOW_THP=0`, four runs of each).
-/// - Freed memory kept. With the default purge delay, mimalloc returns what is free once more
-///   when the process ends, 4 MiB per system call (about 370 calls, 50 ms, after a
-///   `monthly_par` report), then the kernel frees the process's memory anyway. Kept, that
-///   report took 0.89–0.93 s instead of 0.92–0.96 s (four runs of each) with no higher peak.
+/// - Small pages. A report lives a second or two and touches each page a few times, so
+///   zeroing whole 2 MiB huge pages and the kernel's compaction outweigh the fewer TLB misses.
+/// - Freed memory kept. Otherwise mimalloc returns what is free at exit, 4 MiB per system
+///   call, just before the kernel frees the process's memory anyway.
 ///
 /// An operator's own `MIMALLOC_PURGE_DELAY` wins.
 pub fn short_run() {
@@ -127,21 +119,9 @@ impl Drop for KeepFreedMemory {
 /// operating system after [`MERGE_PURGE_DELAY_MS`], whatever [`KeepFreedMemory`] asks for the
 /// rest of the load.
 ///
-/// A merge reads a group of stored files, joins them with the update and writes them again;
-/// each group frees and allocates hundreds of MiB in sizes that change from group to group,
-/// and memory kept for reuse grew by 10–30 MiB a group instead of being reused. An update of
-/// 0.25% of 10 million dossiers in PostgreSQL, over every month (about 50,000 rows read, 33
-/// merge groups), release build, one run each in turn:
-///
-/// | freed memory during the merges | seconds | peak |
-/// |---|---:|---:|
-/// | kept (as the rest of the load) | 11.0, 11.4, 12.0, 12.7, 12.8 | 830, 772, 991, 1,329, 802 MiB |
-/// | returned after 1,000 ms (mimalloc's default) | 12.6 | 833 MiB |
-/// | returned after 100 ms | 13.0, 13.3, 14.2, 14.8, 14.3 | 624, 658, 590, 615, 661 MiB |
-/// | returned after 10 ms | 15.9 | 534 MiB |
-/// | returned at once | 15.6, 15.9, 16.3 | 467, 487, 466 MiB |
-///
-/// 100 ms keeps the peak well under 1 GiB for about a sixth more time.
+/// Each merge group frees and allocates hundreds of MiB in sizes that change from group to
+/// group, so memory kept for reuse grows group after group instead of being reused; returning
+/// it after a short delay bounds the peak at a small cost in time (figures in bench/README.md).
 pub struct ReturnFreedMemory(());
 
 impl ReturnFreedMemory {

@@ -157,8 +157,7 @@ pub fn main() -> ExitCode {
     };
     let outcome = runtime.block_on(run(cli));
     // Everything the command started has been awaited. Waiting for the runtime's idle threads
-    // to wind down, each tidying its allocator heap, only delayed the exit (about 10 ms of a
-    // 0.1 s report).
+    // to wind down, each tidying its allocator heap, would only delay the exit.
     runtime.shutdown_background();
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

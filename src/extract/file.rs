@@ -34,10 +34,10 @@ pub fn matching_files(root: &Path, pattern: &str) -> Result<Vec<(PathBuf, String
 
 /// What the file system says of a file (device, inode, size, modification time to the
 /// nanosecond), as a positive i64. Stored beside the content fingerprint when the file is
-/// loaded: while they match, a later run skips the file without reading it (hashing 94 loaded
-/// files of 16 GiB took most of a 13-second run that loaded 3,000 rows), as `make` and
-/// `rsync` trust them. A file rewritten in place with its old size and time restored on
-/// purpose is only seen again with `--full`.
+/// loaded: while they match, a later run skips the file without reading it (hashing every
+/// loaded file was most of an incremental run's time), as `make` and `rsync` trust them. A
+/// file rewritten in place with its old size and time restored on purpose is only seen again
+/// with `--full`.
 pub fn stat_fingerprint(path: &Path) -> Result<i64, ExtractError> {
     use std::os::unix::fs::MetadataExt;
     let m = std::fs::metadata(path).map_err(|e| ExtractError::io(path, e))?;

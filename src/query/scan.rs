@@ -5,14 +5,13 @@
 //! promise more rows than one batch (8,192). The Delta log gives exact row counts, so a table
 //! of few rows in many files, such as the investment events (about 5,000 rows in one file per
 //! month since 2005), was read one file after another on one core, although opening a file,
-//! not its rows, is most of such a scan's work: 250 files took about 75 ms.
+//! not its rows, is most of such a scan's work.
 //!
 //! Such a scan also yields one batch per file, about 20 rows each, and the operators above it
-//! pay per batch: a grouped `last_value` walks all its groups at every batch, so 250 batches
-//! into 3,000 groups cost the partial aggregation 21 ms for 5,000 rows. The scan's batches are
-//! gathered into full ones before anything reads them, by a round-robin repartition (which
-//! gathers its outputs, as DataFusion's own operators do since the batch-gathering operator
-//! was deprecated).
+//! pay per batch: a grouped `last_value` walks all its groups at every batch. The scan's
+//! batches are gathered into full ones before anything reads them, by a round-robin
+//! repartition (which gathers its outputs, as DataFusion's own operators do since the
+//! batch-gathering operator was deprecated).
 
 use std::sync::Arc;
 

@@ -3,10 +3,10 @@
 //!
 //! `object_store`'s `LocalFileSystem` hands every read to the blocking pool, which costs two
 //! thread wake-ups per read, and a ranged read (a Parquet footer) takes two round trips: one
-//! to open the file, one to read it. A report that opens the 250 monthly files of the
-//! investment events made about 2,700 context switches for under 2 MB of data. Reading a few
-//! kilobytes from the page cache takes microseconds, less than one wake-up; large reads still
-//! go to the pool, so that a slow disk never holds a worker that other partitions wait for.
+//! to open the file, one to read it; a report that opens many small files paid more in
+//! context switches than in reading. Reading a few kilobytes from the page cache takes
+//! microseconds, less than one wake-up; large reads still go to the pool, so that a slow disk
+//! never holds a worker that other partitions wait for.
 
 use std::fmt;
 use std::ops::Range;
