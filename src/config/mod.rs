@@ -269,4 +269,48 @@ mod tests {
             .collect();
         insta::assert_snapshot!(text.replace(root.to_str().unwrap(), "<project>"));
     }
+
+    /// A key of the other kind is reported when the file is read; a source key that the
+    /// connection (or the file's format) does not take, once the connection is known.
+    #[test]
+    fn rejects_keys_that_do_not_fit_the_kind_or_the_connection() {
+        let p = project();
+        let root = p.path();
+        edit(
+            root,
+            "pipelines/rating.toml",
+            "format = \"xlsx\"",
+            "format = \"csv\"",
+        );
+        edit(
+            root,
+            "pipelines/dossier.toml",
+            "kind = \"extract\"",
+            "kind = \"extract\"\nquery = \"SELECT 1\"\nunbounded_rates = []",
+        );
+        edit(
+            root,
+            "pipelines/monthly_par.toml",
+            "kind = \"report\"",
+            "kind = \"report\"\nmode = \"merge\"",
+        );
+        let loaded = load(root);
+        assert!(loaded.project.is_none());
+        let text: Vec<String> = loaded.diagnostics.iter().map(|d| d.to_string()).collect();
+        let has = |want: &str| {
+            assert!(
+                text.iter().any(|d| d.starts_with(want)),
+                "no {want:?} in {text:#?}"
+            )
+        };
+        has("pipelines/dossier.toml:3:9: error: `query` does not apply to a file connection\n  help: remove `query`");
+        has("pipelines/dossier.toml:4:1: error: unknown key `unbounded_rates` at the top level\n  help: `unbounded_rates` is a key of report pipelines: remove it here, or set `kind = \"report\"`");
+        has("pipelines/rating.toml:9:9: error: `sheet` does not apply to this format\n  help: remove `sheet`");
+        has("pipelines/monthly_par.toml:3:1: error: unknown key `mode` at the top level\n  help: `mode` is a key of extract pipelines: remove it here, or set `kind = \"extract\"`");
+        assert_eq!(
+            text.iter().filter(|d| d.contains(": error: ")).count(),
+            4,
+            "{text:#?}"
+        );
+    }
 }

@@ -3,7 +3,6 @@
 
 use serde::Deserialize;
 use std::collections::BTreeMap;
-use std::ops::Range;
 use std::path::PathBuf;
 use toml::Spanned;
 
@@ -16,14 +15,14 @@ pub(crate) type NameList = Vec<Spanned<String>>;
 
 pub(crate) type ValueMap = BTreeMap<String, Spanned<toml::Value>>;
 
+/// An extract pipeline as written: the keys every pipeline has, then its own.
 #[derive(Deserialize)]
-pub(crate) struct RawPipeline {
+pub(crate) struct RawExtract {
     pub kind: Spanned<String>,
     pub description: Option<String>,
     pub schedule: Option<Spanned<String>>,
     pub catch_up: Option<Spanned<String>>,
     pub retries: Option<Spanned<u32>>,
-    // extract
     pub dataset: Option<Spanned<String>>,
     pub connection: Option<Spanned<String>>,
     pub query: Option<Spanned<String>>,
@@ -45,7 +44,16 @@ pub(crate) struct RawPipeline {
     pub columns: Option<Spanned<BTreeMap<String, Spanned<String>>>>,
     pub formats: Option<Spanned<BTreeMap<String, Spanned<String>>>>,
     pub values: Option<Spanned<BTreeMap<String, Spanned<ValueMap>>>>,
-    // report
+}
+
+/// A report pipeline as written: the keys every pipeline has, then its own.
+#[derive(Deserialize)]
+pub(crate) struct RawReport {
+    pub kind: Spanned<String>,
+    pub description: Option<String>,
+    pub schedule: Option<Spanned<String>>,
+    pub catch_up: Option<Spanned<String>>,
+    pub retries: Option<Spanned<u32>>,
     pub title: Option<Spanned<String>>,
     pub sql: Option<Spanned<Vec<Spanned<String>>>>,
     pub template: Option<Spanned<String>>,
@@ -70,12 +78,106 @@ pub(crate) struct RawCheck {
     pub message: Option<Spanned<String>>,
 }
 
-pub(crate) fn known_keys() -> Vec<&'static str> {
-    fields_of::<RawPipeline>().to_vec()
+/// A pipeline file as written, read by the struct of its `kind`.
+pub(crate) enum RawJob {
+    Extract(Box<RawExtract>),
+    Report(Box<RawReport>),
 }
 
-pub(crate) fn parse(src: &Source, diags: &mut Diagnostics) -> Option<RawPipeline> {
-    toml_file::parse(src, &known_keys(), diags)
+/// The keys that extracts and reports share, as written.
+pub(crate) struct RawCommon<'a> {
+    pub description: Option<&'a String>,
+    pub schedule: Option<&'a Spanned<String>>,
+    pub catch_up: Option<&'a Spanned<String>>,
+    pub retries: Option<&'a Spanned<u32>>,
+}
+
+impl RawJob {
+    /// The keys every pipeline has, whatever its kind.
+    pub fn common(&self) -> RawCommon<'_> {
+        match self {
+            RawJob::Extract(r) => RawCommon {
+                description: r.description.as_ref(),
+                schedule: r.schedule.as_ref(),
+                catch_up: r.catch_up.as_ref(),
+                retries: r.retries.as_ref(),
+            },
+            RawJob::Report(r) => RawCommon {
+                description: r.description.as_ref(),
+                schedule: r.schedule.as_ref(),
+                catch_up: r.catch_up.as_ref(),
+                retries: r.retries.as_ref(),
+            },
+        }
+    }
+}
+
+/// The keys of a raw struct, read from its `Deserialize` impl.
+type Fields = fn() -> &'static [&'static str];
+
+/// The job kinds, each with the keys of its raw struct.
+const KINDS: [(&str, Fields); 2] = [
+    ("extract", fields_of::<RawExtract>),
+    ("report", fields_of::<RawReport>),
+];
+
+/// Reads a pipeline file: its `kind` first, then the whole file as that kind. A key of the
+/// other kind is an unknown key whose help says which kind takes it.
+pub(crate) fn parse(src: &Source, diags: &mut Diagnostics) -> Option<RawJob> {
+    let kind = read_kind(src, diags)?;
+    let own = KINDS.iter().find(|(k, _)| *k == kind.as_str())?.1();
+    let help_for = |key: &str| {
+        let (other, _) = KINDS
+            .iter()
+            .find(|(k, fields)| *k != kind.as_str() && fields().contains(&key))?;
+        Some(format!(
+            "`{key}` is a key of {other} pipelines: remove it here, or set `kind = \"{other}\"`"
+        ))
+    };
+    match kind.as_str() {
+        "extract" => {
+            toml_file::parse_with(src, own, help_for, diags).map(|r| RawJob::Extract(Box::new(r)))
+        }
+        "report" => {
+            toml_file::parse_with(src, own, help_for, diags).map(|r| RawJob::Report(Box::new(r)))
+        }
+        _ => None, // reported by `read_kind`
+    }
+}
+
+/// The `kind` of a pipeline file, read alone (other keys are left to the kind's struct);
+/// `None` after reporting a syntax error or a missing, mistyped or unknown kind.
+fn read_kind(src: &Source, diags: &mut Diagnostics) -> Option<String> {
+    #[derive(Deserialize)]
+    struct KindOnly {
+        kind: Spanned<String>,
+    }
+    let names = KINDS.map(|(k, _)| k);
+    let kind = match toml::from_str::<KindOnly>(&src.text) {
+        Ok(k) => k.kind,
+        Err(e) => {
+            // The syntax errors, all of them, when that is what failed; else `kind` itself.
+            if toml_file::check_syntax(src, diags) {
+                diags.error_at(
+                    src,
+                    e.span().unwrap_or(0..0),
+                    toml_file::first_line(e.message()),
+                    Some("set `kind = \"extract\"` or `kind = \"report\"`".into()),
+                );
+            }
+            return None;
+        }
+    };
+    if !names.contains(&kind.get_ref().as_str()) {
+        diags.error_at(
+            src,
+            kind.span(),
+            format!("unknown job kind `{}`", kind.get_ref()),
+            Some(suggest(kind.get_ref(), &names)),
+        );
+        return None;
+    }
+    Some(kind.into_inner())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -322,27 +424,111 @@ pub(crate) fn choice<T: Copy>(
     }
 }
 
-/// Reports a key that the pipeline's kind does not use.
-pub(crate) fn not_for(
-    src: &Source,
-    span: Option<Range<usize>>,
-    key: &str,
-    kind: &str,
-    diags: &mut Diagnostics,
-) {
-    if let Some(span) = span {
-        diags.error_at(
-            src,
-            span,
-            format!("`{key}` does not apply to {kind}"),
-            Some(format!("remove `{key}`")),
-        );
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What `parse` reports for a pipeline file, one diagnostic (and its help) per entry.
+    fn parse_errors(text: &str) -> (bool, Vec<String>) {
+        let src = Source::new("pipelines/p.toml", text.to_string());
+        let mut d = Diagnostics::default();
+        let parsed = parse(&src, &mut d).is_some();
+        (parsed, d.sorted().iter().map(|d| d.to_string()).collect())
+    }
+
+    #[test]
+    fn rejects_a_report_key_in_an_extract_naming_its_kind() {
+        let (parsed, out) =
+            parse_errors("kind = \"extract\"\ndataset = \"dossier\"\ntitle = \"Báo cáo\"\n");
+        assert!(parsed, "an unknown key does not stop the reading");
+        assert_eq!(
+            out,
+            ["pipelines/p.toml:3:1: error: unknown key `title` at the top level\n  \
+              help: `title` is a key of report pipelines: remove it here, or set `kind = \"report\"`"]
+        );
+    }
+
+    #[test]
+    fn rejects_an_extract_key_in_a_report_naming_its_kind() {
+        let (parsed, out) =
+            parse_errors("kind = \"report\"\ntitle = \"T\"\n\n[columns]\ncode = \"Ma\"\n");
+        assert!(parsed);
+        assert_eq!(
+            out,
+            ["pipelines/p.toml:4:2: error: unknown key `columns` at the top level\n  \
+              help: `columns` is a key of extract pipelines: remove it here, or set `kind = \"extract\"`"]
+        );
+    }
+
+    #[test]
+    fn suggests_the_closest_key_for_a_key_of_no_kind() {
+        let (_, out) = parse_errors("kind = \"extract\"\nshedule = \"0 0 1 * * *\"\n");
+        assert_eq!(
+            out,
+            [
+                "pipelines/p.toml:2:1: error: unknown key `shedule` at the top level\n  \
+              help: did you mean `schedule`?"
+            ]
+        );
+        // A key nested in a report's own table is not taken for an extract key.
+        let (_, out) = parse_errors(
+            "kind = \"report\"\n[[checks]]\nname = \"a\"\nsql = \"SELECT 1\"\npath = \"x\"\n",
+        );
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert!(
+            out[0].starts_with("pipelines/p.toml:5:1: error: unknown key `path` in `checks[0]`"),
+            "{out:?}"
+        );
+        assert!(!out[0].contains("extract pipelines"), "{out:?}");
+    }
+
+    #[test]
+    fn rejects_a_missing_kind() {
+        let (parsed, out) = parse_errors("dataset = \"dossier\"\nshedule = \"x\"\n");
+        assert!(!parsed);
+        assert_eq!(
+            out,
+            ["pipelines/p.toml:1:1: error: missing field `kind`\n  \
+              help: set `kind = \"extract\"` or `kind = \"report\"`"]
+        );
+    }
+
+    #[test]
+    fn rejects_a_kind_that_is_not_a_string() {
+        let (parsed, out) = parse_errors("kind = 3\n");
+        assert!(!parsed);
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert!(
+            out[0].starts_with("pipelines/p.toml:1:8: error: invalid type: integer `3`"),
+            "{out:?}"
+        );
+    }
+
+    #[test]
+    fn rejects_an_unknown_kind_with_a_suggestion() {
+        let (parsed, out) = parse_errors("kind = \"extrakt\"\ndataset = \"dossier\"\n");
+        assert!(!parsed);
+        assert_eq!(
+            out,
+            ["pipelines/p.toml:1:8: error: unknown job kind `extrakt`\n  help: did you mean `extract`?"]
+        );
+        let (_, out) = parse_errors("kind = \"load\"\n");
+        assert_eq!(
+            out,
+            ["pipelines/p.toml:1:8: error: unknown job kind `load`\n  help: one of `extract`, `report`"]
+        );
+    }
+
+    #[test]
+    fn reports_syntax_errors_before_the_kind() {
+        let (parsed, out) = parse_errors("kind = \"extract\"\ndataset = \n");
+        assert!(!parsed);
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert!(
+            out[0].starts_with("pipelines/p.toml:2:") && out[0].contains("error: invalid TOML"),
+            "{out:?}"
+        );
+    }
 
     #[test]
     fn parses_source_expressions() {

@@ -367,12 +367,59 @@ fn known_keys() -> Vec<&'static str> {
 pub fn load(src: &Source, stem: &str, diags: &mut Diagnostics) -> Option<Schema> {
     let raw: RawSchema = toml_file::parse(src, &known_keys(), diags)?;
     let before = diags.error_count();
+    let name = check_name(src, &raw.name, stem, diags);
+    let (columns, declared) = columns(src, &raw.columns, diags);
+    if raw.columns.is_empty() {
+        diags.error_at(
+            src,
+            0..0,
+            format!("dataset `{name}` has no columns"),
+            Some("add `[[columns]]` tables".into()),
+        );
+    }
+    let cols = Cols {
+        columns: &columns,
+        declared: &declared,
+        names: columns.iter().map(|c| c.name.as_str()).collect(),
+    };
+    check_primary_key(src, &raw.primary_key, &cols, diags);
+    let partition = raw
+        .partition
+        .as_ref()
+        .map(|p| partition(src, p.get_ref(), &cols, diags));
+    check_watermark(src, raw.watermark.as_ref(), &cols, diags);
+    let freshness = freshness(src, raw.freshness.as_ref(), diags);
+    let rules = rules(src, &raw.rules, diags);
+    let tests = data_tests(src, &raw.tests, &columns, partition.as_ref(), diags);
+    let sort_by = sort_by(src, raw.sort_by.as_ref(), &cols, diags);
 
-    let name = raw.name.get_ref().clone();
+    (diags.error_count() == before).then_some(Schema {
+        name,
+        label: raw.label.get_ref().clone(),
+        description: raw.description.unwrap_or_default(),
+        columns,
+        primary_key: raw
+            .primary_key
+            .get_ref()
+            .iter()
+            .map(|k| k.get_ref().clone())
+            .collect(),
+        partition,
+        watermark: raw.watermark.map(|w| w.into_inner()),
+        freshness,
+        sort_by,
+        rules,
+        tests,
+    })
+}
+
+/// `name`: the file's name, and a SQL identifier.
+fn check_name(src: &Source, raw: &Spanned<String>, stem: &str, diags: &mut Diagnostics) -> String {
+    let name = raw.get_ref().clone();
     if name != stem {
         diags.error_at(
             src,
-            raw.name.span(),
+            raw.span(),
             format!("dataset `{name}` is defined in `{stem}.toml`"),
             Some(format!(
                 "rename the file to `schemas/{name}.toml`, or set `name = \"{stem}\"`"
@@ -382,18 +429,27 @@ pub fn load(src: &Source, stem: &str, diags: &mut Diagnostics) -> Option<Schema>
     if !is_identifier(&name) {
         diags.error_at(
             src,
-            raw.name.span(),
+            raw.span(),
             format!("dataset name `{name}` is not a SQL identifier"),
             Some("use lower-case letters, digits and `_`, starting with a letter".into()),
         );
     }
+    name
+}
 
+/// The `[[columns]]` that are valid, and every declared column name with its line (those of
+/// invalid columns too, so that naming one elsewhere is not reported a second time).
+fn columns(
+    src: &Source,
+    raw: &[Spanned<RawColumn>],
+    diags: &mut Diagnostics,
+) -> (Vec<Column>, BTreeMap<String, usize>) {
     let mut columns = Vec::new();
-    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
-    for c in &raw.columns {
+    let mut declared: BTreeMap<String, usize> = BTreeMap::new();
+    for c in raw {
         let c = c.get_ref();
         let cname = c.name.get_ref().clone();
-        if let Some(first_line) = seen.get(&cname) {
+        if let Some(first_line) = declared.get(&cname) {
             diags.error_at(
                 src,
                 c.name.span(),
@@ -402,130 +458,164 @@ pub fn load(src: &Source, stem: &str, diags: &mut Diagnostics) -> Option<Schema>
             );
             continue;
         }
-        seen.insert(cname.clone(), src.line_col(c.name.span().start).0);
-        if !is_identifier(&cname) {
-            diags.error_at(
-                src,
-                c.name.span(),
-                format!("column name `{cname}` is not a SQL identifier"),
-                Some("use lower-case letters, digits and `_`, starting with a letter".into()),
-            );
-        }
-        let Some(data_type) = parse_type(c.ty.get_ref()) else {
-            diags.error_at(
-                src,
-                c.ty.span(),
-                format!("unknown type `{}` for column `{cname}`", c.ty.get_ref()),
-                Some(suggest(c.ty.get_ref(), TYPE_NAMES)),
-            );
-            continue;
-        };
-        let personal = match c
-            .personal
-            .as_ref()
-            .map(|p| (p.get_ref().as_str(), p.span()))
-        {
-            None => None,
-            Some(("hash", _)) => Some(Personal::Hash),
-            Some(("drop", _)) => Some(Personal::Drop),
-            Some((other, span)) => {
-                diags.error_at(
-                    src,
-                    span,
-                    format!("unknown personal-data treatment `{other}`"),
-                    Some(suggest(other, &["hash", "drop"])),
-                );
-                None
-            }
-        };
-        if personal == Some(Personal::Hash) && data_type != DataType::Utf8 {
-            diags.error_at(
-                src,
-                c.ty.span(),
-                format!("column `{cname}` is hashed, so its type must be `Utf8`"),
-                None,
-            );
-        }
-        if c.label.get_ref().trim().is_empty() {
-            diags.error_at(
-                src,
-                c.label.span(),
-                format!("column `{cname}` has an empty label"),
-                Some("give the Vietnamese label shown to analysts and leaders".into()),
-            );
-        }
-        let allowed = c.allowed.as_ref().map(|list| {
-            let mut out = Vec::new();
-            for v in list.get_ref() {
-                match (v.get_ref(), &data_type) {
-                    (toml::Value::Integer(i), t) if is_integer(t) => {
-                        out.push(AllowedValue::Int(*i))
-                    }
-                    (toml::Value::String(s), DataType::Utf8) => {
-                        out.push(AllowedValue::Text(s.clone()))
-                    }
-                    (other, t) => diags.error_at(
-                        src,
-                        v.span(),
-                        format!(
-                            "allowed value {other} does not fit column `{cname}` of type {}",
-                            c.ty.get_ref()
-                        ),
-                        Some(if is_integer(t) {
-                            "write integers".to_string()
-                        } else {
-                            "allowed values apply to text and integer columns".to_string()
-                        }),
-                    ),
-                }
-            }
-            if out.is_empty() {
-                diags.error_at(
-                    src,
-                    list.span(),
-                    format!("column `{cname}` allows no value"),
-                    Some("list the allowed values, or remove `allowed`".into()),
-                );
-            }
-            out
-        });
-        columns.push(Column {
-            name: cname,
-            data_type,
-            type_name: c.ty.get_ref().clone(),
-            nullable: *c.nullable.get_ref(),
-            label: c.label.get_ref().clone(),
-            description: c.description.clone().unwrap_or_default(),
-            source_field: c.source_field.clone(),
-            allowed,
-            value_labels: c
-                .value_labels
-                .as_ref()
-                .map(|v| v.get_ref().clone())
-                .unwrap_or_default(),
-            personal,
-        });
+        declared.insert(cname, src.line_col(c.name.span().start).0);
+        columns.extend(column(src, c, diags));
     }
-    if raw.columns.is_empty() {
+    (columns, declared)
+}
+
+/// One `[[columns]]` table: a SQL identifier, a known type, a label, and what the column's
+/// type allows of `personal` and `allowed`.
+fn column(src: &Source, c: &RawColumn, diags: &mut Diagnostics) -> Option<Column> {
+    let cname = c.name.get_ref().clone();
+    if !is_identifier(&cname) {
         diags.error_at(
             src,
-            0..0,
-            format!("dataset `{name}` has no columns"),
-            Some("add `[[columns]]` tables".into()),
+            c.name.span(),
+            format!("column name `{cname}` is not a SQL identifier"),
+            Some("use lower-case letters, digits and `_`, starting with a letter".into()),
         );
     }
-    let names: Vec<&str> = columns.iter().map(|c| c.name.as_str()).collect();
-    let find = |n: &str| columns.iter().find(|c| c.name == n);
+    let Some(data_type) = parse_type(c.ty.get_ref()) else {
+        diags.error_at(
+            src,
+            c.ty.span(),
+            format!("unknown type `{}` for column `{cname}`", c.ty.get_ref()),
+            Some(suggest(c.ty.get_ref(), TYPE_NAMES)),
+        );
+        return None;
+    };
+    let personal = personal(src, c.personal.as_ref(), diags);
+    if personal == Some(Personal::Hash) && data_type != DataType::Utf8 {
+        diags.error_at(
+            src,
+            c.ty.span(),
+            format!("column `{cname}` is hashed, so its type must be `Utf8`"),
+            None,
+        );
+    }
+    if c.label.get_ref().trim().is_empty() {
+        diags.error_at(
+            src,
+            c.label.span(),
+            format!("column `{cname}` has an empty label"),
+            Some("give the Vietnamese label shown to analysts and leaders".into()),
+        );
+    }
+    let allowed = c
+        .allowed
+        .as_ref()
+        .map(|list| allowed_values(src, c, list, &data_type, diags));
+    Some(Column {
+        name: cname,
+        data_type,
+        type_name: c.ty.get_ref().clone(),
+        nullable: *c.nullable.get_ref(),
+        label: c.label.get_ref().clone(),
+        description: c.description.clone().unwrap_or_default(),
+        source_field: c.source_field.clone(),
+        allowed,
+        value_labels: c
+            .value_labels
+            .as_ref()
+            .map(|v| v.get_ref().clone())
+            .unwrap_or_default(),
+        personal,
+    })
+}
 
+/// `personal`: `hash` or `drop`.
+fn personal(
+    src: &Source,
+    raw: Option<&Spanned<String>>,
+    diags: &mut Diagnostics,
+) -> Option<Personal> {
+    match raw.map(|p| (p.get_ref().as_str(), p.span())) {
+        None => None,
+        Some(("hash", _)) => Some(Personal::Hash),
+        Some(("drop", _)) => Some(Personal::Drop),
+        Some((other, span)) => {
+            diags.error_at(
+                src,
+                span,
+                format!("unknown personal-data treatment `{other}`"),
+                Some(suggest(other, &["hash", "drop"])),
+            );
+            None
+        }
+    }
+}
+
+/// `allowed`: values of the column's type (integers or text), at least one.
+fn allowed_values(
+    src: &Source,
+    c: &RawColumn,
+    list: &Spanned<Vec<Spanned<toml::Value>>>,
+    data_type: &DataType,
+    diags: &mut Diagnostics,
+) -> Vec<AllowedValue> {
+    let cname = c.name.get_ref();
+    let mut out = Vec::new();
+    for v in list.get_ref() {
+        match (v.get_ref(), data_type) {
+            (toml::Value::Integer(i), t) if is_integer(t) => out.push(AllowedValue::Int(*i)),
+            (toml::Value::String(s), DataType::Utf8) => out.push(AllowedValue::Text(s.clone())),
+            (other, t) => diags.error_at(
+                src,
+                v.span(),
+                format!(
+                    "allowed value {other} does not fit column `{cname}` of type {}",
+                    c.ty.get_ref()
+                ),
+                Some(if is_integer(t) {
+                    "write integers".to_string()
+                } else {
+                    "allowed values apply to text and integer columns".to_string()
+                }),
+            ),
+        }
+    }
+    if out.is_empty() {
+        diags.error_at(
+            src,
+            list.span(),
+            format!("column `{cname}` allows no value"),
+            Some("list the allowed values, or remove `allowed`".into()),
+        );
+    }
+    out
+}
+
+/// The valid columns of a schema, for the keys that name them.
+struct Cols<'a> {
+    columns: &'a [Column],
+    /// Every declared column name, invalid columns' too: those are reported already.
+    declared: &'a BTreeMap<String, usize>,
+    names: Vec<&'a str>,
+}
+
+impl Cols<'_> {
+    fn find(&self, name: &str) -> Option<&Column> {
+        self.columns.iter().find(|c| c.name == name)
+    }
+}
+
+/// `primary_key`: stored, non-null columns, each once, at least one.
+fn check_primary_key(
+    src: &Source,
+    raw: &Spanned<Vec<Spanned<String>>>,
+    cols: &Cols,
+    diags: &mut Diagnostics,
+) {
     let mut pk_seen = BTreeSet::new();
-    for k in raw.primary_key.get_ref() {
-        match find(k.get_ref()) {
-            None if seen.contains_key(k.get_ref()) => {}
+    for k in raw.get_ref() {
+        match cols.find(k.get_ref()) {
+            None if cols.declared.contains_key(k.get_ref()) => {}
             None => diags.error_at(
                 src,
                 k.span(),
                 format!("primary key column `{}` is not a column", k.get_ref()),
-                Some(suggest(k.get_ref(), &names)),
+                Some(suggest(k.get_ref(), &cols.names)),
             ),
             Some(c) if c.nullable => diags.error_at(
                 src,
@@ -550,131 +640,160 @@ pub fn load(src: &Source, stem: &str, diags: &mut Diagnostics) -> Option<Schema>
             );
         }
     }
-    if raw.primary_key.get_ref().is_empty() {
+    if raw.get_ref().is_empty() {
         diags.error_at(
             src,
-            raw.primary_key.span(),
+            raw.span(),
             "the primary key is empty",
             Some("name the columns that identify a row".into()),
         );
     }
+}
 
-    let partition = raw.partition.as_ref().map(|p| {
-        let p = p.get_ref();
-        let column = p.column.get_ref().clone();
-        let from = match (&p.from, &p.granularity) {
-            (None, None) => {
-                if find(&column).is_none() && !seen.contains_key(&column) {
-                    diags.error_at(
-                        src,
-                        p.column.span(),
-                        format!("partition column `{column}` is not a column"),
-                        Some(format!(
-                            "{}; or derive it with `from = \"<timestamp column>\"` and `granularity = \"month\"`",
-                            suggest(&column, &names)
-                        )),
-                    );
-                }
-                None
-            }
-            (Some(from), g) => {
-                let granularity = match g.as_ref().map(|g| (g.get_ref().as_str(), g.span())) {
-                    None | Some(("month", _)) => Granularity::Month,
-                    Some(("year", _)) => Granularity::Year,
-                    Some((other, span)) => {
-                        diags.error_at(
-                            src,
-                            span,
-                            format!("unknown granularity `{other}`"),
-                            Some(suggest(other, &["month", "year"])),
-                        );
-                        Granularity::Month
-                    }
-                };
-                if find(&column).is_some() {
-                    diags.error_at(
-                        src,
-                        p.column.span(),
-                        format!("derived partition column `{column}` is also a declared column"),
-                        Some("remove `from` to partition by the declared column, or rename the partition".into()),
-                    );
-                }
-                match find(from.get_ref()) {
-                    Some(c) if matches!(c.data_type, DataType::Timestamp(..) | DataType::Date32) => {
-                        if c.nullable {
-                            diags.error_at(
-                                src,
-                                from.span(),
-                                format!("partition source `{}` is nullable", from.get_ref()),
-                                Some("derive the partition from a non-null column".into()),
-                            );
-                        }
-                    }
-                    Some(_) => diags.error_at(
-                        src,
-                        from.span(),
-                        format!("partition source `{}` is not a Timestamp or Date32 column", from.get_ref()),
-                        None,
-                    ),
-                    None => diags.error_at(
-                        src,
-                        from.span(),
-                        format!("partition source `{}` is not a column", from.get_ref()),
-                        Some(suggest(from.get_ref(), &names)),
-                    ),
-                }
-                Some((from.get_ref().clone(), granularity))
-            }
-            (None, Some(g)) => {
+/// `[partition]`: a declared column, or one derived `from` a time column by `granularity`.
+fn partition(src: &Source, p: &RawPartition, cols: &Cols, diags: &mut Diagnostics) -> Partition {
+    let column = p.column.get_ref().clone();
+    let from = match (&p.from, &p.granularity) {
+        (None, None) => {
+            if cols.find(&column).is_none() && !cols.declared.contains_key(&column) {
                 diags.error_at(
                     src,
-                    g.span(),
-                    "`granularity` needs `from`",
-                    Some("name the Timestamp or Date32 column the partition is derived from".into()),
+                    p.column.span(),
+                    format!("partition column `{column}` is not a column"),
+                    Some(format!(
+                        "{}; or derive it with `from = \"<timestamp column>\"` and `granularity = \"month\"`",
+                        suggest(&column, &cols.names)
+                    )),
                 );
-                None
             }
-        };
-        Partition { column, from }
-    });
-
-    if let Some(w) = &raw.watermark {
-        match find(w.get_ref()) {
-            Some(c) if matches!(c.data_type, DataType::Timestamp(..)) && !c.nullable => {}
-            Some(_) => diags.error_at(
-                src,
-                w.span(),
-                format!(
-                    "watermark column `{}` must be a non-null Timestamp",
-                    w.get_ref()
-                ),
-                None,
-            ),
-            None => diags.error_at(
-                src,
-                w.span(),
-                format!("watermark column `{}` is not a column", w.get_ref()),
-                Some(suggest(w.get_ref(), &names)),
-            ),
+            None
         }
-    }
-
-    let freshness = match &raw.freshness {
-        None => Freshness::PeriodEnd,
-        Some(f) => Freshness::parse(f.get_ref()).unwrap_or_else(|| {
+        (Some(from), g) => Some(derived_partition(src, p, from, g.as_ref(), cols, diags)),
+        (None, Some(g)) => {
             diags.error_at(
                 src,
-                f.span(),
-                format!("`freshness = \"{}\"` is not a freshness", f.get_ref()),
-                Some("write \"period_end\" (extracted after the report's period ended), \"N days\" or \"N hours\" (any extract that recent), or \"none\"".into()),
+                g.span(),
+                "`granularity` needs `from`",
+                Some("name the Timestamp or Date32 column the partition is derived from".into()),
             );
-            Freshness::PeriodEnd
-        }),
+            None
+        }
     };
+    Partition { column, from }
+}
 
+/// A partition column derived from a non-null time column, by month or year.
+fn derived_partition(
+    src: &Source,
+    p: &RawPartition,
+    from: &Spanned<String>,
+    granularity: Option<&Spanned<String>>,
+    cols: &Cols,
+    diags: &mut Diagnostics,
+) -> (String, Granularity) {
+    let granularity = match granularity.map(|g| (g.get_ref().as_str(), g.span())) {
+        None | Some(("month", _)) => Granularity::Month,
+        Some(("year", _)) => Granularity::Year,
+        Some((other, span)) => {
+            diags.error_at(
+                src,
+                span,
+                format!("unknown granularity `{other}`"),
+                Some(suggest(other, &["month", "year"])),
+            );
+            Granularity::Month
+        }
+    };
+    let column = p.column.get_ref();
+    if cols.find(column).is_some() {
+        diags.error_at(
+            src,
+            p.column.span(),
+            format!("derived partition column `{column}` is also a declared column"),
+            Some(
+                "remove `from` to partition by the declared column, or rename the partition".into(),
+            ),
+        );
+    }
+    match cols.find(from.get_ref()) {
+        Some(c) if matches!(c.data_type, DataType::Timestamp(..) | DataType::Date32) => {
+            if c.nullable {
+                diags.error_at(
+                    src,
+                    from.span(),
+                    format!("partition source `{}` is nullable", from.get_ref()),
+                    Some("derive the partition from a non-null column".into()),
+                );
+            }
+        }
+        Some(_) => diags.error_at(
+            src,
+            from.span(),
+            format!(
+                "partition source `{}` is not a Timestamp or Date32 column",
+                from.get_ref()
+            ),
+            None,
+        ),
+        None => diags.error_at(
+            src,
+            from.span(),
+            format!("partition source `{}` is not a column", from.get_ref()),
+            Some(suggest(from.get_ref(), &cols.names)),
+        ),
+    }
+    (from.get_ref().clone(), granularity)
+}
+
+/// `watermark`: a non-null Timestamp column.
+fn check_watermark(
+    src: &Source,
+    w: Option<&Spanned<String>>,
+    cols: &Cols,
+    diags: &mut Diagnostics,
+) {
+    let Some(w) = w else { return };
+    match cols.find(w.get_ref()) {
+        Some(c) if matches!(c.data_type, DataType::Timestamp(..)) && !c.nullable => {}
+        Some(_) => diags.error_at(
+            src,
+            w.span(),
+            format!(
+                "watermark column `{}` must be a non-null Timestamp",
+                w.get_ref()
+            ),
+            None,
+        ),
+        None => diags.error_at(
+            src,
+            w.span(),
+            format!("watermark column `{}` is not a column", w.get_ref()),
+            Some(suggest(w.get_ref(), &cols.names)),
+        ),
+    }
+}
+
+/// `freshness`, `period_end` when not written.
+fn freshness(src: &Source, f: Option<&Spanned<String>>, diags: &mut Diagnostics) -> Freshness {
+    let Some(f) = f else {
+        return Freshness::PeriodEnd;
+    };
+    Freshness::parse(f.get_ref()).unwrap_or_else(|| {
+        diags.error_at(
+            src,
+            f.span(),
+            format!("`freshness = \"{}\"` is not a freshness", f.get_ref()),
+            Some("write \"period_end\" (extracted after the report's period ended), \"N days\" or \"N hours\" (any extract that recent), or \"none\"".into()),
+        );
+        Freshness::PeriodEnd
+    })
+}
+
+/// `[[rules]]`: each with its own name and a check.
+fn rules(src: &Source, raw: &[Spanned<RawRule>], diags: &mut Diagnostics) -> Vec<Rule> {
     let mut rules = Vec::new();
     let mut rule_names = BTreeSet::new();
-    for r in &raw.rules {
+    for r in raw {
         let r = r.get_ref();
         if !rule_names.insert(r.name.get_ref().clone()) {
             diags.error_at(
@@ -693,39 +812,29 @@ pub fn load(src: &Source, stem: &str, diags: &mut Diagnostics) -> Option<Schema>
             message: r.message.get_ref().clone(),
         });
     }
+    rules
+}
 
-    let tests = data_tests(src, &raw.tests, &columns, partition.as_ref(), diags);
+/// `sort_by`: stored columns.
+fn sort_by(
+    src: &Source,
+    raw: Option<&Spanned<Vec<Spanned<String>>>>,
+    cols: &Cols,
+    diags: &mut Diagnostics,
+) -> Vec<String> {
     let mut sort_by = Vec::new();
-    for c in raw.sort_by.iter().flat_map(|l| l.get_ref()) {
-        match find(c.get_ref()) {
+    for c in raw.iter().flat_map(|l| l.get_ref()) {
+        match cols.find(c.get_ref()) {
             Some(col) if col.personal != Some(Personal::Drop) => sort_by.push(c.get_ref().clone()),
             _ => diags.error_at(
                 src,
                 c.span(),
                 format!("`sort_by` column `{}` is not a stored column", c.get_ref()),
-                Some(suggest(c.get_ref(), &names)),
+                Some(suggest(c.get_ref(), &cols.names)),
             ),
         }
     }
-
-    (diags.error_count() == before).then_some(Schema {
-        name,
-        label: raw.label.get_ref().clone(),
-        description: raw.description.unwrap_or_default(),
-        columns,
-        primary_key: raw
-            .primary_key
-            .get_ref()
-            .iter()
-            .map(|k| k.get_ref().clone())
-            .collect(),
-        partition,
-        watermark: raw.watermark.map(|w| w.into_inner()),
-        freshness,
-        sort_by,
-        rules,
-        tests,
-    })
+    sort_by
 }
 
 /// Reads the `[[tests]]` of a schema: each names exactly one kind, and every column it
@@ -737,251 +846,25 @@ fn data_tests(
     partition: Option<&Partition>,
     diags: &mut Diagnostics,
 ) -> Vec<DataTest> {
-    let mut names: Vec<&str> = columns
-        .iter()
-        .filter(|c| c.personal != Some(Personal::Drop))
-        .map(|c| c.name.as_str())
-        .collect();
-    if let Some(p) = partition {
-        if !names.contains(&p.column.as_str()) {
-            names.push(p.column.as_str());
-        }
-    }
-    let mut column_ok = |c: &Spanned<String>, diags: &mut Diagnostics| -> bool {
-        if names.contains(&c.get_ref().as_str()) {
-            return true;
-        }
-        let dropped = columns
-            .iter()
-            .any(|col| &col.name == c.get_ref() && col.personal == Some(Personal::Drop));
-        diags.error_at(
-            src,
-            c.span(),
-            if dropped {
-                format!(
-                    "column `{}` is never stored (personal = \"drop\")",
-                    c.get_ref()
-                )
-            } else {
-                format!("`{}` is not a column of this dataset", c.get_ref())
-            },
-            Some(suggest(c.get_ref(), &names)),
-        );
-        false
-    };
+    let cols = TestColumns::new(src, columns, partition);
     let mut out = Vec::new();
     let mut seen = BTreeSet::new();
     for t in raw {
         let span = t.span();
         let t = t.get_ref();
         let line = src.line_col(span.start).0;
-        let given = [
-            t.unique.is_some(),
-            t.not_null.is_some(),
-            t.accepted_values.is_some(),
-            t.relationships.is_some(),
-            t.row_count.is_some(),
-            t.sql.is_some(),
-        ]
-        .iter()
-        .filter(|g| **g)
-        .count();
-        if given != 1 {
-            diags.error_at(
-                src,
-                span.start..span.start,
-                if given == 0 {
-                    "a data test names no kind".to_string()
-                } else {
-                    "a data test names more than one kind".to_string()
-                },
-                Some("write exactly one of `unique`, `not_null`, `accepted_values`, `relationships`, `row_count`, `sql` in each `[[tests]]`".into()),
-            );
+        if !names_one_kind(src, t, span.start, diags) {
             continue;
         }
-        let severity = match t
-            .severity
-            .as_ref()
-            .map(|s| (s.get_ref().as_str(), s.span()))
-        {
-            None | Some(("error", _)) => TestSeverity::Error,
-            Some(("warn", _)) => TestSeverity::Warn,
-            Some((other, span)) => {
-                diags.error_at(
-                    src,
-                    span,
-                    format!("unknown severity `{other}`"),
-                    Some(suggest(other, &["error", "warn"])),
-                );
-                TestSeverity::Error
-            }
-        };
-        let list = |l: &Spanned<Vec<Spanned<String>>>,
-                    what: &str,
-                    diags: &mut Diagnostics,
-                    column_ok: &mut dyn FnMut(&Spanned<String>, &mut Diagnostics) -> bool|
-         -> Option<Vec<String>> {
-            if l.get_ref().is_empty() {
-                diags.error_at(
-                    src,
-                    l.span(),
-                    format!("`{what}` names no column"),
-                    Some("list one or more columns".into()),
-                );
-                return None;
-            }
-            let mut ok = true;
-            for c in l.get_ref() {
-                ok &= column_ok(c, diags);
-            }
-            ok.then(|| l.get_ref().iter().map(|c| c.get_ref().clone()).collect())
-        };
-        let mut to_span = None;
-        let (kind, default_name) = if let Some(l) = &t.unique {
-            let Some(cols) = list(l, "unique", diags, &mut column_ok) else {
-                continue;
-            };
-            let n = format!("unique({})", cols.join(", "));
-            (DataTestKind::Unique(cols), n)
-        } else if let Some(l) = &t.not_null {
-            let Some(cols) = list(l, "not_null", diags, &mut column_ok) else {
-                continue;
-            };
-            let n = format!("not_null({})", cols.join(", "));
-            (DataTestKind::NotNull(cols), n)
-        } else if let Some(a) = &t.accepted_values {
-            let a = a.get_ref();
-            if !column_ok(&a.column, diags) {
-                continue;
-            }
-            let col = a.column.get_ref().clone();
-            let integer = columns
-                .iter()
-                .find(|c| c.name == col)
-                .is_some_and(|c| c.data_type.is_integer());
-            let mut values = Vec::new();
-            for v in a.values.get_ref() {
-                match v.get_ref() {
-                    toml::Value::Integer(i) if integer => values.push(AllowedValue::Int(*i)),
-                    toml::Value::String(s) if !integer => {
-                        values.push(AllowedValue::Text(s.clone()))
-                    }
-                    other => diags.error_at(
-                        src,
-                        v.span(),
-                        format!("value {other} does not fit column `{col}`"),
-                        Some(
-                            if integer {
-                                "write integers"
-                            } else {
-                                "write strings"
-                            }
-                            .into(),
-                        ),
-                    ),
-                }
-            }
-            if a.values.get_ref().is_empty() {
-                diags.error_at(
-                    src,
-                    a.values.span(),
-                    "no accepted value",
-                    Some("list the values".into()),
-                );
-                continue;
-            }
-            let n = format!("accepted_values({col})");
-            (
-                DataTestKind::AcceptedValues {
-                    column: col,
-                    values,
-                },
-                n,
-            )
-        } else if let Some(r) = &t.relationships {
-            let r = r.get_ref();
-            if !column_ok(&r.column, diags) {
-                continue;
-            }
-            let column = r.column.get_ref().clone();
-            let field = r
-                .field
-                .as_ref()
-                .map(|f| f.get_ref().clone())
-                .unwrap_or_else(|| column.clone());
-            to_span = Some(r.to.span());
-            let n = format!("relationships({column} → {}.{field})", r.to.get_ref());
-            (
-                DataTestKind::Relationship {
-                    column,
-                    to: r.to.get_ref().clone(),
-                    field,
-                },
-                n,
-            )
-        } else if let Some(rc) = &t.row_count {
-            let rcs = rc.span();
-            let rc = rc.get_ref();
-            let min = rc.min.as_ref().map(|m| *m.get_ref());
-            let max = rc.max.as_ref().map(|m| *m.get_ref());
-            if min.is_none() && max.is_none() {
-                diags.error_at(
-                    src,
-                    rcs,
-                    "`row_count` has no bound",
-                    Some("give `min`, `max` or both".into()),
-                );
-                continue;
-            }
-            if let (Some(a), Some(b)) = (min, max) {
-                if a > b {
-                    diags.error_at(
-                        src,
-                        rcs,
-                        format!("`row_count` min {a} is above max {b}"),
-                        None,
-                    );
-                    continue;
-                }
-            }
-            let n = match (min, max) {
-                (Some(a), Some(b)) => format!("row_count({a}..={b})"),
-                (Some(a), None) => format!("row_count(>= {a})"),
-                (None, Some(b)) => format!("row_count(<= {b})"),
-                (None, None) => unreachable!("checked above"),
-            };
-            (DataTestKind::RowCount { min, max }, n)
-        } else if let Some(q) = &t.sql {
-            if q.get_ref().trim().is_empty() {
-                diags.error_at(
-                    src,
-                    q.span(),
-                    "empty test SQL",
-                    Some("write a query that returns the offending rows".into()),
-                );
-                continue;
-            }
-            if t.name.is_none() {
-                diags.error_at(
-                    src,
-                    q.span(),
-                    "a SQL data test needs a `name`",
-                    Some(
-                        "name it after what it asserts, e.g. `name = \"finished_after_received\"`"
-                            .into(),
-                    ),
-                );
-                continue;
-            }
-            (DataTestKind::Sql(q.get_ref().clone()), String::new())
-        } else {
-            unreachable!("exactly one kind is given")
+        let severity = severity(src, t.severity.as_ref(), diags);
+        let Some(kind) = test_kind(src, t, &cols, diags) else {
+            continue;
         };
         let name = t
             .name
             .as_ref()
             .map(|n| n.get_ref().clone())
-            .unwrap_or(default_name);
+            .unwrap_or(kind.default_name);
         if !seen.insert(name.clone()) {
             diags.error_at(
                 src,
@@ -998,12 +881,327 @@ fn data_tests(
             name,
             severity,
             filter: t.filter.as_ref().map(|f| f.get_ref().clone()),
-            kind,
+            kind: kind.kind,
             line,
-            to_span,
+            to_span: kind.to_span,
         });
     }
     out
+}
+
+/// Whether a data test names exactly one kind; reported at `start` when not.
+fn names_one_kind(src: &Source, t: &RawTest, start: usize, diags: &mut Diagnostics) -> bool {
+    let given = [
+        t.unique.is_some(),
+        t.not_null.is_some(),
+        t.accepted_values.is_some(),
+        t.relationships.is_some(),
+        t.row_count.is_some(),
+        t.sql.is_some(),
+    ]
+    .iter()
+    .filter(|g| **g)
+    .count();
+    if given != 1 {
+        diags.error_at(
+            src,
+            start..start,
+            if given == 0 {
+                "a data test names no kind".to_string()
+            } else {
+                "a data test names more than one kind".to_string()
+            },
+            Some("write exactly one of `unique`, `not_null`, `accepted_values`, `relationships`, `row_count`, `sql` in each `[[tests]]`".into()),
+        );
+    }
+    given == 1
+}
+
+/// `severity`: `error` (the default) or `warn`.
+fn severity(src: &Source, s: Option<&Spanned<String>>, diags: &mut Diagnostics) -> TestSeverity {
+    match s.map(|s| (s.get_ref().as_str(), s.span())) {
+        None | Some(("error", _)) => TestSeverity::Error,
+        Some(("warn", _)) => TestSeverity::Warn,
+        Some((other, span)) => {
+            diags.error_at(
+                src,
+                span,
+                format!("unknown severity `{other}`"),
+                Some(suggest(other, &["error", "warn"])),
+            );
+            TestSeverity::Error
+        }
+    }
+}
+
+/// The columns a data test may name: the stored columns and the partition column.
+struct TestColumns<'a> {
+    src: &'a Source,
+    columns: &'a [Column],
+    names: Vec<&'a str>,
+}
+
+impl<'a> TestColumns<'a> {
+    fn new(src: &'a Source, columns: &'a [Column], partition: Option<&'a Partition>) -> Self {
+        let mut names: Vec<&str> = columns
+            .iter()
+            .filter(|c| c.personal != Some(Personal::Drop))
+            .map(|c| c.name.as_str())
+            .collect();
+        if let Some(p) = partition {
+            if !names.contains(&p.column.as_str()) {
+                names.push(p.column.as_str());
+            }
+        }
+        TestColumns {
+            src,
+            columns,
+            names,
+        }
+    }
+
+    /// Whether a test may name column `c`; reported when not.
+    fn check(&self, c: &Spanned<String>, diags: &mut Diagnostics) -> bool {
+        if self.names.contains(&c.get_ref().as_str()) {
+            return true;
+        }
+        let dropped = self
+            .columns
+            .iter()
+            .any(|col| &col.name == c.get_ref() && col.personal == Some(Personal::Drop));
+        diags.error_at(
+            self.src,
+            c.span(),
+            if dropped {
+                format!(
+                    "column `{}` is never stored (personal = \"drop\")",
+                    c.get_ref()
+                )
+            } else {
+                format!("`{}` is not a column of this dataset", c.get_ref())
+            },
+            Some(suggest(c.get_ref(), &self.names)),
+        );
+        false
+    }
+
+    /// A list of columns a test may name, at least one.
+    fn list(
+        &self,
+        l: &Spanned<Vec<Spanned<String>>>,
+        what: &str,
+        diags: &mut Diagnostics,
+    ) -> Option<Vec<String>> {
+        if l.get_ref().is_empty() {
+            diags.error_at(
+                self.src,
+                l.span(),
+                format!("`{what}` names no column"),
+                Some("list one or more columns".into()),
+            );
+            return None;
+        }
+        let mut ok = true;
+        for c in l.get_ref() {
+            ok &= self.check(c, diags);
+        }
+        ok.then(|| l.get_ref().iter().map(|c| c.get_ref().clone()).collect())
+    }
+}
+
+/// What one data test asserts, and the name it gets when it is not given one.
+struct TestKind {
+    kind: DataTestKind,
+    default_name: String,
+    /// Where `relationships.to` is written.
+    to_span: Option<std::ops::Range<usize>>,
+}
+
+/// The kind of a data test that names exactly one, checked; `None` when it is invalid.
+fn test_kind(
+    src: &Source,
+    t: &RawTest,
+    cols: &TestColumns,
+    diags: &mut Diagnostics,
+) -> Option<TestKind> {
+    let plain = |kind, default_name| TestKind {
+        kind,
+        default_name,
+        to_span: None,
+    };
+    if let Some(l) = &t.unique {
+        let c = cols.list(l, "unique", diags)?;
+        let n = format!("unique({})", c.join(", "));
+        Some(plain(DataTestKind::Unique(c), n))
+    } else if let Some(l) = &t.not_null {
+        let c = cols.list(l, "not_null", diags)?;
+        let n = format!("not_null({})", c.join(", "));
+        Some(plain(DataTestKind::NotNull(c), n))
+    } else if let Some(a) = &t.accepted_values {
+        accepted_values_test(src, a.get_ref(), cols, diags)
+    } else if let Some(r) = &t.relationships {
+        relationship_test(r.get_ref(), cols, diags)
+    } else if let Some(rc) = &t.row_count {
+        row_count_test(src, rc, diags)
+    } else if let Some(q) = &t.sql {
+        sql_test(src, q, t.name.is_some(), diags)
+    } else {
+        unreachable!("exactly one kind is given")
+    }
+}
+
+/// `accepted_values`: a column and values of its kind (integers or text), at least one.
+fn accepted_values_test(
+    src: &Source,
+    a: &RawAccepted,
+    cols: &TestColumns,
+    diags: &mut Diagnostics,
+) -> Option<TestKind> {
+    if !cols.check(&a.column, diags) {
+        return None;
+    }
+    let col = a.column.get_ref().clone();
+    let integer = cols
+        .columns
+        .iter()
+        .find(|c| c.name == col)
+        .is_some_and(|c| c.data_type.is_integer());
+    let mut values = Vec::new();
+    for v in a.values.get_ref() {
+        match v.get_ref() {
+            toml::Value::Integer(i) if integer => values.push(AllowedValue::Int(*i)),
+            toml::Value::String(s) if !integer => values.push(AllowedValue::Text(s.clone())),
+            other => diags.error_at(
+                src,
+                v.span(),
+                format!("value {other} does not fit column `{col}`"),
+                Some(
+                    if integer {
+                        "write integers"
+                    } else {
+                        "write strings"
+                    }
+                    .into(),
+                ),
+            ),
+        }
+    }
+    if a.values.get_ref().is_empty() {
+        diags.error_at(
+            src,
+            a.values.span(),
+            "no accepted value",
+            Some("list the values".into()),
+        );
+        return None;
+    }
+    Some(TestKind {
+        default_name: format!("accepted_values({col})"),
+        kind: DataTestKind::AcceptedValues {
+            column: col,
+            values,
+        },
+        to_span: None,
+    })
+}
+
+/// `relationships`: a column of this dataset and a field of another (checked once every
+/// schema is read), the column's own name by default.
+fn relationship_test(
+    r: &RawRelationship,
+    cols: &TestColumns,
+    diags: &mut Diagnostics,
+) -> Option<TestKind> {
+    if !cols.check(&r.column, diags) {
+        return None;
+    }
+    let column = r.column.get_ref().clone();
+    let field = r
+        .field
+        .as_ref()
+        .map(|f| f.get_ref().clone())
+        .unwrap_or_else(|| column.clone());
+    Some(TestKind {
+        default_name: format!("relationships({column} → {}.{field})", r.to.get_ref()),
+        kind: DataTestKind::Relationship {
+            column,
+            to: r.to.get_ref().clone(),
+            field,
+        },
+        to_span: Some(r.to.span()),
+    })
+}
+
+/// `row_count`: `min`, `max` or both, in order.
+fn row_count_test(
+    src: &Source,
+    rc: &Spanned<RawRowCount>,
+    diags: &mut Diagnostics,
+) -> Option<TestKind> {
+    let rcs = rc.span();
+    let rc = rc.get_ref();
+    let min = rc.min.as_ref().map(|m| *m.get_ref());
+    let max = rc.max.as_ref().map(|m| *m.get_ref());
+    let default_name = match (min, max) {
+        (Some(a), Some(b)) if a > b => {
+            diags.error_at(
+                src,
+                rcs,
+                format!("`row_count` min {a} is above max {b}"),
+                None,
+            );
+            return None;
+        }
+        (Some(a), Some(b)) => format!("row_count({a}..={b})"),
+        (Some(a), None) => format!("row_count(>= {a})"),
+        (None, Some(b)) => format!("row_count(<= {b})"),
+        (None, None) => {
+            diags.error_at(
+                src,
+                rcs,
+                "`row_count` has no bound",
+                Some("give `min`, `max` or both".into()),
+            );
+            return None;
+        }
+    };
+    Some(TestKind {
+        kind: DataTestKind::RowCount { min, max },
+        default_name,
+        to_span: None,
+    })
+}
+
+/// `sql`: a query returning the offending rows, in a test that has a `name`.
+fn sql_test(
+    src: &Source,
+    q: &Spanned<String>,
+    named: bool,
+    diags: &mut Diagnostics,
+) -> Option<TestKind> {
+    if q.get_ref().trim().is_empty() {
+        diags.error_at(
+            src,
+            q.span(),
+            "empty test SQL",
+            Some("write a query that returns the offending rows".into()),
+        );
+        return None;
+    }
+    if !named {
+        diags.error_at(
+            src,
+            q.span(),
+            "a SQL data test needs a `name`",
+            Some("name it after what it asserts, e.g. `name = \"finished_after_received\"`".into()),
+        );
+        return None;
+    }
+    Some(TestKind {
+        kind: DataTestKind::Sql(q.get_ref().clone()),
+        default_name: String::new(),
+        to_span: None,
+    })
 }
 
 /// Lower-case SQL identifier: the same name in TOML, SQL and warehouse paths.

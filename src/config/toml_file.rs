@@ -15,19 +15,19 @@ pub fn parse<T: DeserializeOwned>(
     known_keys: &[&str],
     diags: &mut Diagnostics,
 ) -> Option<T> {
-    let (table, errors) = DeTable::parse_recoverable(&src.text);
-    if !errors.is_empty() {
-        for e in errors {
-            let span = e.span().unwrap_or(0..0);
-            diags.error_at(
-                src,
-                span,
-                format!("invalid TOML: {}", first_line(e.message())),
-                Some("fix the syntax; see https://toml.io for the format".into()),
-            );
-        }
-        return None;
-    }
+    parse_with(src, known_keys, |_| None, diags)
+}
+
+/// Like [`parse`], but an unknown key for which `help_for` gives a help (given the key's path
+/// as written in messages: `title`, `checks[0].nmae`) gets that help instead of a suggestion:
+/// a key of another kind of the same file, say.
+pub fn parse_with<T: DeserializeOwned>(
+    src: &Source,
+    known_keys: &[&str],
+    help_for: impl Fn(&str) -> Option<String>,
+    diags: &mut Diagnostics,
+) -> Option<T> {
+    let table = parse_table(src, diags)?;
     let mut unknown: Vec<Vec<Segment>> = Vec::new();
     let de = match toml::Deserializer::parse(&src.text) {
         Ok(de) => de,
@@ -43,11 +43,13 @@ pub fn parse<T: DeserializeOwned>(
             [] => "at the top level".to_string(),
             parent => format!("in `{}`", path_text(parent)),
         };
-        let help = match closest(&key, known_keys.iter().copied()) {
-            Some(c) => format!("did you mean `{c}`?"),
-            None => "remove it; the keys are listed in the project's interface documentation"
-                .to_string(),
-        };
+        let help = help_for(&path_text(path)).unwrap_or_else(|| {
+            match closest(&key, known_keys.iter().copied()) {
+                Some(c) => format!("did you mean `{c}`?"),
+                None => "remove it; the keys are listed in the project's interface documentation"
+                    .to_string(),
+            }
+        });
         diags.error_at(
             src,
             span,
@@ -69,7 +71,31 @@ pub fn parse<T: DeserializeOwned>(
     }
 }
 
-fn first_line(s: &str) -> &str {
+/// Reports every syntax error of `src` with its position; `true` when there is none.
+pub fn check_syntax(src: &Source, diags: &mut Diagnostics) -> bool {
+    parse_table(src, diags).is_some()
+}
+
+/// The document as a table with spans, or `None` after reporting its syntax errors.
+fn parse_table<'s>(src: &'s Source, diags: &mut Diagnostics) -> Option<toml::Spanned<DeTable<'s>>> {
+    let (table, errors) = DeTable::parse_recoverable(&src.text);
+    if errors.is_empty() {
+        return Some(table);
+    }
+    for e in errors {
+        let span = e.span().unwrap_or(0..0);
+        diags.error_at(
+            src,
+            span,
+            format!("invalid TOML: {}", first_line(e.message())),
+            Some("fix the syntax; see https://toml.io for the format".into()),
+        );
+    }
+    None
+}
+
+/// The first line of an error message, trimmed (toml's messages carry a source excerpt).
+pub fn first_line(s: &str) -> &str {
     s.lines().next().unwrap_or(s).trim()
 }
 
