@@ -59,7 +59,10 @@ pub(super) enum Keys {
 }
 
 impl Keys {
-    pub(super) fn of(batch: &RecordBatch, key: &[String]) -> Result<Keys, arrow::error::ArrowError> {
+    pub(super) fn of(
+        batch: &RecordBatch,
+        key: &[String],
+    ) -> Result<Keys, arrow::error::ArrowError> {
         if let [k] = key {
             let c = batch.column(batch.schema().index_of(k)?);
             if let Some(a) = c.as_any().downcast_ref::<arrow::array::StringArray>() {
@@ -211,4 +214,3 @@ pub fn sort_batch(
         };
     arrow::compute::take_record_batch(batch, &arrow::array::UInt32Array::from(order))
 }
-

@@ -4,6 +4,7 @@
 use deltalake::kernel::transaction::CommitProperties;
 use deltalake::kernel::Transaction;
 use deltalake::DeltaTable;
+use std::sync::Arc;
 
 use super::WarehouseError;
 
@@ -111,4 +112,3 @@ pub async fn vacuum(
     })?;
     Ok(metrics.files_deleted.len())
 }
-

@@ -38,12 +38,13 @@ pub enum WarehouseError {
 mod tests {
     use super::write::partition_filter;
     use super::*;
-    use arrow::array::Array;
+    use arrow::array::{Array, RecordBatch};
+    use arrow::array::{Int64Array, StringArray, TimestampMicrosecondArray};
     use arrow::datatypes::{DataType, Schema as ArrowSchema};
+    use arrow::datatypes::{Field, TimeUnit};
+    use deltalake::kernel::transaction::CommitProperties;
     use std::path::Path;
     use std::sync::Arc;
-    use arrow::array::{Int64Array, StringArray, TimestampMicrosecondArray};
-    use arrow::datatypes::{Field, TimeUnit};
 
     /// (finished, code, tag) rows as a batch; `tag` tells rows with equal keys apart.
     fn batch(rows: &[(Option<i64>, &str, i64)]) -> RecordBatch {

@@ -2,7 +2,7 @@
 //! every key's hash in a temporary file, so that rows with new keys are appended rather than
 //! merged, whatever the size of the table.
 
-use super::Keys;
+use super::batches::Keys;
 use arrow::array::{BooleanArray, BooleanBufferBuilder, RecordBatch};
 use arrow::error::ArrowError;
 use std::collections::HashSet;

@@ -152,4 +152,3 @@ pub async fn register(
         })?;
     Ok(())
 }
-

@@ -106,9 +106,16 @@ pub async fn write_with(
     let fresh = table.version().is_none();
     let (key, order, insert_only) = match mode {
         WriteMode::Replace => {
-            return plain_write(table, batch, partition, SaveMode::Overwrite, props, &parquet)
-                .await
-                .map_err(err)
+            return plain_write(
+                table,
+                batch,
+                partition,
+                SaveMode::Overwrite,
+                props,
+                &parquet,
+            )
+            .await
+            .map_err(err)
         }
         // A new table has nothing to merge with, and an empty batch nothing to merge: a plain
         // write, which still commits the watermark and loaded files.
@@ -431,7 +438,10 @@ fn plain(v: &datafusion::scalar::ScalarValue) -> &datafusion::scalar::ScalarValu
 
 /// `t.<partition> IN (<values>)`, as SQL for a merge predicate, with `OR t.<partition> IS NULL`
 /// when a value is null (a null partition value is no member of any list).
-pub(super) fn partition_filter(partition: &str, values: &[datafusion::scalar::ScalarValue]) -> String {
+pub(super) fn partition_filter(
+    partition: &str,
+    values: &[datafusion::scalar::ScalarValue],
+) -> String {
     let literals: Vec<String> = values
         .iter()
         .map(plain)
@@ -452,4 +462,3 @@ pub(super) fn partition_filter(partition: &str, values: &[datafusion::scalar::Sc
     }
     parts.join(" OR ")
 }
-
