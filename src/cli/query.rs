@@ -64,7 +64,9 @@ pub async fn run(project_dir: &Path, args: QueryArgs) -> Result<(), Failure> {
         None => vec![],
     };
     let wh = Warehouse::new(&project.root, &project.settings.warehouse_url)?;
-    let (ctx, _) = query::session(&project, &wh).await?;
+    let (ctx, _) = query::session(&project, &wh)
+        .await
+        .map_err(|e| Failure::failed(super::query_error(e)))?;
     let (origin, sql) = match (&args.sql, &args.file) {
         (Some(s), _) => ("query".to_string(), s.clone()),
         (None, Some(f)) => (

@@ -40,6 +40,31 @@ pub async fn check(
     diags: &mut Diagnostics,
 ) -> std::collections::BTreeMap<String, Vec<String>> {
     let mut planned = std::collections::BTreeMap::new();
+    let (ctx, mut known) = planning_session(project);
+    for p in &project.pipelines {
+        let Some(job) = p.as_report() else { continue };
+        for file in &job.sql {
+            let Ok(text) = std::fs::read_to_string(project.root.join(file)) else {
+                continue; // reported as a missing file
+            };
+            let src = Source::new(file.clone(), text);
+            if let Some(columns) = plan_file(&ctx, &src, &mut known, diags).await {
+                planned.insert(crate::config::pipeline::table_name(file), columns);
+            }
+        }
+        plan_checks(&ctx, project, p, job, diags).await;
+    }
+    planned
+}
+
+/// The tables planning knows of, for its suggestions: their names, and all their columns.
+struct Known {
+    tables: Vec<String>,
+    columns: Vec<String>,
+}
+
+/// A session without data: an empty table for each dataset and seed.
+fn planning_session(project: &Project) -> (SessionContext, Known) {
     // Spans let DataFusion place type errors (`a + b` of incompatible types) in the SQL.
     let ctx = SessionContext::new_with_config(
         datafusion::prelude::SessionConfig::new()
@@ -55,78 +80,95 @@ pub async fn check(
             Arc::new(warehouse::delta_schema(&schema.arrow_schema())),
         );
     }
-    let mut known_tables: Vec<String> = project.schemas.keys().cloned().collect();
+    let mut tables: Vec<String> = project.schemas.keys().cloned().collect();
     for f in super::seed_files(&project.root.join("sql/seeds")) {
         if let Ok((name, schema)) = super::seed_schema(&f) {
             empty(&ctx, &mut columns, &name, Arc::new(schema));
-            known_tables.push(name);
+            tables.push(name);
         }
     }
-    for p in &project.pipelines {
-        let Some(job) = p.as_report() else { continue };
-        for file in &job.sql {
-            let Ok(text) = std::fs::read_to_string(project.root.join(file)) else {
-                continue; // reported as a missing file
+    (ctx, Known { tables, columns })
+}
+
+/// Plans one SQL file: its result (and its `published_` history) becomes an empty table for
+/// the files after it, and its columns are returned; an error is reported in `diags`.
+async fn plan_file(
+    ctx: &SessionContext,
+    src: &Source,
+    known: &mut Known,
+    diags: &mut Diagnostics,
+) -> Option<Vec<String>> {
+    let name = crate::config::pipeline::table_name(&src.path);
+    unknown_parameters(src, diags);
+    match super::plan_query(ctx, &src.text).await {
+        Ok(plan) => {
+            let schema: arrow::datatypes::SchemaRef = Arc::new(plan.schema().as_arrow().clone());
+            let planned = schema
+                .fields()
+                .iter()
+                .map(|f| f.name().clone())
+                .collect::<Vec<_>>();
+            empty(ctx, &mut known.columns, &name, schema.clone());
+            empty(
+                ctx,
+                &mut known.columns,
+                &super::published_name(&name),
+                warehouse::published::schema(&schema),
+            );
+            known.tables.push(name.clone());
+            Some(planned)
+        }
+        Err(e) => {
+            // DataFusion places some errors itself (type errors); the name an error
+            // quotes is looked for first, as it also gives a suggestion.
+            let placed = e
+                .diagnostic()
+                .and_then(|d| d.span)
+                .and_then(|sp| span_of(&src.text, sp));
+            report(
+                src,
+                &e.to_string(),
+                placed,
+                &known.tables,
+                &known.columns,
+                diags,
+            );
+            None
+        }
+    }
+}
+
+/// Plans a report's checks, after its tables; an error points at the check in the pipeline
+/// file.
+async fn plan_checks(
+    ctx: &SessionContext,
+    project: &Project,
+    p: &crate::config::pipeline::Pipeline,
+    job: &crate::config::pipeline::ReportJob,
+    diags: &mut Diagnostics,
+) {
+    let pipeline_src = Source::new(
+        p.file.clone(),
+        std::fs::read_to_string(project.root.join(&p.file))
+            .or_else(|_| std::fs::read_to_string(&p.file))
+            .unwrap_or_default(),
+    );
+    for c in &job.checks {
+        if let Err(e) = super::plan_query(ctx, &c.sql).await {
+            // The check's SQL is a TOML string: point at it in the pipeline file.
+            let span = if pipeline_src.text.len() >= c.span.end {
+                c.span.clone()
+            } else {
+                0..0
             };
-            let src = Source::new(file.clone(), text);
-            let name = crate::config::pipeline::table_name(file);
-            unknown_parameters(&src, diags);
-            match super::plan_query(&ctx, &src.text).await {
-                Ok(plan) => {
-                    let schema: arrow::datatypes::SchemaRef =
-                        Arc::new(plan.schema().as_arrow().clone());
-                    planned.insert(
-                        name.clone(),
-                        schema
-                            .fields()
-                            .iter()
-                            .map(|f| f.name().clone())
-                            .collect::<Vec<_>>(),
-                    );
-                    empty(&ctx, &mut columns, &name, schema.clone());
-                    empty(
-                        &ctx,
-                        &mut columns,
-                        &super::published_name(&name),
-                        warehouse::published::schema(&schema),
-                    );
-                    known_tables.push(name.clone());
-                }
-                Err(e) => {
-                    // DataFusion places some errors itself (type errors); the name an error
-                    // quotes is looked for first, as it also gives a suggestion.
-                    let placed = e
-                        .diagnostic()
-                        .and_then(|d| d.span)
-                        .and_then(|sp| span_of(&src.text, sp));
-                    report(&src, &e.to_string(), placed, &known_tables, &columns, diags)
-                }
-            }
-        }
-        let pipeline_src = Source::new(
-            p.file.clone(),
-            std::fs::read_to_string(project.root.join(&p.file))
-                .or_else(|_| std::fs::read_to_string(&p.file))
-                .unwrap_or_default(),
-        );
-        for c in &job.checks {
-            if let Err(e) = super::plan_query(&ctx, &c.sql).await {
-                // The check's SQL is a TOML string: point at it in the pipeline file.
-                let span = if pipeline_src.text.len() >= c.span.end {
-                    c.span.clone()
-                } else {
-                    0..0
-                };
-                diags.error_at(
-                    &pipeline_src,
-                    span,
-                    format!("check `{}`: {}", c.name, super::first_line(&e.to_string())),
-                    Some("fix the check's SQL; it runs after the report's tables".into()),
-                );
-            }
+            diags.error_at(
+                &pipeline_src,
+                span,
+                format!("check `{}`: {}", c.name, super::first_line(&e.to_string())),
+                Some("fix the check's SQL; it runs after the report's tables".into()),
+            );
         }
     }
-    planned
 }
 
 /// `$name` that parstat does not bind.

@@ -1,0 +1,252 @@
+//! Running one SQL text: what SQL may do (query only), the tables it names, planning and
+//! running it with the period's parameters bound, and collecting the result with plain types.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::{DataType, Field, Schema as ArrowSchema, SchemaRef};
+use datafusion::common::metadata::ScalarAndMetadata;
+use datafusion::common::{ParamValues, ScalarValue};
+use datafusion::error::DataFusionError;
+use datafusion::prelude::SessionContext;
+
+use super::{QueryError, SqlCause};
+use crate::warehouse;
+
+/// What report SQL, checks, data and unit tests and `parstat query` may do: query. DDL
+/// (`CREATE EXTERNAL TABLE` reads any file the process can), DML (`COPY ... TO` writes one,
+/// `INSERT`) and statements (`SET`) are refused, so SQL cannot reach outside the warehouse.
+pub fn read_only() -> datafusion::execution::context::SQLOptions {
+    datafusion::execution::context::SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false)
+}
+
+/// A refused statement's error, with what to do instead.
+fn refused(e: DataFusionError) -> DataFusionError {
+    let m = e.to_string();
+    if m.contains("DDL not supported")
+        || m.contains("DML not supported")
+        || m.contains("Statement not supported")
+    {
+        DataFusionError::Plan(format!(
+            "{}: only queries (SELECT, WITH, VALUES) run here; to write a result to a file use `parstat query ... -o FILE`",
+            first_line(&m)
+        ))
+    } else {
+        e
+    }
+}
+
+/// An error's first line (DataFusion's errors go on with their plan and backtrace).
+pub(crate) fn first_line(m: &str) -> &str {
+    m.lines().next().unwrap_or(m)
+}
+
+/// The words of `texts` that could name a table: a report's session opens only the warehouse
+/// tables its SQL and checks name (each opening reads a Delta log), and a SQL file waits for
+/// the files whose tables it names. Comments and string literals name nothing: a file that
+/// only mentions another in a comment runs beside it, not after it.
+pub fn named_tables<'a>(texts: impl IntoIterator<Item = &'a str>) -> BTreeSet<String> {
+    use datafusion::sql::sqlparser::{dialect::GenericDialect, tokenizer};
+    let mut out = BTreeSet::new();
+    for t in texts {
+        match tokenizer::Tokenizer::new(&GenericDialect {}, t).tokenize() {
+            Ok(tokens) => out.extend(tokens.into_iter().filter_map(|tok| match tok {
+                tokenizer::Token::Word(w) => Some(w.value.to_ascii_lowercase()),
+                _ => None,
+            })),
+            // SQL the tokenizer rejects fails later with its own error; until then every
+            // word counts, so that no table it may need is left unopened.
+            Err(_) => out.extend(
+                t.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .filter(|w| !w.is_empty())
+                    .map(|w| w.to_ascii_lowercase()),
+            ),
+        }
+    }
+    out
+}
+
+/// Plans `sql` as [`read_only`] allows, without running it (`parstat check`).
+pub async fn plan_query(
+    ctx: &SessionContext,
+    sql: &str,
+) -> Result<datafusion::logical_expr::LogicalPlan, DataFusionError> {
+    let plan = ctx.state().create_logical_plan(sql).await?;
+    read_only().verify_plan(&plan).map_err(refused)?;
+    Ok(plan)
+}
+
+/// Runs `sql` with the period's parameters bound and collects the result with plain types
+/// (no view, dictionary or unsigned types, which neither Delta nor the workbook want).
+pub async fn run_sql(
+    ctx: &SessionContext,
+    origin: &str,
+    sql: &str,
+    params: &[(String, ScalarValue)],
+) -> Result<(SchemaRef, Vec<RecordBatch>), QueryError> {
+    let err = |e: DataFusionError| QueryError::sql(origin, e);
+    let df = ctx
+        .sql_with_options(sql, read_only())
+        .await
+        .map_err(|e| err(refused(e)))?;
+    let map: std::collections::HashMap<String, ScalarAndMetadata> = params
+        .iter()
+        .map(|(k, v)| (k.clone(), ScalarAndMetadata::from(v.clone())))
+        .collect();
+    let df = df.with_param_values(ParamValues::Map(map)).map_err(err)?;
+    collect_plain(df)
+        .await
+        .map_err(|source| QueryError::sql(origin, source))
+}
+
+/// The type a result column is kept as: no view, dictionary or unsigned types.
+fn plain_type(t: &DataType) -> DataType {
+    match t {
+        DataType::Utf8View | DataType::LargeUtf8 => DataType::Utf8,
+        DataType::BinaryView | DataType::LargeBinary => DataType::Binary,
+        DataType::Dictionary(_, v) => plain_type(v),
+        DataType::UInt8 => DataType::Int16,
+        DataType::UInt16 => DataType::Int32,
+        DataType::UInt32 => DataType::Int64,
+        DataType::UInt64 => DataType::Int64,
+        other => other.clone(),
+    }
+}
+
+fn plain_schema(s: &ArrowSchema) -> SchemaRef {
+    Arc::new(ArrowSchema::new(
+        s.fields()
+            .iter()
+            .map(|f| Field::new(f.name(), plain_type(f.data_type()), true))
+            .collect::<Vec<_>>(),
+    ))
+}
+
+/// Collects `df` with plain types: no view, dictionary or unsigned types, which neither Delta
+/// nor the workbook want. The schema is returned too, for an empty result.
+pub(super) async fn collect_plain(
+    df: datafusion::dataframe::DataFrame,
+) -> Result<(SchemaRef, Vec<RecordBatch>), SqlCause> {
+    let plain = plain_schema(df.schema().as_arrow());
+    let batches = df.collect().await?;
+    let batches = batches
+        .iter()
+        .map(|b| warehouse::cast_batch(b, &plain))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((plain, batches))
+}
+
+/// The first `n` rows of a result as a text table, with a note of how many more there are.
+pub fn sample(batches: &[RecordBatch], n: usize) -> String {
+    let total: usize = batches.iter().map(|b| b.num_rows()).sum();
+    let mut first = Vec::new();
+    let mut left = n;
+    for b in batches {
+        if left == 0 {
+            break;
+        }
+        let k = b.num_rows().min(left);
+        first.push(b.slice(0, k));
+        left -= k;
+    }
+    let mut text = arrow::util::pretty::pretty_format_batches(&first)
+        .map(|t| t.to_string())
+        .unwrap_or_default();
+    if total > n {
+        text.push_str(&format!("\n… and {} more", total - n));
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Int64Array, StringArray};
+
+    #[test]
+    fn tables_named_in_comments_or_strings_are_not_named() {
+        let n = named_tables([
+            "-- empty when dossier_monthly is\nSELECT x FROM Late_Procedures /* trend_monthly */\nWHERE y = 'par_index' AND z = $period",
+        ]);
+        assert!(n.contains("late_procedures"), "{n:?}");
+        for absent in ["dossier_monthly", "trend_monthly", "par_index", "period"] {
+            assert!(!n.contains(absent), "{absent} in {n:?}");
+        }
+        // SQL the tokenizer rejects (an unterminated string): every word counts.
+        let n = named_tables(["SELECT * FROM dossier WHERE a = 'rating"]);
+        assert!(n.contains("dossier") && n.contains("rating"), "{n:?}");
+    }
+
+    #[test]
+    fn plain_types_have_no_view_dictionary_or_unsigned_types() {
+        let dict = DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8View));
+        for (from, to) in [
+            (DataType::Utf8View, DataType::Utf8),
+            (DataType::LargeUtf8, DataType::Utf8),
+            (DataType::BinaryView, DataType::Binary),
+            (DataType::LargeBinary, DataType::Binary),
+            (dict, DataType::Utf8),
+            (DataType::UInt8, DataType::Int16),
+            (DataType::UInt16, DataType::Int32),
+            (DataType::UInt32, DataType::Int64),
+            (DataType::UInt64, DataType::Int64),
+            (DataType::Int32, DataType::Int32),
+            (DataType::Decimal128(18, 2), DataType::Decimal128(18, 2)),
+        ] {
+            assert_eq!(plain_type(&from), to, "{from}");
+        }
+        let s = plain_schema(&ArrowSchema::new(vec![Field::new(
+            "n",
+            DataType::UInt32,
+            false,
+        )]));
+        assert_eq!(s.field(0).data_type(), &DataType::Int64);
+        assert!(s.field(0).is_nullable());
+    }
+
+    fn batch(from: i64, to: i64) -> RecordBatch {
+        let ids: Vec<i64> = (from..to).collect();
+        let names: Vec<String> = ids.iter().map(|i| format!("r{i}")).collect();
+        RecordBatch::try_from_iter([
+            ("id", Arc::new(Int64Array::from(ids)) as _),
+            ("name", Arc::new(StringArray::from(names)) as _),
+        ])
+        .unwrap()
+    }
+
+    #[test]
+    fn a_sample_shows_the_first_rows_across_batches_and_counts_the_rest() {
+        let batches = [batch(0, 2), batch(2, 5)];
+        let text = sample(&batches, 3);
+        for shown in ["r0", "r1", "r2"] {
+            assert!(text.contains(shown), "{shown} in {text}");
+        }
+        for hidden in ["r3", "r4"] {
+            assert!(!text.contains(hidden), "{hidden} in {text}");
+        }
+        assert!(text.ends_with("\n… and 2 more"), "{text}");
+        // All rows fit: no note.
+        let all = sample(&batches, 5);
+        assert!(all.contains("r4") && !all.contains("more"), "{all}");
+        assert!(!sample(&[], 10).contains("more"));
+    }
+
+    #[test]
+    fn refused_statements_say_what_to_do_instead() {
+        let e = refused(DataFusionError::Plan(
+            "DDL not supported: CreateExternalTable\nplan".into(),
+        ));
+        let m = e.to_string();
+        assert!(
+            m.contains("only queries (SELECT, WITH, VALUES) run here"),
+            "{m}"
+        );
+        assert!(!m.contains("\nplan"), "{m}");
+        let other = refused(DataFusionError::Plan("No field named x".into()));
+        assert_eq!(other.to_string(), "Error during planning: No field named x");
+    }
+}
