@@ -10,6 +10,7 @@ pub mod config;
 pub mod deliver;
 pub mod demo;
 pub mod docs;
+pub mod error;
 pub mod extract;
 pub mod jobs;
 pub mod logtail;

@@ -103,16 +103,6 @@ impl<E: Into<anyhow::Error>> From<E> for Failure {
     }
 }
 
-/// A query error as `main` prints it (`{:#}`: the error, then each of its causes). A SQL
-/// error's text already ends with its cause's (DataFusion's message), so it is printed alone
-/// rather than with that message a second time.
-fn query_error(e: crate::query::QueryError) -> anyhow::Error {
-    match e {
-        e @ crate::query::QueryError::Sql { .. } => anyhow::anyhow!("{e}"),
-        e => e.into(),
-    }
-}
-
 fn init_logging(verbose: u8, quiet: bool) {
     let default = match (quiet, verbose) {
         (true, _) => "error,deltalake_core=off,buoyant_kernel=off",
@@ -172,7 +162,7 @@ pub fn main() -> ExitCode {
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
-            eprintln!("Error: {:#}", f.error);
+            eprintln!("Error: {}", crate::error::report(f.error.as_ref()));
             ExitCode::from(f.code)
         }
     }
@@ -228,30 +218,4 @@ pub fn load_project(dir: &std::path::Path) -> Result<crate::config::Project, Fai
             "the project configuration has errors; run `parstat check`"
         ))
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use crate::query::QueryError;
-
-    #[test]
-    fn a_sql_error_is_printed_with_its_cause_once() {
-        let cause = datafusion::error::DataFusionError::Plan("No field named x".into());
-        let e = QueryError::Sql {
-            file: "sql/a.sql".into(),
-            source: Box::new(cause),
-        };
-        let text = e.to_string();
-        assert_eq!(
-            text,
-            "sql/a.sql: error: Error during planning: No field named x"
-        );
-        assert_eq!(format!("{:#}", super::query_error(e)), text);
-        // Other query errors are left as they were, with their causes.
-        let io = QueryError::Io {
-            path: "sql/b.sql".into(),
-            source: std::io::Error::other("gone"),
-        };
-        assert_eq!(super::query_error(io).chain().count(), 2);
-    }
 }

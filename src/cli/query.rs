@@ -66,7 +66,7 @@ pub async fn run(project_dir: &Path, args: QueryArgs) -> Result<(), Failure> {
     let wh = Warehouse::new(&project.root, &project.settings.warehouse_url)?;
     let (ctx, _) = query::session(&project, &wh)
         .await
-        .map_err(|e| Failure::failed(super::query_error(e)))?;
+        .map_err(Failure::failed)?;
     let (origin, sql) = match (&args.sql, &args.file) {
         (Some(s), _) => ("query".to_string(), s.clone()),
         (None, Some(f)) => (

@@ -50,9 +50,7 @@ pub async fn run(project_dir: &Path, args: ReportArgs) -> Result<(), Failure> {
         Ok(o) => o,
         // A broken SQL file is the analyst's configuration; a failed check or an unreadable
         // warehouse is a failed job.
-        Err(ReportError::Query(e @ QueryError::Sql { .. })) => {
-            return Err(Failure::usage(super::query_error(e)))
-        }
+        Err(ReportError::Query(e @ QueryError::Sql { .. })) => return Err(Failure::usage(e)),
         Err(e) => return Err(Failure::failed(e)),
     };
     let c = &outcome.computed;

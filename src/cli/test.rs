@@ -68,7 +68,7 @@ pub async fn run(project_dir: &Path, args: TestArgs) -> Result<(), Failure> {
     };
     let outcomes = testing::run(&project, &units, &selection, &period, print)
         .await
-        .map_err(|e| Failure::failed(super::query_error(e)))?;
+        .map_err(Failure::failed)?;
     let count = |s: Status| outcomes.iter().filter(|o| o.status == s).count();
     let (pass, warn, fail) = (
         count(Status::Pass),

@@ -189,7 +189,7 @@ pub async fn scheduled(
             match extract(project, producer, &opts).await {
                 Ok(_) => extracted.push(producer.name.clone()),
                 Err(e) => {
-                    failed.insert(s.dataset.clone(), e.to_string());
+                    failed.insert(s.dataset.clone(), crate::error::report(&e));
                 }
             }
         }
@@ -267,7 +267,7 @@ fn report_record(
     let o = match result {
         Ok(o) => o,
         Err(e) => {
-            let detail = serde_json::json!({ "error_chain": error_chain(e), "log_tail": crate::logtail::last(40) });
+            let detail = serde_json::json!({ "error_chain": crate::error::causes(e), "log_tail": crate::logtail::last(40) });
             return failed_report_record(pipeline, period, started, e, detail);
         }
     };
@@ -303,7 +303,7 @@ fn failed_report_record(
     pipeline: &Pipeline,
     period: Period,
     started: DateTime<Utc>,
-    e: &dyn std::error::Error,
+    e: &(dyn std::error::Error + 'static),
     detail: serde_json::Value,
 ) -> RunRecord {
     RunRecord {
@@ -316,19 +316,9 @@ fn failed_report_record(
         finished_at: crate::clock::now().timestamp_micros(),
         rows: 0,
         deliveries: 0,
-        error: format!("{e:#}"),
+        error: crate::error::report(e),
         detail: detail.to_string(),
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> Vec<String> {
-    let mut out = vec![e.to_string()];
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        out.push(s.to_string());
-        cur = s.source();
-    }
-    out
 }
 
 /// The run-history row of an extract run, from its result.
@@ -349,7 +339,7 @@ fn extract_record(
             uuid::Uuid::now_v7().to_string(),
             Status::Failed,
             0,
-            e.to_string(),
+            crate::error::report(e),
             String::from("{}"),
         ),
     };

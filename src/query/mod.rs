@@ -43,8 +43,7 @@ pub type SqlCause = Box<dyn std::error::Error + Send + Sync>;
 #[derive(Debug, thiserror::Error)]
 pub enum QueryError {
     /// A SQL file, seed, check or table that DataFusion (or parstat) refused. The text ends
-    /// with the cause's, as it always did: what prints a chain of causes prints this error
-    /// alone (the command line's `query_error`) rather than its cause twice.
+    /// with the cause's, as it always did (`crate::error::report` does not repeat it).
     #[error("{file}: error: {source}")]
     Sql {
         file: String,

@@ -309,8 +309,9 @@ impl State {
             self.lost = Some(anyhow::anyhow!("{e}"));
             return;
         }
-        println!("failed: {e}");
-        tracing::error!(job = %p.name, error = %e, "job failed after its retries");
+        let shown = crate::error::report(&e);
+        println!("failed: {shown}");
+        tracing::error!(job = %p.name, error = %shown, "job failed after its retries");
         let now = crate::clock::now();
         // Stale data is not retried at once (its extracts were just run for it).
         let attempts = if matches!(e, JobError::Stale { .. }) {
@@ -320,7 +321,7 @@ impl State {
         };
         let tz = project.settings.timezone;
         let mut text = format!(
-            "Công việc `{}`, kỳ {} (lịch {}), thất bại sau {attempts} lần thử.\n\nLỗi:\n{e}\n",
+            "Công việc `{}`, kỳ {} (lịch {}), thất bại sau {attempts} lần thử.\n\nLỗi:\n{shown}\n",
             p.name,
             if key.1.is_empty() { "—" } else { &key.1 },
             fire.at.with_timezone(&tz).format("%H:%M:%S %d/%m/%Y"),
@@ -427,7 +428,8 @@ async fn run_fire(project: &Project, fire: &Fire, guard: &Guard) -> Result<Fired
                     && !matches!(e, JobError::Stale { .. })
                     && !e.lease_lost() =>
             {
-                tracing::warn!(job = %p.name, attempt, error = %e, "job failed; retrying");
+                let shown = crate::error::report(&e);
+                tracing::warn!(job = %p.name, attempt, error = %shown, "job failed; retrying");
                 tokio::time::sleep(delay).await;
                 delay *= 2;
                 attempt += 1;
