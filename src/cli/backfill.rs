@@ -70,7 +70,7 @@ pub async fn run(project_dir: &Path, args: BackfillArgs) -> Result<(), Failure> 
         outcome.skipped
     );
     for (job, period, e) in &outcome.failed {
-        eprintln!("error: {job} {period}: {e}");
+        eprintln!("error: {job} {period}: {}", crate::error::report(e));
     }
     if !outcome.failed.is_empty() {
         return Err(Failure::failed(anyhow::anyhow!(

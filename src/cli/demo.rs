@@ -182,14 +182,24 @@ async fn whole_job(project_dir: &Path, until: (i32, u32)) -> Result<(), Failure>
         outcome.succeeded, outcome.skipped
     );
     if let Some((job, period, e)) = outcome.failed.first() {
-        return Err(Failure::failed(anyhow::anyhow!("{job} {period}: {e}")));
+        return Err(Failure::failed(anyhow::anyhow!(
+            "{job} {period}: {}",
+            crate::error::report(e)
+        )));
     }
     for p in project.pipelines.iter().filter(|p| p.as_report().is_some()) {
         let rule = p.as_report().expect("filtered").period_rule;
         let period = crate::query::Period::new(until.0, until.1, rule);
         let o = crate::jobs::backfill::run_one(&project, p, period, true)
             .await
-            .map_err(|e| Failure::failed(anyhow::anyhow!("{} {}: {e}", p.name, period.label())))?;
+            .map_err(|e| {
+                Failure::failed(anyhow::anyhow!(
+                    "{} {}: {}",
+                    p.name,
+                    period.label(),
+                    crate::error::report(&e)
+                ))
+            })?;
         for d in &o.delivered {
             match &d.file {
                 Some(f) => println!("{}", f.display()),

@@ -105,7 +105,7 @@ pub async fn run(project_dir: &Path, args: ExtractArgs) -> Result<(), Failure> {
             }
             Err(e) => {
                 failed += 1;
-                eprintln!("error: extract `{n}` failed: {e}");
+                eprintln!("error: extract `{n}` failed: {}", crate::error::report(&e));
             }
         }
     }

@@ -52,7 +52,10 @@ pub async fn run(project_dir: &Path, args: RunArgs) -> Result<(), Failure> {
         outcome.skipped
     );
     if let Some((job, period, e)) = outcome.failed.first() {
-        return Err(Failure::failed(anyhow::anyhow!("{job} {period}: {e}")));
+        return Err(Failure::failed(anyhow::anyhow!(
+            "{job} {period}: {}",
+            crate::error::report(e)
+        )));
     }
     Ok(())
 }

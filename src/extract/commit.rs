@@ -38,10 +38,6 @@ pub(crate) struct Committer {
     pub rows_quarantined: u64,
 }
 
-fn data_error(e: impl std::fmt::Display) -> ExtractError {
-    ExtractError::Source(e.to_string())
-}
-
 impl Committer {
     /// Commits typed `chunk`s with their rejected rows, and marks `files` as loaded in the
     /// same commit; the `last` commit of a run also carries the watermark.
@@ -80,8 +76,7 @@ impl Committer {
             if !last {
                 return Ok(self);
             }
-            arrow::compute::concat_batches(&arrow_schema, &self.replace_batches)
-                .map_err(data_error)?
+            arrow::compute::concat_batches(&arrow_schema, &self.replace_batches)?
         } else {
             batch
         };
@@ -237,17 +232,13 @@ impl Committer {
         batch: RecordBatch,
     ) -> Result<(DeltaTable, RecordBatch, bool), ExtractError> {
         let schema = &self.schema;
-        let dedup = |b: &RecordBatch| {
-            warehouse::dedup(b, &schema.primary_key, schema.watermark.as_deref())
-                .map_err(data_error)
-        };
+        let dedup =
+            |b: &RecordBatch| warehouse::dedup(b, &schema.primary_key, schema.watermark.as_deref());
         let table = self.table.clone();
         let Some(keys) = self.new_keys.as_mut() else {
             return Ok((table, dedup(&batch)?, false));
         };
-        let (new, again) = keys
-            .split(&batch, &schema.primary_key)
-            .map_err(data_error)?;
+        let (new, again) = keys.split(&batch, &schema.primary_key)?;
         if again.num_rows() == 0 {
             return Ok((table, new, true));
         }
@@ -279,7 +270,7 @@ fn gather(
         batches.push(b);
         rejected.extend(r);
     }
-    let batch = arrow::compute::concat_batches(arrow_schema, &batches).map_err(data_error)?;
+    let batch = arrow::compute::concat_batches(arrow_schema, &batches)?;
     Ok((batch, rejected))
 }
 

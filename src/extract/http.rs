@@ -106,7 +106,7 @@ pub(crate) async fn stream(
         .timeout(src.timeout)
         .connect_timeout(src.limits.connect_timeout)
         .build()
-        .map_err(|e| ExtractError::Source(format!("cannot start the HTTP client: {e}")))?;
+        .map_err(|e| ExtractError::peer("cannot start the HTTP client", e))?;
     let url = format!(
         "{}/{}",
         src.base_url.trim_end_matches('/'),

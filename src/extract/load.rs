@@ -57,8 +57,10 @@ impl Slot {
 }
 
 async fn written(h: Writing) -> Result<Committer, ExtractError> {
-    h.await
-        .map_err(|e| ExtractError::Source(format!("the writer task stopped: {e}")))?
+    h.await.map_err(|source| ExtractError::Stopped {
+        what: "the writer task",
+        source,
+    })?
 }
 
 /// Typed rows and loaded files since the last commit.
@@ -323,7 +325,10 @@ impl Loader {
             (t, typed)
         })
         .await
-        .map_err(|e| ExtractError::Source(format!("typing the rows stopped: {e}")))?;
+        .map_err(|source| ExtractError::Stopped {
+            what: "typing the rows",
+            source,
+        })?;
         self.typing = Some(t);
         let (batch, rejected) = typed?;
         self.pending.count += batch.num_rows() + rejected.len();
@@ -384,9 +389,10 @@ fn source_result(
 ) -> Result<(), ExtractError> {
     match r {
         Ok(r) => r,
-        Err(e) => Err(ExtractError::Source(format!(
-            "the source task stopped: {e}"
-        ))),
+        Err(source) => Err(ExtractError::Stopped {
+            what: "the source task",
+            source,
+        }),
     }
 }
 

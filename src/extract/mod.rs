@@ -26,12 +26,38 @@ use crate::config::{Pipeline, Project};
 use crate::warehouse::lease::{Busy, Guard, GuardError, RunLease};
 use crate::warehouse::WarehouseError;
 
+/// Why an extract failed. Each variant's text already names its cause where it has one
+/// (`crate::error::report` shows it once); the cause itself stays reachable as its source.
 #[derive(Debug, thiserror::Error)]
 pub enum ExtractError {
     #[error("{0}")]
     Config(String),
+    /// What the source sent does not fit (columns, pages, formats): a message, no cause.
     #[error("{0}")]
     Source(String),
+    #[error("cannot connect to {source}")]
+    Connect {
+        #[source]
+        source: Cause,
+    },
+    /// A database or API refused or dropped a step of the run (`what`: which step).
+    #[error("{what}: {source}")]
+    Peer {
+        what: String,
+        #[source]
+        source: Cause,
+    },
+    #[error(transparent)]
+    Mysql(#[from] mysql_async::Error),
+    #[error(transparent)]
+    Arrow(#[from] arrow::error::ArrowError),
+    /// A task of the run (the source, the typing, the writer) stopped: a panic or a cancel.
+    #[error("{what} stopped: {source}")]
+    Stopped {
+        what: &'static str,
+        #[source]
+        source: tokio::task::JoinError,
+    },
     #[error("cannot read {path}: {source}")]
     Io {
         path: String,
@@ -56,7 +82,24 @@ pub enum ExtractError {
     },
 }
 
+/// The error a database or HTTP client gave.
+pub type Cause = Box<dyn std::error::Error + Send + Sync>;
+
 impl ExtractError {
+    /// `what` failed in the peer, because of `source`.
+    pub(crate) fn peer(what: impl Into<String>, source: impl Into<Cause>) -> Self {
+        ExtractError::Peer {
+            what: what.into(),
+            source: source.into(),
+        }
+    }
+
+    pub(crate) fn connect(source: impl Into<Cause>) -> Self {
+        ExtractError::Connect {
+            source: source.into(),
+        }
+    }
+
     pub fn io(path: &Path, source: std::io::Error) -> Self {
         ExtractError::Io {
             path: path.display().to_string(),

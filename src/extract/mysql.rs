@@ -109,7 +109,7 @@ pub(crate) async fn stream(
     let mut conn = limits
         .connect(PEER, my.connect())
         .await?
-        .map_err(|e| ExtractError::Source(format!("cannot connect to {e}")))?;
+        .map_err(ExtractError::connect)?;
     // `TIMESTAMP` columns are instants shown in the session's zone: in the project's, they
     // compare with the local watermark and read back as local times, whatever the server's
     // default. An offset, since named zones need the server's zone tables.
@@ -120,9 +120,10 @@ pub(crate) async fn stream(
         )
         .await?
         .map_err(|e| {
-            ExtractError::Source(format!(
-                "cannot set the session's time_zone to {utc_offset}: {e}"
-            ))
+            ExtractError::peer(
+                format!("cannot set the session's time_zone to {utc_offset}"),
+                e,
+            )
         })?;
     let uses = query.matches("$watermark").count();
     let sql = query.replace("$watermark", "?");
@@ -145,7 +146,7 @@ pub(crate) async fn stream(
     let mut result = limits
         .read(PEER, conn.exec_iter(sql, params))
         .await?
-        .map_err(|e| ExtractError::Source(format!("the pipeline's query failed: {e}")))?;
+        .map_err(|e| ExtractError::peer("the pipeline's query failed", e))?;
     let columns = result.columns().map(|c| c.to_vec()).unwrap_or_default();
     let names: Vec<String> = columns.iter().map(|c| c.name_str().into_owned()).collect();
     sink.columns(names.clone()).await?;
@@ -153,11 +154,11 @@ pub(crate) async fn stream(
     let mut stream = result
         .stream::<mysql_async::Row>()
         .await
-        .map_err(|e| ExtractError::Source(e.to_string()))?
+        .map_err(ExtractError::Mysql)?
         .ok_or_else(|| ExtractError::Source("the query returned no result set".into()))?;
     let mut n = 0u64;
     while let Some(row) = limits.read(PEER, stream.next()).await? {
-        let row = row.map_err(|e| ExtractError::Source(format!("reading row {}: {e}", n + 1)))?;
+        let row = row.map_err(|e| ExtractError::peer(format!("reading row {}", n + 1), e))?;
         n += 1;
         let mut errors = Vec::new();
         let values = row.unwrap();
@@ -184,8 +185,6 @@ pub(crate) async fn stream(
         .await?;
     }
     drop(stream);
-    conn.disconnect()
-        .await
-        .map_err(|e| ExtractError::Source(e.to_string()))?;
+    conn.disconnect().await.map_err(ExtractError::Mysql)?;
     Ok(())
 }

@@ -221,7 +221,7 @@ pub(crate) async fn stream(
     let (client, conn) = limits
         .connect("PostgreSQL", pg.connect())
         .await?
-        .map_err(|e| ExtractError::Source(format!("cannot connect to {e}")))?;
+        .map_err(ExtractError::connect)?;
     let task = tokio::spawn(conn);
     // Casts and date functions in the query see the project's zone, whatever the server's
     // or the role's default.
@@ -232,14 +232,15 @@ pub(crate) async fn stream(
         )
         .await?
         .map_err(|e| {
-            ExtractError::Source(format!(
-                "cannot set the session's TimeZone to {timezone}: {e}"
-            ))
+            ExtractError::peer(
+                format!("cannot set the session's TimeZone to {timezone}"),
+                e,
+            )
         })?;
     let stmt = limits
         .read("PostgreSQL", client.prepare(query))
         .await?
-        .map_err(|e| ExtractError::Source(format!("the pipeline's query does not prepare: {e}")))?;
+        .map_err(|e| ExtractError::peer("the pipeline's query does not prepare", e))?;
     let mut decoders = Vec::new();
     for c in stmt.columns() {
         names.push(c.name().to_string());
@@ -256,13 +257,13 @@ pub(crate) async fn stream(
     let stream = limits
         .read("PostgreSQL", client.copy_out(copy.as_str()))
         .await?
-        .map_err(|e| ExtractError::Source(format!("COPY failed: {e}")))?;
+        .map_err(|e| ExtractError::peer("COPY failed", e))?;
     futures_util::pin_mut!(stream);
     let mut copy = CopyDecoder::new(decoders, names);
     let mut rows = Vec::new();
     while let Some(chunk) = limits.read("PostgreSQL", stream.next()).await? {
         let chunk = chunk.map_err(|e| {
-            ExtractError::Source(format!("COPY stream failed after {} rows: {e}", copy.rows))
+            ExtractError::peer(format!("COPY stream failed after {} rows", copy.rows), e)
         })?;
         sink.count_bytes(chunk.len() as u64);
         copy.feed(chunk, &mut rows)?;

@@ -121,8 +121,7 @@ impl Typing {
             });
         }
         let mask = arrow::array::BooleanArray::from(keep);
-        let batch = arrow::compute::filter_record_batch(&batch, &mask)
-            .map_err(|e| ExtractError::Source(e.to_string()))?;
+        let batch = arrow::compute::filter_record_batch(&batch, &mask)?;
         Ok((batch, rejected))
     }
 
@@ -171,9 +170,7 @@ impl Typing {
                 });
             }
         }
-        let batch = plan
-            .finish(&mut builders)
-            .map_err(|e| ExtractError::Source(e.to_string()))?;
+        let batch = plan.finish(&mut builders)?;
         Ok((batch, rejected, kept_rows))
     }
 
