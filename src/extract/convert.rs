@@ -302,50 +302,7 @@ impl RowPlan {
                 },
                 _ => Err(bad()),
             },
-            t if t.is_integer() => {
-                let out_of_range = || format!("{cell} is out of range for {t}");
-                let i = match cell {
-                    Cell::Int(i) => *i,
-                    // `as` would saturate: 1e300 is no i64::MAX.
-                    Cell::Float(f) if f.fract() == 0.0 => {
-                        if (-I64_BOUND..I64_BOUND).contains(f) {
-                            *f as i64
-                        } else {
-                            return Err(out_of_range());
-                        }
-                    }
-                    Cell::Text(s) => match s.trim().parse::<i64>() {
-                        Ok(i) => i,
-                        Err(e)
-                            if matches!(
-                                e.kind(),
-                                std::num::IntErrorKind::PosOverflow
-                                    | std::num::IntErrorKind::NegOverflow
-                            ) =>
-                        {
-                            return Err(out_of_range())
-                        }
-                        Err(_) => return Err(bad()),
-                    },
-                    Cell::Decimal(v, s) => {
-                        let whole = rescale(*v, *s, 0).ok_or_else(bad)?;
-                        i64::try_from(whole).map_err(|_| out_of_range())?
-                    }
-                    _ => return Err(bad()),
-                };
-                let (lo, hi): (i64, i64) = match t {
-                    DataType::UInt8 => (0, u8::MAX as i64),
-                    DataType::UInt16 => (0, u16::MAX as i64),
-                    DataType::UInt32 => (0, u32::MAX as i64),
-                    DataType::Int16 => (i16::MIN as i64, i16::MAX as i64),
-                    DataType::Int32 => (i32::MIN as i64, i32::MAX as i64),
-                    _ => (i64::MIN, i64::MAX),
-                };
-                if i < lo || i > hi {
-                    return Err(format!("{i} is out of range for {t}"));
-                }
-                Ok(Typed::Int(i))
-            }
+            t if t.is_integer() => typed_int(t, cell),
             DataType::Float64 => match cell {
                 Cell::Float(f) => Ok(Typed::Float(*f)),
                 Cell::Int(i) => Ok(Typed::Float(*i as f64)),
@@ -353,81 +310,28 @@ impl RowPlan {
                 Cell::Text(s) => s.trim().parse::<f64>().map(Typed::Float).map_err(|_| bad()),
                 _ => Err(bad()),
             },
-            DataType::Decimal128(precision, scale) => {
-                let t = &c.data_type;
-                let out_of_range = || {
-                    format!(
-                        "{cell} is out of range for {t}: at most {} digits before the decimal point",
-                        *precision as i32 - *scale as i32
-                    )
-                };
-                let (v, s) = match cell {
-                    Cell::Decimal(v, s) => (*v, *s),
-                    Cell::Int(i) => (*i as i128, 0),
-                    Cell::Text(x) => match parse_decimal(x.trim()) {
-                        Ok(d) => d,
-                        Err(DecimalError::TooLong) => return Err(out_of_range()),
-                        Err(DecimalError::NotANumber) => return Err(bad()),
-                    },
-                    Cell::Float(f) => {
-                        let scaled = (f * 10f64.powi(*scale as i32)).round();
-                        // `as` would saturate (and make 0 of NaN).
-                        if !(scaled.is_finite() && scaled.abs() < 1e38) {
-                            return Err(out_of_range());
-                        }
-                        (scaled as i128, *scale)
-                    }
-                    _ => return Err(bad()),
-                };
-                let v = rescale(v, s, *scale).ok_or_else(|| {
-                    if s > *scale {
-                        format!("{cell} has more decimals than {scale}")
-                    } else {
-                        out_of_range()
-                    }
-                })?;
-                // A value past the column's precision is refused here rather than by the
-                // table's writer, which would fail the whole commit.
-                match 10i128.checked_pow(*precision as u32) {
-                    Some(bound) if v.unsigned_abs() >= bound as u128 => Err(out_of_range()),
-                    _ => Ok(Typed::Dec(v)),
-                }
-            }
-            DataType::Date32 => {
-                let d = match cell {
-                    Cell::Date(d) => *d,
-                    Cell::Local(t) => t.date(),
-                    Cell::Text(s) => {
-                        let s = s.trim();
-                        match &c.format {
-                            Some(f) => NaiveDate::parse_from_str(s, f)
-                                .map_err(|e| format!("{cell} does not match format {f:?}: {e}"))?,
-                            None => NaiveDate::parse_from_str(s, "%Y-%m-%d").map_err(|_| bad())?,
-                        }
-                    }
-                    _ => return Err(bad()),
-                };
-                if !sane_year(d.year()) {
-                    return Err(format!("{cell}: {OUT_OF_YEARS}"));
-                }
-                Ok(Typed::Days(d.num_days_from_ce() - 719_163))
-            }
-            DataType::Timestamp(TimeUnit::Microsecond, _) => {
-                let us = match cell {
-                    Cell::Instant(us) => *us,
-                    Cell::Local(t) => self.local_micros(*t).ok_or_else(bad)?,
-                    Cell::Date(d) => self
-                        .local_micros(d.and_hms_opt(0, 0, 0).expect("midnight"))
-                        .ok_or_else(bad)?,
-                    Cell::Text(s) => self
-                        .parse_time(s.trim(), c.format.as_deref())
-                        .map_err(|e| format!("{cell}: {e}"))?,
-                    _ => return Err(bad()),
-                };
-                Ok(Typed::Micros(us))
-            }
+            DataType::Decimal128(precision, scale) => typed_decimal(c, *precision, *scale, cell),
+            DataType::Date32 => typed_date(c, cell),
+            DataType::Timestamp(TimeUnit::Microsecond, _) => self.typed_time(c, cell),
             other => Err(format!("unsupported column type {other}")),
         }
+    }
+
+    /// A timestamp column's value as a UTC instant in microseconds.
+    fn typed_time<'a>(&self, c: &ColumnPlan, cell: &'a Cell) -> Result<Typed<'a>, String> {
+        let bad = || format!("cannot read {cell} as {}", c.data_type);
+        let us = match cell {
+            Cell::Instant(us) => *us,
+            Cell::Local(t) => self.local_micros(*t).ok_or_else(bad)?,
+            Cell::Date(d) => self
+                .local_micros(d.and_hms_opt(0, 0, 0).expect("midnight"))
+                .ok_or_else(bad)?,
+            Cell::Text(s) => self
+                .parse_time(s.trim(), c.format.as_deref())
+                .map_err(|e| format!("{cell}: {e}"))?,
+            _ => return Err(bad()),
+        };
+        Ok(Typed::Micros(us))
     }
 
     /// A local time of the project's zone as a UTC instant (the earlier one when the local
@@ -544,6 +448,123 @@ const OUT_OF_YEARS: &str = "out of range: the year must be between 1 and 9999";
 
 fn sane_year(y: i32) -> bool {
     (1..=9999).contains(&y)
+}
+
+/// An integer column's value, within the range of its type.
+fn typed_int<'a>(t: &DataType, cell: &'a Cell) -> Result<Typed<'a>, String> {
+    let bad = || format!("cannot read {cell} as {t}");
+    let out_of_range = || format!("{cell} is out of range for {t}");
+    let i = match cell {
+        Cell::Int(i) => *i,
+        // `as` would saturate: 1e300 is no i64::MAX.
+        Cell::Float(f) if f.fract() == 0.0 => {
+            if (-I64_BOUND..I64_BOUND).contains(f) {
+                *f as i64
+            } else {
+                return Err(out_of_range());
+            }
+        }
+        Cell::Text(s) => match s.trim().parse::<i64>() {
+            Ok(i) => i,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::num::IntErrorKind::PosOverflow | std::num::IntErrorKind::NegOverflow
+                ) =>
+            {
+                return Err(out_of_range())
+            }
+            Err(_) => return Err(bad()),
+        },
+        Cell::Decimal(v, s) => {
+            let whole = rescale(*v, *s, 0).ok_or_else(bad)?;
+            i64::try_from(whole).map_err(|_| out_of_range())?
+        }
+        _ => return Err(bad()),
+    };
+    let (lo, hi): (i64, i64) = match t {
+        DataType::UInt8 => (0, u8::MAX as i64),
+        DataType::UInt16 => (0, u16::MAX as i64),
+        DataType::UInt32 => (0, u32::MAX as i64),
+        DataType::Int16 => (i16::MIN as i64, i16::MAX as i64),
+        DataType::Int32 => (i32::MIN as i64, i32::MAX as i64),
+        _ => (i64::MIN, i64::MAX),
+    };
+    if i < lo || i > hi {
+        return Err(format!("{i} is out of range for {t}"));
+    }
+    Ok(Typed::Int(i))
+}
+
+/// A decimal column's value at the column's scale, within its precision.
+fn typed_decimal<'a>(
+    c: &ColumnPlan,
+    precision: u8,
+    scale: i8,
+    cell: &'a Cell,
+) -> Result<Typed<'a>, String> {
+    let bad = || format!("cannot read {cell} as {}", c.data_type);
+    let (precision, scale) = (&precision, &scale);
+    let t = &c.data_type;
+    let out_of_range = || {
+        format!(
+            "{cell} is out of range for {t}: at most {} digits before the decimal point",
+            *precision as i32 - *scale as i32
+        )
+    };
+    let (v, s) = match cell {
+        Cell::Decimal(v, s) => (*v, *s),
+        Cell::Int(i) => (*i as i128, 0),
+        Cell::Text(x) => match parse_decimal(x.trim()) {
+            Ok(d) => d,
+            Err(DecimalError::TooLong) => return Err(out_of_range()),
+            Err(DecimalError::NotANumber) => return Err(bad()),
+        },
+        Cell::Float(f) => {
+            let scaled = (f * 10f64.powi(*scale as i32)).round();
+            // `as` would saturate (and make 0 of NaN).
+            if !(scaled.is_finite() && scaled.abs() < 1e38) {
+                return Err(out_of_range());
+            }
+            (scaled as i128, *scale)
+        }
+        _ => return Err(bad()),
+    };
+    let v = rescale(v, s, *scale).ok_or_else(|| {
+        if s > *scale {
+            format!("{cell} has more decimals than {scale}")
+        } else {
+            out_of_range()
+        }
+    })?;
+    // A value past the column's precision is refused here rather than by the
+    // table's writer, which would fail the whole commit.
+    match 10i128.checked_pow(*precision as u32) {
+        Some(bound) if v.unsigned_abs() >= bound as u128 => Err(out_of_range()),
+        _ => Ok(Typed::Dec(v)),
+    }
+}
+
+/// A date column's value as days since 1970-01-01.
+fn typed_date<'a>(c: &ColumnPlan, cell: &'a Cell) -> Result<Typed<'a>, String> {
+    let bad = || format!("cannot read {cell} as {}", c.data_type);
+    let d = match cell {
+        Cell::Date(d) => *d,
+        Cell::Local(t) => t.date(),
+        Cell::Text(s) => {
+            let s = s.trim();
+            match &c.format {
+                Some(f) => NaiveDate::parse_from_str(s, f)
+                    .map_err(|e| format!("{cell} does not match format {f:?}: {e}"))?,
+                None => NaiveDate::parse_from_str(s, "%Y-%m-%d").map_err(|_| bad())?,
+            }
+        }
+        _ => return Err(bad()),
+    };
+    if !sane_year(d.year()) {
+        return Err(format!("{cell}: {OUT_OF_YEARS}"));
+    }
+    Ok(Typed::Days(d.num_days_from_ce() - 719_163))
 }
 
 fn sane_instant(t: DateTime<chrono::FixedOffset>) -> Result<i64, String> {

@@ -296,16 +296,7 @@ pub(crate) fn read_ndjson_from(
             check_fields(&format!("{rel}:{n}"), &rec.keys().cloned().collect(), job)?;
             checked = true;
         }
-        let mut cells = Vec::with_capacity(columns.len());
-        for c in columns {
-            match eval(&job.columns[c], &rec) {
-                Ok(cell) => cells.push(cell),
-                Err(e) => {
-                    errors.push(format!("{c}: {e}"));
-                    cells.push(Cell::Null);
-                }
-            }
-        }
+        let cells = record_cells(&rec, job, columns, &mut errors);
         rows(RawRow {
             position,
             cells,
@@ -314,6 +305,25 @@ pub(crate) fn read_ndjson_from(
         })?;
     }
     Ok(())
+}
+
+/// A JSON record's cells in the order of `columns`; what cannot be read is a reason in
+/// `errors` and a null cell.
+fn record_cells(
+    rec: &serde_json::Map<String, serde_json::Value>,
+    job: &ExtractJob,
+    columns: &[String],
+    errors: &mut Vec<String>,
+) -> Vec<Cell> {
+    columns
+        .iter()
+        .map(|c| {
+            eval(&job.columns[c], rec).unwrap_or_else(|e| {
+                errors.push(format!("{c}: {e}"));
+                Cell::Null
+            })
+        })
+        .collect()
 }
 
 /// The reason given for a line or record above `max_record_mb`.
@@ -449,33 +459,7 @@ pub(crate) fn read_csv_from(
             break;
         }
         let line = rec.position().map(|p| p.line()).unwrap_or(0);
-        let mut errors = Vec::new();
-        let misshapen = rec.len() != headers.len();
-        if misshapen {
-            errors.push(format!(
-                "{} fields where the header has {}: the cells cannot be matched to their columns, so every cell is kept hashed; quote values that hold the delimiter",
-                rec.len(),
-                headers.len()
-            ));
-        }
-        let cells = index
-            .iter()
-            .zip(columns)
-            .map(|(i, c)| match i.and_then(|i| rec.get(i)) {
-                None => Cell::Null,
-                Some(b) => match std::str::from_utf8(b) {
-                    Ok("") => Cell::Null,
-                    Ok(s) => Cell::Text(s.into()),
-                    Err(e) => {
-                        errors.push(format!(
-                            "{c}: broken encoding: invalid UTF-8 at byte {}",
-                            e.valid_up_to()
-                        ));
-                        Cell::Text(String::from_utf8_lossy(b).into_owned().into())
-                    }
-                },
-            })
-            .collect();
+        let (cells, errors, misshapen) = csv_cells(&rec, headers.len(), &index, columns);
         rows(RawRow {
             position: Position::Line(file.clone(), line),
             cells,
@@ -484,6 +468,44 @@ pub(crate) fn read_csv_from(
         })?;
     }
     Ok(())
+}
+
+/// A CSV record's cells in the order of `columns` (`index`: each one's field in the record),
+/// the problems found, and whether its shape differs from the header's.
+fn csv_cells(
+    rec: &csv::ByteRecord,
+    header_len: usize,
+    index: &[Option<usize>],
+    columns: &[String],
+) -> (Vec<Cell>, Vec<String>, bool) {
+    let mut errors = Vec::new();
+    let misshapen = rec.len() != header_len;
+    if misshapen {
+        errors.push(format!(
+            "{} fields where the header has {}: the cells cannot be matched to their columns, so every cell is kept hashed; quote values that hold the delimiter",
+            rec.len(),
+            header_len
+        ));
+    }
+    let cells = index
+        .iter()
+        .zip(columns)
+        .map(|(i, c)| match i.and_then(|i| rec.get(i)) {
+            None => Cell::Null,
+            Some(b) => match std::str::from_utf8(b) {
+                Ok("") => Cell::Null,
+                Ok(s) => Cell::Text(s.into()),
+                Err(e) => {
+                    errors.push(format!(
+                        "{c}: broken encoding: invalid UTF-8 at byte {}",
+                        e.valid_up_to()
+                    ));
+                    Cell::Text(String::from_utf8_lossy(b).into_owned().into())
+                }
+            },
+        })
+        .collect();
+    (cells, errors, misshapen)
 }
 
 /// Excel's serial dates are days since 1899-12-30; it shows 0 to 2958465 (9999-12-31).

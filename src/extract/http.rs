@@ -128,14 +128,7 @@ pub(crate) async fn stream(
         }
         let (body, size) = fetch(&client, &url, src, &since, page).await?;
         sink.count_bytes(size);
-        let (list, end) = match (body, src.records.as_deref()) {
-            (Value::Array(a), _) => (a, Declared::Unknown),
-            (Value::Object(mut o), Some(field)) => match o.remove(field) {
-                Some(Value::Array(a)) => (a, declared(&o, page, src.page_size)),
-                _ => return Err(ExtractError::Source(format!("{url} page {page}: no `{field}` list in the response"))),
-            },
-            _ => return Err(ExtractError::Source(format!("{url} page {page}: expected a JSON list of records (or set `records` to the field that holds them)"))),
-        };
+        let (list, end) = page_records(body, src, &url, page)?;
         if list.is_empty() {
             break;
         }
@@ -153,41 +146,14 @@ pub(crate) async fn stream(
         for (i, rec) in list.iter().enumerate() {
             n += 1;
             let position = Position::Text(format!("page {page} record {}", i + 1));
-            let Value::Object(rec) = rec else {
-                sink.push(RawRow {
-                    position,
-                    cells: vec![super::cell::Cell::Null; columns.len()],
-                    errors: vec!["not a JSON object".into()],
-                    misshapen: false,
-                })
-                .await?;
-                continue;
-            };
             if !checked {
-                check_fields(
-                    &format!("{url} page {page}"),
-                    &rec.keys().cloned().collect(),
-                    job,
-                )?;
-                checked = true;
+                if let Value::Object(rec) = rec {
+                    let fields = rec.keys().cloned().collect();
+                    check_fields(&format!("{url} page {page}"), &fields, job)?;
+                    checked = true;
+                }
             }
-            let mut errors = Vec::new();
-            let cells = columns
-                .iter()
-                .map(|c| {
-                    eval(&job.columns[c], rec).unwrap_or_else(|e| {
-                        errors.push(format!("{c}: {e}"));
-                        super::cell::Cell::Null
-                    })
-                })
-                .collect();
-            sink.push(RawRow {
-                position,
-                cells,
-                errors,
-                misshapen: false,
-            })
-            .await?;
+            sink.push(record_row(rec, position, job, columns)).await?;
         }
         if end == Declared::Last {
             break;
@@ -196,6 +162,55 @@ pub(crate) async fn stream(
     }
     tracing::debug!(records = n, "http source read");
     Ok(())
+}
+
+/// A page's records and what the page says of the pages after it.
+fn page_records(
+    body: Value,
+    src: &HttpSource,
+    url: &str,
+    page: u64,
+) -> Result<(Vec<Value>, Declared), ExtractError> {
+    match (body, src.records.as_deref()) {
+        (Value::Array(a), _) => Ok((a, Declared::Unknown)),
+        (Value::Object(mut o), Some(field)) => match o.remove(field) {
+            Some(Value::Array(a)) => Ok((a, declared(&o, page, src.page_size))),
+            _ => Err(ExtractError::Source(format!(
+                "{url} page {page}: no `{field}` list in the response"
+            ))),
+        },
+        _ => Err(ExtractError::Source(format!(
+            "{url} page {page}: expected a JSON list of records (or set `records` to the field that holds them)"
+        ))),
+    }
+}
+
+/// One record as a row of the dataset's columns; what cannot be read goes to the quarantine.
+fn record_row(rec: &Value, position: Position, job: &ExtractJob, columns: &[String]) -> RawRow {
+    let Value::Object(rec) = rec else {
+        return RawRow {
+            position,
+            cells: vec![super::cell::Cell::Null; columns.len()],
+            errors: vec!["not a JSON object".into()],
+            misshapen: false,
+        };
+    };
+    let mut errors = Vec::new();
+    let cells = columns
+        .iter()
+        .map(|c| {
+            eval(&job.columns[c], rec).unwrap_or_else(|e| {
+                errors.push(format!("{c}: {e}"));
+                super::cell::Cell::Null
+            })
+        })
+        .collect();
+    RawRow {
+        position,
+        cells,
+        errors,
+        misshapen: false,
+    }
 }
 
 /// Why one attempt at a page failed.

@@ -115,14 +115,7 @@ pub(super) async fn run(
     let producer = src.spawn(tx);
     let committer = Committer {
         arrow_schema: None,
-        parquet: warehouse::writer_properties(
-            // A one-column key is unique per row, hashed personal data random.
-            match schema.primary_key.as_slice() {
-                [one] => std::slice::from_ref(one),
-                _ => &[],
-            },
-            &hashed,
-        ),
+        parquet: writer_properties(&schema, &hashed),
         new_keys: first_load_keys(&table, &job)?,
         schema: schema.clone(),
         job: job.clone(),
@@ -184,6 +177,19 @@ fn job_and_schema(
         .ok_or_else(|| ExtractError::Config(format!("unknown dataset `{}`", job.dataset)))?
         .clone();
     Ok((job, schema))
+}
+
+/// The Parquet settings of the dataset's files: a one-column key is unique per row, hashed
+/// personal data random.
+fn writer_properties(
+    schema: &Schema,
+    hashed: &[String],
+) -> deltalake::parquet::file::properties::WriterProperties {
+    let unique = match schema.primary_key.as_slice() {
+        [one] => std::slice::from_ref(one),
+        _ => &[],
+    };
+    warehouse::writer_properties(unique, hashed)
 }
 
 /// A table empty at the start of the run takes its rows by appends, merging only keys seen

@@ -95,6 +95,50 @@ impl Source for Query {
     }
 }
 
+/// `query` with each `$watermark` a positional parameter, and the parameters.
+fn bind_watermark(query: &str, watermark: NaiveDateTime) -> (String, mysql_async::Params) {
+    use chrono::{Datelike, Timelike};
+    let uses = query.matches("$watermark").count();
+    let sql = query.replace("$watermark", "?");
+    let w = Value::Date(
+        watermark.year() as u16,
+        watermark.month() as u8,
+        watermark.day() as u8,
+        watermark.hour() as u8,
+        watermark.minute() as u8,
+        watermark.second() as u8,
+        watermark.nanosecond() / 1000,
+    );
+    let params: Vec<Value> = (0..uses).map(|_| w.clone()).collect();
+    if params.is_empty() {
+        (sql, mysql_async::Params::Empty)
+    } else {
+        (sql, mysql_async::Params::Positional(params))
+    }
+}
+
+/// Row `n` of the result as cells; a value that cannot be read is a reason to quarantine it.
+fn row_of(values: Vec<Value>, types: &[ColumnType], names: &[String], n: u64) -> RawRow {
+    let mut errors = Vec::new();
+    let cells = values
+        .into_iter()
+        .zip(types)
+        .enumerate()
+        .map(|(i, (v, t))| {
+            cell(v, *t).unwrap_or_else(|e| {
+                errors.push(format!("{}: {e}", names[i]));
+                Cell::Null
+            })
+        })
+        .collect();
+    RawRow {
+        position: Position::Row(n),
+        cells,
+        errors,
+        misshapen: false,
+    }
+}
+
 /// Streams `query`'s rows with `$watermark` bound to `watermark` (local time).
 pub(crate) async fn stream(
     url: &str,
@@ -125,24 +169,7 @@ pub(crate) async fn stream(
                 e,
             )
         })?;
-    let uses = query.matches("$watermark").count();
-    let sql = query.replace("$watermark", "?");
-    use chrono::{Datelike, Timelike};
-    let w = Value::Date(
-        watermark.year() as u16,
-        watermark.month() as u8,
-        watermark.day() as u8,
-        watermark.hour() as u8,
-        watermark.minute() as u8,
-        watermark.second() as u8,
-        watermark.nanosecond() / 1000,
-    );
-    let params: Vec<Value> = (0..uses).map(|_| w.clone()).collect();
-    let params = if params.is_empty() {
-        mysql_async::Params::Empty
-    } else {
-        mysql_async::Params::Positional(params)
-    };
+    let (sql, params) = bind_watermark(query, watermark);
     let mut result = limits
         .read(PEER, conn.exec_iter(sql, params))
         .await?
@@ -160,29 +187,11 @@ pub(crate) async fn stream(
     while let Some(row) = limits.read(PEER, stream.next()).await? {
         let row = row.map_err(|e| ExtractError::peer(format!("reading row {}", n + 1), e))?;
         n += 1;
-        let mut errors = Vec::new();
         let values = row.unwrap();
         // The driver does not expose the bytes on the wire: the values' own sizes in the
         // binary protocol stand for them in the job's summary.
         sink.count_bytes(values.iter().map(wire_size).sum());
-        let cells = values
-            .into_iter()
-            .zip(&types)
-            .enumerate()
-            .map(|(i, (v, t))| {
-                cell(v, *t).unwrap_or_else(|e| {
-                    errors.push(format!("{}: {e}", names[i]));
-                    Cell::Null
-                })
-            })
-            .collect();
-        sink.push(RawRow {
-            position: Position::Row(n),
-            cells,
-            errors,
-            misshapen: false,
-        })
-        .await?;
+        sink.push(row_of(values, &types, &names, n)).await?;
     }
     drop(stream);
     conn.disconnect().await.map_err(ExtractError::Mysql)?;

@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Checks that a change left the demo's output byte for byte as it was: builds parstat at REV
+# (default: the last commit before the working tree's changes, HEAD~1) beside the working
+# tree, runs both on the same generated demo data, and compares each report's tables (CSV)
+# and email (HTML and text) for several months, the run ids masked.
+#
+#   scripts/same_output.sh [REV] [PERIOD ...]      e.g. scripts/same_output.sh 7a95131
+#
+# Exit code 0 when everything is identical, 1 with the differences otherwise.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/parstat-target}"
+export PARSTAT_PII_KEY="same-output-check-key"
+rev="${1:-HEAD~1}"
+shift || true
+periods=("$@")
+[ ${#periods[@]} -gt 0 ] || periods=(2025-12 2026-06 2026-10)
+
+work="$(mktemp -d)"
+trap 'git worktree remove --force "$work/old" >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
+log() { printf '==> %s\n' "$*" >&2; }
+
+# Each side is built as the tests build it (`cargo test --no-run`), so no dependency is built
+# with other features; the binary is copied out before the other side's build replaces it.
+build() { # dir out
+    log "building $1"
+    (cd "$1" && cargo test --all-targets --no-run -q >/dev/null 2>&1) \
+        || (cd "$1" && cargo test --all-targets --no-run)
+    cp "$CARGO_TARGET_DIR/debug/parstat" "$2"
+}
+git worktree add -q --detach "$work/old" "$rev"
+build "$work/old" "$work/parstat-old"
+build . "$work/parstat-new"
+
+# Each side's project is its own revision's (parstat.toml, pipelines, schemas, SQL, templates)
+# over the same generated data.
+project() { # source-dir dest
+    mkdir -p "$2"
+    for f in parstat.toml pipelines schemas sql reports; do
+        [ -e "$1/$f" ] && cp -a "$1/$f" "$2/"
+    done
+}
+log "generating the demo data once"
+project . "$work/new"
+"$work/parstat-new" --project "$work/new" -q demo --data-only --dossiers 40000 --seed 7 \
+    --until 2026-10 >/dev/null
+project "$work/old/" "$work/old-project"
+cp -a "$work/new/data" "$work/old-project/"
+
+status=0
+for side in old new; do
+    dir="$work/new"
+    [ "$side" = old ] && dir="$work/old-project"
+    "$work/parstat-$side" --project "$dir" -q extract --all >/dev/null
+    for report in monthly_par monthly_investment; do
+        for p in "${periods[@]}"; do
+            out="$work/$side-out/$report-$p"
+            "$work/parstat-$side" --project "$dir" -q report "$report" --period "$p" \
+                --preview "$out" >/dev/null
+            run_id="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["run_id"])' "$out/report.json")"
+            mkdir -p "$work/$side-cmp/$report-$p"
+            for f in "$out"/*.csv "$out/email.html" "$out/email.txt"; do
+                sed "s/$run_id/[run]/g" "$f" > "$work/$side-cmp/$report-$p/$(basename "$f")"
+            done
+        done
+    done
+done
+if diff -r "$work/old-cmp" "$work/new-cmp"; then
+    files=$(find "$work/new-cmp" -type f | wc -l)
+    echo "identical: $files files (tables and emails of ${#periods[@]} months of both reports) at $rev and in the working tree"
+else
+    status=1
+fi
+exit $status
