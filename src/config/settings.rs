@@ -271,7 +271,6 @@ fn known_keys() -> Vec<&'static str> {
     .concat()
 }
 
-/// Parses and validates `parstat.toml`; every problem goes to `diags`.
 /// The files the settings name, which must exist before anything runs: `[mail.smtp] ca_file`
 /// must hold a PEM certificate (a missing one would only fail the first send).
 pub fn check_files(
@@ -304,103 +303,20 @@ pub fn check_files(
     }
 }
 
+/// Parses and validates `parstat.toml`; every problem goes to `diags`.
 pub fn load(src: &Source, diags: &mut Diagnostics) -> Option<Settings> {
     let raw: RawSettings = toml_file::parse(src, &known_keys(), diags)?;
     let before = diags.error_count();
-
-    let (name, timezone) = match &raw.project {
-        None => {
-            diags.error_at(
-                src,
-                0..0,
-                "missing `[project]` table",
-                Some(
-                    "add `[project]` with `name = \"...\"` and `timezone = \"Asia/Ho_Chi_Minh\"`"
-                        .into(),
-                ),
-            );
-            (String::new(), chrono_tz::Asia::Ho_Chi_Minh)
-        }
-        Some(p) => {
-            let p = p.get_ref();
-            let tz = match &p.timezone {
-                None => chrono_tz::Asia::Ho_Chi_Minh,
-                Some(tz) => match tz.get_ref().parse::<chrono_tz::Tz>() {
-                    Ok(t) => t,
-                    Err(_) => {
-                        diags.error_at(
-                            src,
-                            tz.span(),
-                            format!("unknown time zone `{}`", tz.get_ref()),
-                            Some("use an IANA name such as `Asia/Ho_Chi_Minh`".into()),
-                        );
-                        chrono_tz::Asia::Ho_Chi_Minh
-                    }
-                },
-            };
-            if p.name.get_ref().trim().is_empty() {
-                diags.error_at(src, p.name.span(), "project name is empty", None);
-            }
-            (p.name.get_ref().clone(), tz)
-        }
-    };
-
-    let warehouse_url = match &raw.warehouse {
-        None => "warehouse".to_string(),
-        Some(w) => {
-            let url = w.url.get_ref();
-            let scheme_ok =
-                !url.contains("://") || url.starts_with("file://") || url.starts_with("s3://");
-            if !scheme_ok {
-                diags.error_at(
-                    src,
-                    w.url.span(),
-                    format!("unsupported warehouse url `{url}`"),
-                    Some("use a folder, `file:///path` or `s3://bucket/prefix`".into()),
-                );
-            }
-            check_env_syntax(src, &w.url, diags);
-            url.clone()
-        }
-    };
-
+    let (name, timezone) = project(src, raw.project.as_ref(), diags);
+    let warehouse_url = warehouse_url(src, raw.warehouse.as_ref(), diags);
     let mail = load_mail(src, raw.mail.as_ref(), diags);
-
     let mut connections = BTreeMap::new();
     for (cname, c) in &raw.connections {
         if let Some(conn) = load_connection(src, cname, c, diags) {
             connections.insert(cname.clone(), conn);
         }
     }
-
-    let mut scheduler = SchedulerSettings::default();
-    if let Some(r) = &raw.scheduler {
-        for (v, slot, what) in [
-            (
-                &r.lease_seconds,
-                &mut scheduler.lease_seconds,
-                "lease_seconds",
-            ),
-            (
-                &r.grace_seconds,
-                &mut scheduler.grace_seconds,
-                "grace_seconds",
-            ),
-            (
-                &r.retry_minutes,
-                &mut scheduler.retry_minutes,
-                "retry_minutes",
-            ),
-            (&r.retry_hours, &mut scheduler.retry_hours, "retry_hours"),
-        ] {
-            if let Some(v) = v {
-                if *v.get_ref() == 0 && what != "retry_hours" {
-                    diags.error_at(src, v.span(), format!("`{what}` must be at least 1"), None);
-                }
-                *slot = *v.get_ref();
-            }
-        }
-    }
+    let scheduler = scheduler(src, raw.scheduler.as_ref(), diags);
 
     (diags.error_count() == before).then_some(Settings {
         name,
@@ -412,6 +328,112 @@ pub fn load(src: &Source, diags: &mut Diagnostics) -> Option<Settings> {
     })
 }
 
+/// `[project]`: a name that is not empty, and the time zone.
+fn project(
+    src: &Source,
+    raw: Option<&Spanned<RawProject>>,
+    diags: &mut Diagnostics,
+) -> (String, chrono_tz::Tz) {
+    let Some(p) = raw else {
+        diags.error_at(
+            src,
+            0..0,
+            "missing `[project]` table",
+            Some(
+                "add `[project]` with `name = \"...\"` and `timezone = \"Asia/Ho_Chi_Minh\"`"
+                    .into(),
+            ),
+        );
+        return (String::new(), chrono_tz::Asia::Ho_Chi_Minh);
+    };
+    let p = p.get_ref();
+    let tz = timezone(src, p.timezone.as_ref(), diags);
+    if p.name.get_ref().trim().is_empty() {
+        diags.error_at(src, p.name.span(), "project name is empty", None);
+    }
+    (p.name.get_ref().clone(), tz)
+}
+
+/// `timezone`: an IANA name; `Asia/Ho_Chi_Minh` when not written, and after an error so
+/// that checking goes on.
+fn timezone(src: &Source, tz: Option<&Spanned<String>>, diags: &mut Diagnostics) -> chrono_tz::Tz {
+    let Some(tz) = tz else {
+        return chrono_tz::Asia::Ho_Chi_Minh;
+    };
+    match tz.get_ref().parse::<chrono_tz::Tz>() {
+        Ok(t) => t,
+        Err(_) => {
+            diags.error_at(
+                src,
+                tz.span(),
+                format!("unknown time zone `{}`", tz.get_ref()),
+                Some("use an IANA name such as `Asia/Ho_Chi_Minh`".into()),
+            );
+            chrono_tz::Asia::Ho_Chi_Minh
+        }
+    }
+}
+
+/// `[warehouse] url`: a folder, `file://` or `s3://`; the `warehouse` folder when not written.
+fn warehouse_url(src: &Source, raw: Option<&RawWarehouse>, diags: &mut Diagnostics) -> String {
+    let Some(w) = raw else {
+        return "warehouse".to_string();
+    };
+    let url = w.url.get_ref();
+    let scheme_ok = !url.contains("://") || url.starts_with("file://") || url.starts_with("s3://");
+    if !scheme_ok {
+        diags.error_at(
+            src,
+            w.url.span(),
+            format!("unsupported warehouse url `{url}`"),
+            Some("use a folder, `file:///path` or `s3://bucket/prefix`".into()),
+        );
+    }
+    check_env_syntax(src, &w.url, diags);
+    url.clone()
+}
+
+/// `[scheduler]`: each value written replaces its default; all but `retry_hours` (0: no
+/// later retries) must be at least 1.
+fn scheduler(
+    src: &Source,
+    raw: Option<&RawScheduler>,
+    diags: &mut Diagnostics,
+) -> SchedulerSettings {
+    let mut scheduler = SchedulerSettings::default();
+    let Some(r) = raw else {
+        return scheduler;
+    };
+    for (v, slot, what) in [
+        (
+            &r.lease_seconds,
+            &mut scheduler.lease_seconds,
+            "lease_seconds",
+        ),
+        (
+            &r.grace_seconds,
+            &mut scheduler.grace_seconds,
+            "grace_seconds",
+        ),
+        (
+            &r.retry_minutes,
+            &mut scheduler.retry_minutes,
+            "retry_minutes",
+        ),
+        (&r.retry_hours, &mut scheduler.retry_hours, "retry_hours"),
+    ] {
+        if let Some(v) = v {
+            if *v.get_ref() == 0 && what != "retry_hours" {
+                diags.error_at(src, v.span(), format!("`{what}` must be at least 1"), None);
+            }
+            *slot = *v.get_ref();
+        }
+    }
+    scheduler
+}
+
+/// `[mail]`: the transport, the sender and the operators, the size budget, and
+/// `[mail.smtp]`, which the `smtp` transport needs.
 fn load_mail(src: &Source, raw: Option<&RawMail>, diags: &mut Diagnostics) -> MailSettings {
     let mut mail = MailSettings {
         transport: Transport::Outbox,
@@ -423,19 +445,7 @@ fn load_mail(src: &Source, raw: Option<&RawMail>, diags: &mut Diagnostics) -> Ma
     };
     let Some(raw) = raw else { return mail };
     if let Some(t) = &raw.transport {
-        mail.transport = match t.get_ref().as_str() {
-            "outbox" => Transport::Outbox,
-            "smtp" => Transport::Smtp,
-            other => {
-                diags.error_at(
-                    src,
-                    t.span(),
-                    format!("unknown mail transport `{other}`"),
-                    Some(suggest(other, &["outbox", "smtp"])),
-                );
-                Transport::Outbox
-            }
-        };
+        mail.transport = transport(src, t, diags);
     }
     if let Some(o) = &raw.outbox {
         mail.outbox = PathBuf::from(o.get_ref());
@@ -451,104 +461,14 @@ fn load_mail(src: &Source, raw: Option<&RawMail>, diags: &mut Diagnostics) -> Ma
         }
     }
     if let Some(m) = &raw.max_size_mb {
-        if m.get_ref().is_nan() || *m.get_ref() <= 0.0 {
-            diags.error_at(
-                src,
-                m.span(),
-                "max_size_mb must be a positive number of megabytes",
-                Some(format!("the default is {DEFAULT_MAIL_MAX_MB}")),
-            );
-        } else {
-            mail.max_size_bytes = (m.get_ref() * 1e6) as u64;
+        if let Some(bytes) = max_size_bytes(src, m, diags) {
+            mail.max_size_bytes = bytes;
         }
     }
     match &raw.smtp {
         Some(s) => {
-            let s_ref = s.get_ref();
-            let security = match s_ref
-                .security
-                .as_ref()
-                .map(|v| (v.get_ref().as_str(), v.span()))
-            {
-                // Encrypted unless said otherwise: credentials and citizens' figures cross
-                // the network.
-                None | Some(("starttls", _)) => Security::StartTls,
-                Some(("none", _)) => Security::None,
-                Some(("tls", _)) => Security::Tls,
-                Some((other, span)) => {
-                    diags.error_at(
-                        src,
-                        span,
-                        format!("unknown smtp security `{other}`"),
-                        Some(suggest(other, &["none", "starttls", "tls"])),
-                    );
-                    Security::None
-                }
-            };
-            if let Some(p) = &s_ref.password {
-                if !env::is_single_reference(p.get_ref()) {
-                    diags.error_at(
-                        src,
-                        p.span(),
-                        "the SMTP password is written in the file",
-                        Some("secrets come from the environment: `password = \"${PARSTAT_SMTP_PASSWORD}\"`".into()),
-                    );
-                }
-            }
             let needed = mail.transport == Transport::Smtp;
-            for v in [
-                Some(&s_ref.host),
-                s_ref.username.as_ref(),
-                s_ref.password.as_ref(),
-            ]
-            .into_iter()
-            .flatten()
-            {
-                check_env_value(src, v, needed, diags);
-            }
-            // A password sent in clear can be read by anyone on the path; only a server on
-            // this machine (a local relay) may take one without encryption.
-            if security == Security::None && (s_ref.username.is_some() || s_ref.password.is_some())
-            {
-                let host = env::interpolate(s_ref.host.get_ref()).unwrap_or_default();
-                let loopback = host == "localhost"
-                    || host
-                        .trim_matches(['[', ']'])
-                        .parse::<std::net::IpAddr>()
-                        .is_ok_and(|ip| ip.is_loopback());
-                if !loopback {
-                    let at = s_ref
-                        .security
-                        .as_ref()
-                        .map(|v| v.span())
-                        .unwrap_or_else(|| s_ref.host.span());
-                    diags.error_at(
-                        src,
-                        at,
-                        format!("`security = \"none\"` would send the SMTP username and password to `{host}` in clear"),
-                        Some("use `security = \"starttls\"` (port 587) or `\"tls\"` (port 465); `none` only for a relay on this machine".into()),
-                    );
-                }
-            }
-            mail.smtp = Some(SmtpSettings {
-                host: EnvValue::new(src, &s_ref.host),
-                port: s_ref
-                    .port
-                    .as_ref()
-                    .map(|p| *p.get_ref())
-                    .unwrap_or(match security {
-                        Security::Tls => 465,
-                        Security::StartTls => 587,
-                        Security::None => 25,
-                    }),
-                security,
-                username: s_ref.username.as_ref().map(|v| EnvValue::new(src, v)),
-                password: s_ref.password.as_ref().map(|v| EnvValue::new(src, v)),
-                timeout_secs: at_least_one(src, "timeout_secs", s_ref.timeout_secs.as_ref(), diags)
-                    .unwrap_or(DEFAULT_SMTP_TIMEOUT_SECS),
-                ca_file: s_ref.ca_file.as_ref().map(|f| PathBuf::from(f.get_ref())),
-                ca_file_span: s_ref.ca_file.as_ref().map(|f| f.span()),
-            });
+            mail.smtp = Some(smtp(src, s.get_ref(), needed, diags));
         }
         None if mail.transport == Transport::Smtp => {
             diags.error_at(
@@ -561,6 +481,131 @@ fn load_mail(src: &Source, raw: Option<&RawMail>, diags: &mut Diagnostics) -> Ma
         None => {}
     }
     mail
+}
+
+/// `[mail] transport`: `outbox` or `smtp`; `outbox` after an error, so that checking goes on.
+fn transport(src: &Source, t: &Spanned<String>, diags: &mut Diagnostics) -> Transport {
+    match t.get_ref().as_str() {
+        "outbox" => Transport::Outbox,
+        "smtp" => Transport::Smtp,
+        other => {
+            diags.error_at(
+                src,
+                t.span(),
+                format!("unknown mail transport `{other}`"),
+                Some(suggest(other, &["outbox", "smtp"])),
+            );
+            Transport::Outbox
+        }
+    }
+}
+
+/// `[mail] max_size_mb` in bytes; `None`, with the error, when it is not a positive number.
+fn max_size_bytes(src: &Source, m: &Spanned<f64>, diags: &mut Diagnostics) -> Option<u64> {
+    if m.get_ref().is_nan() || *m.get_ref() <= 0.0 {
+        diags.error_at(
+            src,
+            m.span(),
+            "max_size_mb must be a positive number of megabytes",
+            Some(format!("the default is {DEFAULT_MAIL_MAX_MB}")),
+        );
+        return None;
+    }
+    Some((m.get_ref() * 1e6) as u64)
+}
+
+/// `[mail.smtp]`: the server, how it is reached, and credentials from the environment
+/// (whose variables must be set when `needed`, the transport being `smtp`).
+fn smtp(src: &Source, s: &RawSmtp, needed: bool, diags: &mut Diagnostics) -> SmtpSettings {
+    let security = security(src, s.security.as_ref(), diags);
+    if let Some(p) = &s.password {
+        if !env::is_single_reference(p.get_ref()) {
+            diags.error_at(
+                src,
+                p.span(),
+                "the SMTP password is written in the file",
+                Some(
+                    "secrets come from the environment: `password = \"${PARSTAT_SMTP_PASSWORD}\"`"
+                        .into(),
+                ),
+            );
+        }
+    }
+    for v in [Some(&s.host), s.username.as_ref(), s.password.as_ref()]
+        .into_iter()
+        .flatten()
+    {
+        check_env_value(src, v, needed, diags);
+    }
+    check_clear_credentials(src, s, security, diags);
+    SmtpSettings {
+        host: EnvValue::new(src, &s.host),
+        port: s
+            .port
+            .as_ref()
+            .map(|p| *p.get_ref())
+            .unwrap_or(match security {
+                Security::Tls => 465,
+                Security::StartTls => 587,
+                Security::None => 25,
+            }),
+        security,
+        username: s.username.as_ref().map(|v| EnvValue::new(src, v)),
+        password: s.password.as_ref().map(|v| EnvValue::new(src, v)),
+        timeout_secs: at_least_one(src, "timeout_secs", s.timeout_secs.as_ref(), diags)
+            .unwrap_or(DEFAULT_SMTP_TIMEOUT_SECS),
+        ca_file: s.ca_file.as_ref().map(|f| PathBuf::from(f.get_ref())),
+        ca_file_span: s.ca_file.as_ref().map(|f| f.span()),
+    }
+}
+
+/// `[mail.smtp] security`: `none`, `starttls` (when not written) or `tls`.
+fn security(src: &Source, v: Option<&Spanned<String>>, diags: &mut Diagnostics) -> Security {
+    match v.map(|v| (v.get_ref().as_str(), v.span())) {
+        // Encrypted unless said otherwise: credentials and citizens' figures cross
+        // the network.
+        None | Some(("starttls", _)) => Security::StartTls,
+        Some(("none", _)) => Security::None,
+        Some(("tls", _)) => Security::Tls,
+        Some((other, span)) => {
+            diags.error_at(
+                src,
+                span,
+                format!("unknown smtp security `{other}`"),
+                Some(suggest(other, &["none", "starttls", "tls"])),
+            );
+            Security::None
+        }
+    }
+}
+
+/// A username or password sent without encryption: an error unless the server is this
+/// machine.
+fn check_clear_credentials(src: &Source, s: &RawSmtp, security: Security, diags: &mut Diagnostics) {
+    // A password sent in clear can be read by anyone on the path; only a server on
+    // this machine (a local relay) may take one without encryption.
+    if security != Security::None || (s.username.is_none() && s.password.is_none()) {
+        return;
+    }
+    let host = env::interpolate(s.host.get_ref()).unwrap_or_default();
+    let loopback = host == "localhost"
+        || host
+            .trim_matches(['[', ']'])
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if !loopback {
+        let at = s
+            .security
+            .as_ref()
+            .map(|v| v.span())
+            .unwrap_or_else(|| s.host.span());
+        diags.error_at(
+            src,
+            at,
+            format!("`security = \"none\"` would send the SMTP username and password to `{host}` in clear"),
+            Some("use `security = \"starttls\"` (port 587) or `\"tls\"` (port 465); `none` only for a relay on this machine".into()),
+        );
+    }
 }
 
 /// An address as written (`${NAME}` resolved from the environment), checked as the mailer
@@ -668,6 +713,8 @@ pub(crate) fn check_connection_env(conn: &Connection, src: &Source, diags: &mut 
     }
 }
 
+/// One `[connections.NAME]` table: a known kind, the keys that kind takes, secrets from the
+/// environment, and bounds of at least 1.
 fn load_connection(
     src: &Source,
     name: &str,
@@ -675,26 +722,83 @@ fn load_connection(
     diags: &mut Diagnostics,
 ) -> Option<Connection> {
     let raw = c.get_ref();
-    let kind = match raw.kind.get_ref().as_str() {
-        "postgres" => ConnectionKind::Postgres,
-        "mysql" => ConnectionKind::Mysql,
-        "file" => ConnectionKind::File,
-        "http" => ConnectionKind::Http,
-        other => {
-            diags.error_at(
-                src,
-                raw.kind.span(),
-                format!("unknown connection kind `{other}` for connection `{name}`"),
-                Some(suggest(other, CONNECTION_KINDS)),
-            );
-            return None;
-        }
-    };
+    let kind = connection_kind(src, name, &raw.kind, diags)?;
     let mut env_values = Vec::new();
     for v in [&raw.url, &raw.root, &raw.token].into_iter().flatten() {
         check_env_syntax(src, v, diags);
         env_values.push((EnvValue::new(src, v), v.span()));
     }
+    check_url(src, name, kind, raw, diags);
+    check_token(src, name, raw.token.as_ref(), diags);
+    check_keys_apply(src, name, kind, raw, diags);
+    check_timeouts(src, name, raw, diags);
+    Some(Connection {
+        name: name.to_string(),
+        kind,
+        url: raw.url.as_ref().map(|v| EnvValue::new(src, v)),
+        root: raw.root.as_ref().map(|v| EnvValue::new(src, v)),
+        token: raw.token.as_ref().map(|v| EnvValue::new(src, v)),
+        page_size: at_least_one(src, "page_size", raw.page_size.as_ref(), diags)
+            .unwrap_or(DEFAULT_PAGE_SIZE),
+        timeout_secs: at_least_one(src, "timeout_secs", raw.timeout_secs.as_ref(), diags)
+            .unwrap_or(match kind {
+                ConnectionKind::Postgres | ConnectionKind::Mysql => DEFAULT_DATABASE_TIMEOUT_SECS,
+                _ => DEFAULT_HTTP_TIMEOUT_SECS,
+            }),
+        connect_timeout_secs: at_least_one(
+            src,
+            "connect_timeout_secs",
+            raw.connect_timeout_secs.as_ref(),
+            diags,
+        )
+        .unwrap_or(DEFAULT_CONNECT_TIMEOUT_SECS),
+        max_pages: at_least_one(src, "max_pages", raw.max_pages.as_ref(), diags)
+            .unwrap_or(DEFAULT_MAX_PAGES),
+        max_response_mib: at_least_one(
+            src,
+            "max_response_mib",
+            raw.max_response_mib.as_ref(),
+            diags,
+        )
+        .unwrap_or(DEFAULT_MAX_RESPONSE_MIB),
+        position: src.line_col(c.span().start),
+        env_values,
+    })
+}
+
+/// A connection's `kind`, one of `CONNECTION_KINDS`; `None`, with the error, when unknown.
+fn connection_kind(
+    src: &Source,
+    name: &str,
+    kind: &Spanned<String>,
+    diags: &mut Diagnostics,
+) -> Option<ConnectionKind> {
+    match kind.get_ref().as_str() {
+        "postgres" => Some(ConnectionKind::Postgres),
+        "mysql" => Some(ConnectionKind::Mysql),
+        "file" => Some(ConnectionKind::File),
+        "http" => Some(ConnectionKind::Http),
+        other => {
+            diags.error_at(
+                src,
+                kind.span(),
+                format!("unknown connection kind `{other}` for connection `{name}`"),
+                Some(suggest(other, CONNECTION_KINDS)),
+            );
+            None
+        }
+    }
+}
+
+/// A connection's `url`: present for the kinds that reach a server, with no password
+/// written in it, and (when written out) of the kind's scheme.
+fn check_url(
+    src: &Source,
+    name: &str,
+    kind: ConnectionKind,
+    raw: &RawConnection,
+    diags: &mut Diagnostics,
+) {
     let needs_url = matches!(
         kind,
         ConnectionKind::Postgres | ConnectionKind::Mysql | ConnectionKind::Http
@@ -710,45 +814,46 @@ fn load_connection(
             Some("for example `url = \"${MOTCUA_DATABASE_URL}\"`".into()),
         );
     }
-    if let Some(url) = &raw.url {
-        let u = url.get_ref();
-        // A URL written in the file must not carry a password: `user:pass@`.
-        let literal_password = !env::has_reference(u)
-            && u.split_once("://")
-                .and_then(|(_, rest)| rest.split_once('@'))
-                .is_some_and(|(userinfo, _)| userinfo.contains(':'));
-        if literal_password {
-            diags.error_at(
-                src,
-                url.span(),
-                format!("connection `{name}` has a password written in its url"),
-                Some(
-                    "secrets come from the environment: `url = \"${MOTCUA_DATABASE_URL}\"`".into(),
-                ),
-            );
-        }
-        let expected = match kind {
-            ConnectionKind::Postgres => &["postgres://", "postgresql://"][..],
-            ConnectionKind::Mysql => &["mysql://", "mariadb://"][..],
-            ConnectionKind::Http => &["http://", "https://"][..],
-            ConnectionKind::File => &[][..],
-        };
-        if !env::has_reference(u)
-            && !expected.is_empty()
-            && !expected.iter().any(|p| u.starts_with(p))
-        {
-            diags.error_at(
-                src,
-                url.span(),
-                format!(
-                    "connection `{name}`: url `{u}` does not start with {}",
-                    expected.join(" or ")
-                ),
-                None,
-            );
-        }
+    let Some(url) = &raw.url else {
+        return;
+    };
+    let u = url.get_ref();
+    // A URL written in the file must not carry a password: `user:pass@`.
+    let literal_password = !env::has_reference(u)
+        && u.split_once("://")
+            .and_then(|(_, rest)| rest.split_once('@'))
+            .is_some_and(|(userinfo, _)| userinfo.contains(':'));
+    if literal_password {
+        diags.error_at(
+            src,
+            url.span(),
+            format!("connection `{name}` has a password written in its url"),
+            Some("secrets come from the environment: `url = \"${MOTCUA_DATABASE_URL}\"`".into()),
+        );
     }
-    if let Some(t) = &raw.token {
+    let expected = match kind {
+        ConnectionKind::Postgres => &["postgres://", "postgresql://"][..],
+        ConnectionKind::Mysql => &["mysql://", "mariadb://"][..],
+        ConnectionKind::Http => &["http://", "https://"][..],
+        ConnectionKind::File => &[][..],
+    };
+    if !env::has_reference(u) && !expected.is_empty() && !expected.iter().any(|p| u.starts_with(p))
+    {
+        diags.error_at(
+            src,
+            url.span(),
+            format!(
+                "connection `{name}`: url `{u}` does not start with {}",
+                expected.join(" or ")
+            ),
+            None,
+        );
+    }
+}
+
+/// A connection's `token`: a secret, so only ever `${NAME}`, never written in the file.
+fn check_token(src: &Source, name: &str, token: Option<&Spanned<String>>, diags: &mut Diagnostics) {
+    if let Some(t) = token {
         if !env::is_single_reference(t.get_ref()) {
             diags.error_at(
                 src,
@@ -758,6 +863,17 @@ fn load_connection(
             );
         }
     }
+}
+
+/// The keys only some kinds take (`root` for a file, `token` and the paging bounds for
+/// http, `url` and the timeouts for a server): reported at `kind` when written for another.
+fn check_keys_apply(
+    src: &Source,
+    name: &str,
+    kind: ConnectionKind,
+    raw: &RawConnection,
+    diags: &mut Diagnostics,
+) {
     for (key, present, allowed) in [
         ("root", raw.root.is_some(), kind == ConnectionKind::File),
         ("token", raw.token.is_some(), kind == ConnectionKind::Http),
@@ -800,6 +916,10 @@ fn load_connection(
             );
         }
     }
+}
+
+/// A connection's timeouts: a number of seconds, at least 1.
+fn check_timeouts(src: &Source, name: &str, raw: &RawConnection, diags: &mut Diagnostics) {
     for (key, v) in [
         ("timeout_secs", &raw.timeout_secs),
         ("connect_timeout_secs", &raw.connect_timeout_secs),
@@ -813,36 +933,4 @@ fn load_connection(
             );
         }
     }
-    Some(Connection {
-        name: name.to_string(),
-        kind,
-        url: raw.url.as_ref().map(|v| EnvValue::new(src, v)),
-        root: raw.root.as_ref().map(|v| EnvValue::new(src, v)),
-        token: raw.token.as_ref().map(|v| EnvValue::new(src, v)),
-        page_size: at_least_one(src, "page_size", raw.page_size.as_ref(), diags)
-            .unwrap_or(DEFAULT_PAGE_SIZE),
-        timeout_secs: at_least_one(src, "timeout_secs", raw.timeout_secs.as_ref(), diags)
-            .unwrap_or(match kind {
-                ConnectionKind::Postgres | ConnectionKind::Mysql => DEFAULT_DATABASE_TIMEOUT_SECS,
-                _ => DEFAULT_HTTP_TIMEOUT_SECS,
-            }),
-        connect_timeout_secs: at_least_one(
-            src,
-            "connect_timeout_secs",
-            raw.connect_timeout_secs.as_ref(),
-            diags,
-        )
-        .unwrap_or(DEFAULT_CONNECT_TIMEOUT_SECS),
-        max_pages: at_least_one(src, "max_pages", raw.max_pages.as_ref(), diags)
-            .unwrap_or(DEFAULT_MAX_PAGES),
-        max_response_mib: at_least_one(
-            src,
-            "max_response_mib",
-            raw.max_response_mib.as_ref(),
-            diags,
-        )
-        .unwrap_or(DEFAULT_MAX_RESPONSE_MIB),
-        position: src.line_col(c.span().start),
-        env_values,
-    })
 }

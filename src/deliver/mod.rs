@@ -77,111 +77,28 @@ pub async fn deliver(
     let ledger = Ledger::open(&project.root, &project.settings.warehouse_url)?;
     let transport = Sender::new(project, mail)?;
     let fitted = message::fit(email, mail.max_size_bytes, &format!("{report}/{period}"));
-    // Every message is built before any is claimed: a recipient whose message cannot be
-    // built must not leave a claim that a later run would take for a delivery.
-    let mut built = Vec::with_capacity(recipients.len());
-    for to in recipients {
-        let message_id = message::message_id(report, period, to);
-        let m = message::build(&mail.from, to, &message_id, &fitted).map_err(|message| {
-            DeliverError::Build {
-                to: to.clone(),
-                message,
-            }
-        })?;
-        built.push((to, message_id, m));
-    }
-    let mut out = Vec::new();
-    let mut failures = Vec::new();
+    let built = build_all(mail, report, period, recipients, &fitted)?;
     // A recipient another sender is delivering to right now is waited for (its claim
     // settles as sent, or failed and then ours), for about as long as one attempt may take.
     let wait =
         std::time::Duration::from_secs(mail.smtp.as_ref().map_or(30, |s| s.timeout_secs + 30));
     let deadline = std::time::Instant::now() + wait;
-    let mut pending = built;
-    let mut resend = opts.resend;
-    let in_progress = loop {
-        let mut waiting = Vec::new();
-        for (to, message_id, built) in pending {
-            // A daemon that lost its lease claims and sends nothing more.
-            opts.guard.check(&format!("sending to {to}")).await?;
-            let claim = ledger
-                .claim(report, period, to, &message_id, resend)
-                .await?;
-            let token = match claim {
-                Claim::Mine(token) => token,
-                Claim::Sent => {
-                    tracing::info!(report, period, recipient = %to, "already delivered; not sent again");
-                    out.push(Delivered {
-                        recipient: to.clone(),
-                        outcome: Outcome::AlreadyDelivered,
-                        message_id,
-                        file: None,
-                    });
-                    continue;
-                }
-                Claim::InProgress => {
-                    waiting.push((to, message_id, built));
-                    continue;
-                }
-            };
-            match transport.send(report, period, to, &built).await {
-                Ok(file) => {
-                    ledger.settle(&token, Outcome::Sent, None).await?;
-                    out.push(Delivered {
-                        recipient: to.clone(),
-                        outcome: Outcome::Sent,
-                        message_id,
-                        file,
-                    });
-                }
-                Err(e) => {
-                    tracing::error!(report, period, recipient = %to, error = %e, "delivery failed permanently");
-                    ledger
-                        .settle(&token, Outcome::Failed, Some(e.as_str()))
-                        .await?;
-                    failures.push(format!("{to}: {e}"));
-                    out.push(Delivered {
-                        recipient: to.clone(),
-                        outcome: Outcome::Failed,
-                        message_id,
-                        file: None,
-                    });
-                }
-            }
-        }
-        if waiting.is_empty() || std::time::Instant::now() >= deadline {
-            break waiting;
-        }
-        tracing::info!(
-            report,
-            period,
-            recipients = waiting.len(),
-            "another sender is delivering; waiting for its outcome"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-        pending = waiting;
-        // A resend that met another sender's claim takes that sender's outcome as its own.
-        resend = false;
+    let mut run = Run {
+        ledger,
+        transport,
+        report,
+        period,
+        guard: &opts.guard,
+        out: Vec::new(),
+        failures: Vec::new(),
     };
-    let in_progress: Vec<String> = in_progress
-        .into_iter()
-        .map(|(to, message_id, _)| {
-            tracing::warn!(report, period, recipient = %to, "another sender is still delivering it; not counted as delivered");
-            out.push(Delivered {
-                recipient: to.clone(),
-                outcome: Outcome::InProgress,
-                message_id,
-                file: None,
-            });
-            to.clone()
-        })
-        .collect();
-    if !failures.is_empty() {
-        alert_operators(project, &transport, report, period, &failures).await;
+    let in_progress = run.all(built, opts.resend, deadline).await?;
+    if !run.failures.is_empty() {
+        alert_operators(project, &run.transport, report, period, &run.failures).await;
         return Err(DeliverError::Failed {
-            failed: failures.len(),
+            failed: run.failures.len(),
             total: recipients.len(),
-            first: failures[0].clone(),
+            first: run.failures[0].clone(),
         });
     }
     if !in_progress.is_empty() {
@@ -189,7 +106,148 @@ pub async fn deliver(
             recipients: in_progress.join(", "),
         });
     }
-    Ok(out)
+    Ok(run.out)
+}
+
+/// A message ready to claim and send: its recipient, Message-ID and the message.
+type Built<'a> = (&'a String, String, lettre::Message);
+
+/// Every recipient's message. All are built before any is claimed: a recipient whose
+/// message cannot be built must not leave a claim that a later run would take for a
+/// delivery.
+fn build_all<'a>(
+    mail: &MailSettings,
+    report: &str,
+    period: &str,
+    recipients: &'a [String],
+    fitted: &Email,
+) -> Result<Vec<Built<'a>>, DeliverError> {
+    let mut built = Vec::with_capacity(recipients.len());
+    for to in recipients {
+        let message_id = message::message_id(report, period, to);
+        let m = message::build(&mail.from, to, &message_id, fitted).map_err(|message| {
+            DeliverError::Build {
+                to: to.clone(),
+                message,
+            }
+        })?;
+        built.push((to, message_id, m));
+    }
+    Ok(built)
+}
+
+/// One delivery of a report's period: where it claims and sends, and what became of each
+/// recipient so far.
+struct Run<'a> {
+    ledger: Ledger,
+    transport: Sender,
+    report: &'a str,
+    period: &'a str,
+    guard: &'a crate::warehouse::lease::Guard,
+    out: Vec<Delivered>,
+    /// `recipient: error` of each permanent failure.
+    failures: Vec<String>,
+}
+
+impl<'a> Run<'a> {
+    /// Claims and sends every message, going back until `deadline` to those another sender
+    /// was delivering; the recipients still in its hands then, recorded as in progress.
+    async fn all(
+        &mut self,
+        built: Vec<Built<'a>>,
+        mut resend: bool,
+        deadline: std::time::Instant,
+    ) -> Result<Vec<String>, DeliverError> {
+        let (report, period) = (self.report, self.period);
+        let mut pending = built;
+        let in_progress = loop {
+            let mut waiting = Vec::new();
+            for b in pending {
+                waiting.extend(self.one(b, resend).await?);
+            }
+            if waiting.is_empty() || std::time::Instant::now() >= deadline {
+                break waiting;
+            }
+            tracing::info!(
+                report,
+                period,
+                recipients = waiting.len(),
+                "another sender is delivering; waiting for its outcome"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            pending = waiting;
+            // A resend that met another sender's claim takes that sender's outcome as its own.
+            resend = false;
+        };
+        Ok(in_progress
+            .into_iter()
+            .map(|(to, message_id, _)| {
+                tracing::warn!(report, period, recipient = %to, "another sender is still delivering it; not counted as delivered");
+                self.out.push(Delivered {
+                    recipient: to.clone(),
+                    outcome: Outcome::InProgress,
+                    message_id,
+                    file: None,
+                });
+                to.clone()
+            })
+            .collect())
+    }
+
+    /// Claims and sends one message, recording what became of it; the message back when
+    /// another sender holds its claim.
+    async fn one(
+        &mut self,
+        (to, message_id, built): Built<'a>,
+        resend: bool,
+    ) -> Result<Option<Built<'a>>, DeliverError> {
+        let (report, period) = (self.report, self.period);
+        // A daemon that lost its lease claims and sends nothing more.
+        self.guard.check(&format!("sending to {to}")).await?;
+        let claim = self
+            .ledger
+            .claim(report, period, to, &message_id, resend)
+            .await?;
+        let token = match claim {
+            Claim::Mine(token) => token,
+            Claim::Sent => {
+                tracing::info!(report, period, recipient = %to, "already delivered; not sent again");
+                self.out.push(Delivered {
+                    recipient: to.clone(),
+                    outcome: Outcome::AlreadyDelivered,
+                    message_id,
+                    file: None,
+                });
+                return Ok(None);
+            }
+            Claim::InProgress => return Ok(Some((to, message_id, built))),
+        };
+        match self.transport.send(report, period, to, &built).await {
+            Ok(file) => {
+                self.ledger.settle(&token, Outcome::Sent, None).await?;
+                self.out.push(Delivered {
+                    recipient: to.clone(),
+                    outcome: Outcome::Sent,
+                    message_id,
+                    file,
+                });
+            }
+            Err(e) => {
+                tracing::error!(report, period, recipient = %to, error = %e, "delivery failed permanently");
+                self.ledger
+                    .settle(&token, Outcome::Failed, Some(e.as_str()))
+                    .await?;
+                self.failures.push(format!("{to}: {e}"));
+                self.out.push(Delivered {
+                    recipient: to.clone(),
+                    outcome: Outcome::Failed,
+                    message_id,
+                    file: None,
+                });
+            }
+        }
+        Ok(None)
+    }
 }
 
 /// Tells the operators about permanent failures; a failure to tell them is logged.

@@ -8,6 +8,8 @@ pub mod backfill;
 pub mod fresh;
 pub mod report;
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 
 use crate::config::pipeline::{JobKind, PeriodChoice, Pipeline};
@@ -164,61 +166,16 @@ pub async fn scheduled(
         JobKind::Report(job) => job,
     };
     let period = due_period(project, pipeline, at).expect("a report");
-    let history_err = |source| JobError::History {
-        job: pipeline.name.clone(),
-        source,
-    };
-    let history = history(project).await.map_err(history_err)?;
+    let history = history(project)
+        .await
+        .map_err(|source| history_error(pipeline, source))?;
     if let Some(r) = succeeded(&history, &pipeline.name, &period) {
         return Ok(Fired::AlreadyDone {
             period,
             run_id: r.run_id.clone(),
         });
     }
-    let now = crate::clock::now();
-    let stale = fresh::stale(project, &history, &job.needs, period, now);
-    let mut extracted = Vec::new();
-    if !stale.is_empty() {
-        // Why each extract run for it here failed, by dataset.
-        let mut failed = std::collections::HashMap::new();
-        for s in &stale {
-            let Some(producer) = project.pipeline(&s.producer) else {
-                continue;
-            };
-            tracing::info!(report = %pipeline.name, dataset = %s.dataset, "needed data is stale; extracting it now");
-            match extract(project, producer, &opts).await {
-                Ok(_) => extracted.push(producer.name.clone()),
-                Err(e) => {
-                    failed.insert(s.dataset.clone(), crate::error::report(&e));
-                }
-            }
-        }
-        let history = self::history(project).await.map_err(history_err)?;
-        let now = crate::clock::now();
-        let still: Vec<fresh::Stale> = fresh::stale(project, &history, &job.needs, period, now)
-            .into_iter()
-            .map(|mut s| {
-                s.extract_error = failed.remove(&s.dataset);
-                s
-            })
-            .collect();
-        if !still.is_empty() {
-            let e = JobError::Stale {
-                job: pipeline.name.clone(),
-                period: period.label(),
-                stale: still,
-            };
-            // The history shows the report failed for this period, and why.
-            let detail =
-                serde_json::json!({ "not_run": "needed data not fresh", "extracted": extracted });
-            record(
-                project,
-                failed_report_record(pipeline, period, now, &e, detail),
-            )
-            .await;
-            return Err(e);
-        }
-    }
+    let extracted = freshen(project, pipeline, &job.needs, period, &history, &opts).await?;
     let opts = ReportOptions {
         preview: None,
         send: true,
@@ -237,6 +194,85 @@ pub async fn scheduled(
             period: period.label(),
             source,
         })
+}
+
+/// A failure to read the run history, for the job that needed it.
+fn history_error(pipeline: &Pipeline, source: WarehouseError) -> JobError {
+    JobError::History {
+        job: pipeline.name.clone(),
+        source,
+    }
+}
+
+/// Runs the extract of each dataset in `needs` that is stale for `period`, then looks
+/// again: the extracts that ran, or `Stale` (recorded as the report's failure for
+/// `period`) when some are still stale.
+async fn freshen(
+    project: &Project,
+    pipeline: &Pipeline,
+    needs: &[String],
+    period: Period,
+    history: &[RunRecord],
+    opts: &ExtractOptions,
+) -> Result<Vec<String>, JobError> {
+    let now = crate::clock::now();
+    let stale = fresh::stale(project, history, needs, period, now);
+    if stale.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (extracted, mut failed) = extract_stale(project, pipeline, &stale, opts).await;
+    let history = self::history(project)
+        .await
+        .map_err(|source| history_error(pipeline, source))?;
+    let now = crate::clock::now();
+    let still: Vec<fresh::Stale> = fresh::stale(project, &history, needs, period, now)
+        .into_iter()
+        .map(|mut s| {
+            s.extract_error = failed.remove(&s.dataset);
+            s
+        })
+        .collect();
+    if still.is_empty() {
+        return Ok(extracted);
+    }
+    let e = JobError::Stale {
+        job: pipeline.name.clone(),
+        period: period.label(),
+        stale: still,
+    };
+    // The history shows the report failed for this period, and why.
+    let detail = serde_json::json!({ "not_run": "needed data not fresh", "extracted": extracted });
+    record(
+        project,
+        failed_report_record(pipeline, period, now, &e, detail),
+    )
+    .await;
+    Err(e)
+}
+
+/// Runs the producer of each stale dataset: the extracts that succeeded, and why each
+/// other one failed, by dataset.
+async fn extract_stale(
+    project: &Project,
+    pipeline: &Pipeline,
+    stale: &[fresh::Stale],
+    opts: &ExtractOptions,
+) -> (Vec<String>, HashMap<String, String>) {
+    let mut extracted = Vec::new();
+    let mut failed = HashMap::new();
+    for s in stale {
+        let Some(producer) = project.pipeline(&s.producer) else {
+            continue;
+        };
+        tracing::info!(report = %pipeline.name, dataset = %s.dataset, "needed data is stale; extracting it now");
+        match extract(project, producer, opts).await {
+            Ok(_) => extracted.push(producer.name.clone()),
+            Err(e) => {
+                failed.insert(s.dataset.clone(), crate::error::report(&e));
+            }
+        }
+    }
+    (extracted, failed)
 }
 
 /// Every recorded run, newest first.

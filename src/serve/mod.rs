@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
 use tokio_cron_scheduler::{Job, JobScheduler};
 
-use crate::config::pipeline::{CatchUp, JobKind};
+use crate::config::pipeline::{CatchUp, JobKind, Pipeline};
 use crate::config::Project;
 use crate::jobs::{self, Fired, JobError};
 use crate::warehouse::lease::{Guard, Lease};
@@ -29,7 +29,6 @@ type Running = tokio::task::JoinHandle<Result<Fired, JobError>>;
 
 /// Runs until SIGTERM/SIGINT or until the lease is lost.
 pub async fn serve(project: Project) -> anyhow::Result<()> {
-    let cfg = project.settings.scheduler;
     let holder = format!(
         "{}:{}:{}",
         crate::warehouse::lease::host_name(),
@@ -37,153 +36,37 @@ pub async fn serve(project: Project) -> anyhow::Result<()> {
         uuid::Uuid::new_v4().simple()
     );
     let mut stop = Box::pin(shutdown_signal());
-    // Wait for the lease: a second scheduler runs nothing while the first lives.
-    let lease = loop {
-        match Lease::acquire(
-            &project.root,
-            &project.settings.warehouse_url,
-            "scheduler",
-            &holder,
-            cfg.lease_seconds,
-        )
-        .await?
-        {
-            Ok(l) => break Arc::new(l),
-            Err(held) => {
-                tracing::info!(holder = %held.holder, seconds_left = held.seconds_left, "another scheduler holds the lease; waiting");
-                println!("waiting: the lease is held by {}", held.holder);
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs((cfg.lease_seconds / 3).max(1))) => {}
-                    _ = &mut stop => return Ok(()),
-                }
-            }
-        }
+    let Some(lease) = wait_for_lease(&project, &holder, &mut stop).await? else {
+        return Ok(());
     };
     // What is due up to this instant is the catch-up's; the schedules fire after it.
-    let mut clock_seen = crate::clock::now();
+    let clock_seen = crate::clock::now();
     println!("serving: lease epoch {} held by {holder}", lease.epoch);
     tracing::info!(epoch = lease.epoch, "scheduler lease taken");
     let guard = Guard::of(lease.clone());
 
     let mut state = State::new(&project);
     state.queue.extend(catch_up(&project, clock_seen).await?);
-    let (tx, mut rx) = mpsc::unbounded_channel::<Fire>();
+    // `tx` lives until the daemon stops: with every sender gone, `rx` would never wait.
+    let (tx, rx) = mpsc::unbounded_channel::<Fire>();
     let simulated = crate::clock::simulated();
     let mut sched = JobScheduler::new().await?;
     if !simulated {
-        for p in &project.pipelines {
-            let Some(schedule) = &p.schedule else {
-                continue;
-            };
-            let (tx, name) = (tx.clone(), p.name.clone());
-            let job =
-                Job::new_async_tz(schedule.as_str(), project.settings.timezone, move |_, _| {
-                    let (tx, name) = (tx.clone(), name.clone());
-                    Box::pin(async move {
-                        let _ = tx.send(Fire {
-                            job: name,
-                            at: Utc::now(),
-                        });
-                    })
-                })?;
-            sched.add(job).await?;
-        }
+        add_schedules(&project, &sched, &tx).await?;
         sched.start().await?;
     }
 
-    let mut renew = tokio::time::interval(Duration::from_secs((cfg.lease_seconds / 3).max(1)));
-    let mut tick = tokio::time::interval(if simulated {
-        Duration::from_millis(20)
-    } else {
-        Duration::from_secs(1)
-    });
-    let mut idle_reported: Option<DateTime<Utc>> = None;
-    let mut running: Option<(Running, Fire)> = None;
-    let result = loop {
-        if running.is_none() {
-            if let Some(fire) = state.queue.pop_front() {
-                let period = project
-                    .pipeline(&fire.job)
-                    .and_then(|p| jobs::due_period(&project, p, fire.at))
-                    .map(|p| format!(" {}", p.label()))
-                    .unwrap_or_default();
-                println!("running {}{period}", fire.job);
-                let (p, g, f) = (project.clone(), guard.clone(), fire.clone());
-                running = Some((
-                    tokio::spawn(async move { run_fire(&p, &f, &g).await }),
-                    fire,
-                ));
-            } else if simulated && idle_reported != Some(clock_seen) {
-                crate::clock::report_idle(clock_seen, state.next_wake(&project, clock_seen));
-                idle_reported = Some(clock_seen);
-            }
-        }
-        tokio::select! {
-            _ = &mut stop => {
-                if let Some((mut task, _)) = running.take() {
-                    tracing::info!(grace_seconds = cfg.grace_seconds, "stopping: letting the running job finish");
-                    if tokio::time::timeout(Duration::from_secs(cfg.grace_seconds), &mut task).await.is_err() {
-                        task.abort();
-                        tracing::warn!("the running job did not finish within the grace period and was stopped; its commits are atomic, so nothing is half-written");
-                    }
-                } else {
-                    tracing::info!("stopping: no new jobs");
-                }
-                break Ok(());
-            }
-            _ = renew.tick() => {
-                match lease.renew().await {
-                    Ok(true) => {}
-                    // Another scheduler holds the lease now: this one's job must not go on
-                    // beside it. It stops at its next commit or send, each of which asks the
-                    // lease first; cutting it off mid-send instead would leave a message sent
-                    // but not recorded as sent, which the new holder would send again.
-                    Ok(false) => {
-                        if let Some((mut task, fire)) = running.take() {
-                            println!("lease lost: stopping {} at its next commit or send", fire.job);
-                            if tokio::time::timeout(Duration::from_secs(cfg.grace_seconds), &mut task).await.is_err() {
-                                task.abort();
-                            }
-                        }
-                        break Err(anyhow::anyhow!("the lease was taken by another scheduler; this scheduler stops"));
-                    }
-                    Err(e) => tracing::warn!(error = %e, "could not renew the lease"),
-                }
-            }
-            fire = rx.recv() => {
-                if let Some(fire) = fire {
-                    state.queue.push_back(fire);
-                }
-            }
-            _ = tick.tick() => {
-                let now = crate::clock::now();
-                if simulated && now > clock_seen {
-                    state.queue.extend(fires_between(&project, clock_seen, now));
-                    clock_seen = now;
-                }
-                state.due_retries(now);
-            }
-            joined = async {
-                match running.as_mut() {
-                    Some((task, _)) => task.await,
-                    None => std::future::pending().await,
-                }
-            } => {
-                let (_, fire) = running.take().expect("a job was running");
-                match joined {
-                    Ok(outcome) => state.finished(&project, &fire, outcome).await,
-                    Err(e) if e.is_cancelled() => {}
-                    Err(e) => {
-                        let failure = anyhow::anyhow!("job {} stopped: {e}", fire.job);
-                        tracing::error!(error = %failure, "job task failed");
-                    }
-                }
-                if let Some(e) = state.lost.take() {
-                    break Err(e);
-                }
-            }
-        }
+    let mut daemon = Daemon {
+        project: &project,
+        lease: lease.clone(),
+        guard,
+        state,
+        simulated,
+        clock_seen,
+        idle_reported: None,
+        running: None,
     };
+    let result = daemon.run(&mut stop, rx).await;
     if !simulated {
         sched.shutdown().await?;
     }
@@ -192,6 +75,226 @@ pub async fn serve(project: Project) -> anyhow::Result<()> {
     }
     println!("stopped");
     result
+}
+
+/// Waits for the scheduler lease: a second scheduler runs nothing while the first lives.
+/// `None` when stopped while waiting.
+async fn wait_for_lease(
+    project: &Project,
+    holder: &str,
+    stop: &mut (impl std::future::Future<Output = ()> + Unpin),
+) -> anyhow::Result<Option<Arc<Lease>>> {
+    let cfg = project.settings.scheduler;
+    loop {
+        match Lease::acquire(
+            &project.root,
+            &project.settings.warehouse_url,
+            "scheduler",
+            holder,
+            cfg.lease_seconds,
+        )
+        .await?
+        {
+            Ok(l) => return Ok(Some(Arc::new(l))),
+            Err(held) => {
+                tracing::info!(holder = %held.holder, seconds_left = held.seconds_left, "another scheduler holds the lease; waiting");
+                println!("waiting: the lease is held by {}", held.holder);
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs((cfg.lease_seconds / 3).max(1))) => {}
+                    _ = &mut *stop => return Ok(None),
+                }
+            }
+        }
+    }
+}
+
+/// Registers each pipeline's cron schedule (project time zone), each fire sent to `tx`.
+async fn add_schedules(
+    project: &Project,
+    sched: &JobScheduler,
+    tx: &mpsc::UnboundedSender<Fire>,
+) -> anyhow::Result<()> {
+    for p in &project.pipelines {
+        let Some(schedule) = &p.schedule else {
+            continue;
+        };
+        let (tx, name) = (tx.clone(), p.name.clone());
+        let job = Job::new_async_tz(schedule.as_str(), project.settings.timezone, move |_, _| {
+            let (tx, name) = (tx.clone(), name.clone());
+            Box::pin(async move {
+                let _ = tx.send(Fire {
+                    job: name,
+                    at: Utc::now(),
+                });
+            })
+        })?;
+        sched.add(job).await?;
+    }
+    Ok(())
+}
+
+/// The daemon under its lease: runs the queued fires one at a time, renews the lease, and
+/// follows the clock.
+struct Daemon<'a> {
+    project: &'a Project,
+    lease: Arc<Lease>,
+    guard: Guard,
+    state: State,
+    simulated: bool,
+    /// The clock's last reading whose fires are queued (the simulated clock's).
+    clock_seen: DateTime<Utc>,
+    /// The simulated instant last reported idle, so that it is reported once.
+    idle_reported: Option<DateTime<Utc>>,
+    running: Option<(Running, Fire)>,
+}
+
+impl Daemon<'_> {
+    /// The daemon's loop, until `stop` resolves (`Ok`) or the lease is lost (`Err`).
+    async fn run(
+        &mut self,
+        stop: &mut (impl std::future::Future<Output = ()> + Unpin),
+        mut rx: mpsc::UnboundedReceiver<Fire>,
+    ) -> anyhow::Result<()> {
+        let cfg = self.project.settings.scheduler;
+        let mut renew = tokio::time::interval(Duration::from_secs((cfg.lease_seconds / 3).max(1)));
+        let mut tick = tokio::time::interval(if self.simulated {
+            Duration::from_millis(20)
+        } else {
+            Duration::from_secs(1)
+        });
+        loop {
+            if self.running.is_none() {
+                self.start_next();
+            }
+            tokio::select! {
+                _ = &mut *stop => {
+                    self.stop().await;
+                    return Ok(());
+                }
+                _ = renew.tick() => self.renew().await?,
+                fire = rx.recv() => {
+                    if let Some(fire) = fire {
+                        self.state.queue.push_back(fire);
+                    }
+                }
+                _ = tick.tick() => self.tick(),
+                joined = async {
+                    match self.running.as_mut() {
+                        Some((task, _)) => task.await,
+                        None => std::future::pending().await,
+                    }
+                } => self.joined(joined).await?,
+            }
+        }
+    }
+
+    /// Starts the next queued fire; with none, under the simulated clock, reports the daemon
+    /// idle until its next wake.
+    fn start_next(&mut self) {
+        let project = self.project;
+        if let Some(fire) = self.state.queue.pop_front() {
+            let period = project
+                .pipeline(&fire.job)
+                .and_then(|p| jobs::due_period(project, p, fire.at))
+                .map(|p| format!(" {}", p.label()))
+                .unwrap_or_default();
+            println!("running {}{period}", fire.job);
+            let (p, g, f) = (project.clone(), self.guard.clone(), fire.clone());
+            self.running = Some((
+                tokio::spawn(async move { run_fire(&p, &f, &g).await }),
+                fire,
+            ));
+        } else if self.simulated && self.idle_reported != Some(self.clock_seen) {
+            crate::clock::report_idle(
+                self.clock_seen,
+                self.state.next_wake(project, self.clock_seen),
+            );
+            self.idle_reported = Some(self.clock_seen);
+        }
+    }
+
+    /// On SIGTERM/SIGINT: no new jobs; the running one gets the grace period to finish.
+    async fn stop(&mut self) {
+        let cfg = self.project.settings.scheduler;
+        if let Some((mut task, _)) = self.running.take() {
+            tracing::info!(
+                grace_seconds = cfg.grace_seconds,
+                "stopping: letting the running job finish"
+            );
+            if tokio::time::timeout(Duration::from_secs(cfg.grace_seconds), &mut task)
+                .await
+                .is_err()
+            {
+                task.abort();
+                tracing::warn!("the running job did not finish within the grace period and was stopped; its commits are atomic, so nothing is half-written");
+            }
+        } else {
+            tracing::info!("stopping: no new jobs");
+        }
+    }
+
+    /// Renews the lease; `Err` when another scheduler holds it now.
+    async fn renew(&mut self) -> anyhow::Result<()> {
+        let cfg = self.project.settings.scheduler;
+        match self.lease.renew().await {
+            Ok(true) => {}
+            // Another scheduler holds the lease now: this one's job must not go on
+            // beside it. It stops at its next commit or send, each of which asks the
+            // lease first; cutting it off mid-send instead would leave a message sent
+            // but not recorded as sent, which the new holder would send again.
+            Ok(false) => {
+                if let Some((mut task, fire)) = self.running.take() {
+                    println!(
+                        "lease lost: stopping {} at its next commit or send",
+                        fire.job
+                    );
+                    if tokio::time::timeout(Duration::from_secs(cfg.grace_seconds), &mut task)
+                        .await
+                        .is_err()
+                    {
+                        task.abort();
+                    }
+                }
+                return Err(anyhow::anyhow!(
+                    "the lease was taken by another scheduler; this scheduler stops"
+                ));
+            }
+            Err(e) => tracing::warn!(error = %e, "could not renew the lease"),
+        }
+        Ok(())
+    }
+
+    /// Queues the fires the simulated clock has passed, and the retries now due.
+    fn tick(&mut self) {
+        let now = crate::clock::now();
+        if self.simulated && now > self.clock_seen {
+            self.state
+                .queue
+                .extend(fires_between(self.project, self.clock_seen, now));
+            self.clock_seen = now;
+        }
+        self.state.due_retries(now);
+    }
+
+    /// Follows up the job that ended; `Err` when it found the lease lost.
+    async fn joined(
+        &mut self,
+        joined: Result<Result<Fired, JobError>, tokio::task::JoinError>,
+    ) -> anyhow::Result<()> {
+        let (_, fire) = self.running.take().expect("a job was running");
+        match joined {
+            Ok(outcome) => self.state.finished(self.project, &fire, outcome).await,
+            Err(e) if e.is_cancelled() => {}
+            Err(e) => {
+                let failure = anyhow::anyhow!("job {} stopped: {e}", fire.job);
+                tracing::error!(error = %failure, "job task failed");
+            }
+        }
+        match self.state.lost.take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
 }
 
 /// The daemon's book-keeping: fires waiting to run, reports to retry, who was told.
@@ -266,45 +369,40 @@ impl State {
             p.name.clone(),
             period.map(|x| x.label()).unwrap_or_default(),
         );
-        let e = match outcome {
-            Ok(fired) => {
-                match &fired {
-                    Fired::Extracted(s) => println!("{}: {} rows written", p.name, s.rows_written),
-                    Fired::Reported {
-                        period,
-                        extracted,
-                        outcome,
-                    } => println!(
-                        "{} {}: sent to {} of {} recipients (the others had it){}",
-                        p.name,
-                        period.label(),
-                        outcome
-                            .delivered
-                            .iter()
-                            .filter(|d| d.outcome == crate::deliver::ledger::Outcome::Sent)
-                            .count(),
-                        outcome.delivered.len(),
-                        if extracted.is_empty() {
-                            String::new()
-                        } else {
-                            format!(" (after extracting {})", extracted.join(", "))
-                        }
-                    ),
-                    Fired::AlreadyDone { period, run_id } => {
-                        tracing::info!(job = %p.name, period = %period.label(), run_id, "already done");
-                    }
-                }
-                self.retries.remove(&key);
-                if matches!(fired, Fired::Reported { .. }) {
-                    forget_told(project, &key).await;
-                }
-                if self.failing.remove(&key).is_some() {
-                    tracing::info!(job = %p.name, period = %key.1, "succeeded after earlier failures");
-                }
-                return;
-            }
-            Err(e) => e,
-        };
+        match outcome {
+            Ok(fired) => self.succeeded(project, p, &key, &fired).await,
+            Err(e) => self.failed(project, p, fire, &key, e).await,
+        }
+    }
+
+    /// A fire that did its work: printed, and its period's retries and failure forgotten.
+    async fn succeeded(
+        &mut self,
+        project: &Project,
+        p: &Pipeline,
+        key: &(String, String),
+        fired: &Fired,
+    ) {
+        print_fired(&p.name, fired);
+        self.retries.remove(key);
+        if matches!(fired, Fired::Reported { .. }) {
+            forget_told(project, key).await;
+        }
+        if self.failing.remove(key).is_some() {
+            tracing::info!(job = %p.name, period = %key.1, "succeeded after earlier failures");
+        }
+    }
+
+    /// A fire that failed after its immediate retries: printed and logged, a report retried
+    /// later, and the operators told (once per period for a report).
+    async fn failed(
+        &mut self,
+        project: &Project,
+        p: &Pipeline,
+        fire: &Fire,
+        key: &(String, String),
+        e: JobError,
+    ) {
         if e.lease_lost() {
             self.lost = Some(anyhow::anyhow!("{e}"));
             return;
@@ -327,31 +425,9 @@ impl State {
             fire.at.with_timezone(&tz).format("%H:%M:%S %d/%m/%Y"),
         );
         if let JobKind::Report(_) = p.job {
-            let first = *self.failing.entry(key.clone()).or_insert(now);
-            let again = now + self.retry_every;
-            if again <= first + self.retry_for {
-                self.retries.insert(key.clone(), (again, fire.clone()));
-                if first != now {
-                    // The operators were told at the first failure; the retries go on quietly.
-                    tracing::info!(job = %p.name, period = %key.1, at = %again, "will retry");
-                    return;
-                }
-                if !first_to_tell(project, &key).await {
-                    tracing::info!(job = %p.name, period = %key.1, "the operators were told of this failure by an earlier scheduler; will retry");
-                    return;
-                }
-                text.push_str(&format!(
-                    "\nparstat thử lại mỗi {} phút, đến {}; chỉ báo lại nếu vẫn thất bại khi hết hạn.\n",
-                    self.retry_every.num_minutes(),
-                    (first + self.retry_for).with_timezone(&tz).format("%H:%M %d/%m/%Y"),
-                ));
-            } else {
-                self.failing.remove(&key);
-                text.push_str(&format!(
-                    "\nparstat đã thử lại đến hết hạn ({} giờ) và dừng. Chạy lại: `parstat run --period {}`.\n",
-                    self.retry_for.num_hours(),
-                    key.1
-                ));
+            match self.retry_later(project, p, fire, key, now).await {
+                Some(retries) => text.push_str(&retries),
+                None => return,
             }
         }
         text.push_str(&format!(
@@ -361,6 +437,75 @@ impl State {
         ));
         let subject = format!("[parstat] Công việc thất bại: {}", p.name);
         crate::deliver::alert(project, &subject, &text).await;
+    }
+
+    /// Schedules a failed report's next try while its retry window lasts. The operators'
+    /// words about the retries, or `None` when they are not to be told (again).
+    async fn retry_later(
+        &mut self,
+        project: &Project,
+        p: &Pipeline,
+        fire: &Fire,
+        key: &(String, String),
+        now: DateTime<Utc>,
+    ) -> Option<String> {
+        let tz = project.settings.timezone;
+        let first = *self.failing.entry(key.clone()).or_insert(now);
+        let again = now + self.retry_every;
+        if again <= first + self.retry_for {
+            self.retries.insert(key.clone(), (again, fire.clone()));
+            if first != now {
+                // The operators were told at the first failure; the retries go on quietly.
+                tracing::info!(job = %p.name, period = %key.1, at = %again, "will retry");
+                return None;
+            }
+            if !first_to_tell(project, key).await {
+                tracing::info!(job = %p.name, period = %key.1, "the operators were told of this failure by an earlier scheduler; will retry");
+                return None;
+            }
+            Some(format!(
+                "\nparstat thử lại mỗi {} phút, đến {}; chỉ báo lại nếu vẫn thất bại khi hết hạn.\n",
+                self.retry_every.num_minutes(),
+                (first + self.retry_for).with_timezone(&tz).format("%H:%M %d/%m/%Y"),
+            ))
+        } else {
+            self.failing.remove(key);
+            Some(format!(
+                "\nparstat đã thử lại đến hết hạn ({} giờ) và dừng. Chạy lại: `parstat run --period {}`.\n",
+                self.retry_for.num_hours(),
+                key.1
+            ))
+        }
+    }
+}
+
+/// Prints what a fire that succeeded did (an `AlreadyDone` only goes to the log).
+fn print_fired(name: &str, fired: &Fired) {
+    match fired {
+        Fired::Extracted(s) => println!("{}: {} rows written", name, s.rows_written),
+        Fired::Reported {
+            period,
+            extracted,
+            outcome,
+        } => println!(
+            "{} {}: sent to {} of {} recipients (the others had it){}",
+            name,
+            period.label(),
+            outcome
+                .delivered
+                .iter()
+                .filter(|d| d.outcome == crate::deliver::ledger::Outcome::Sent)
+                .count(),
+            outcome.delivered.len(),
+            if extracted.is_empty() {
+                String::new()
+            } else {
+                format!(" (after extracting {})", extracted.join(", "))
+            }
+        ),
+        Fired::AlreadyDone { period, run_id } => {
+            tracing::info!(job = %name, period = %period.label(), run_id, "already done");
+        }
     }
 }
 
