@@ -21,12 +21,18 @@ trap 'git worktree remove --force "$work/old" >/dev/null 2>&1 || true; rm -rf "$
 log() { printf '==> %s\n' "$*" >&2; }
 
 # Each side is built as the tests build it (`cargo test --no-run`), so no dependency is built
-# with other features; the binary is copied out before the other side's build replaces it.
+# with other features; its binary is found in cargo's own report of what it built.
 build() { # dir out
     log "building $1"
-    (cd "$1" && cargo test --all-targets --no-run -q >/dev/null 2>&1) \
-        || (cd "$1" && cargo test --all-targets --no-run)
-    cp "$CARGO_TARGET_DIR/debug/parstat" "$2"
+    local exe
+    exe="$(cd "$1" && cargo test --all-targets --no-run --message-format=json 2>/dev/null \
+        | python3 -c 'import json,sys
+for l in sys.stdin:
+    m = json.loads(l)
+    if m.get("reason") == "compiler-artifact" and m["target"]["kind"] == ["bin"] and m["target"]["name"] == "parstat" and not m["profile"]["test"]:
+        print(m["executable"])')"
+    [ -x "$exe" ] || { (cd "$1" && cargo test --all-targets --no-run); exit 1; }
+    cp "$exe" "$2"
 }
 git worktree add -q --detach "$work/old" "$rev"
 build "$work/old" "$work/parstat-old"

@@ -172,3 +172,23 @@ pub async fn run(
     lease.release().await;
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_peer_error_keeps_its_cause_and_reads_the_same() {
+        let e = ExtractError::peer("COPY failed", std::io::Error::other("connection reset"));
+        assert_eq!(e.to_string(), "COPY failed: connection reset");
+        let cause = std::error::Error::source(&e).expect("the cause is kept");
+        assert_eq!(cause.to_string(), "connection reset");
+        assert_eq!(crate::error::report(&e), "COPY failed: connection reset");
+        let c = ExtractError::connect("PostgreSQL at 127.0.0.1:1: connection refused");
+        assert_eq!(
+            c.to_string(),
+            "cannot connect to PostgreSQL at 127.0.0.1:1: connection refused"
+        );
+        assert!(std::error::Error::source(&c).is_some());
+    }
+}
