@@ -8,7 +8,7 @@ use serde_json::{Map, Value};
 use std::time::Duration;
 
 use super::file::{check_fields, eval};
-use super::source::{Msg, Source};
+use super::source::Reading;
 use super::{ExtractError, Position, RawRow, RowSink};
 use crate::config::pipeline::ExtractJob;
 use crate::config::settings::Connection;
@@ -32,17 +32,11 @@ pub struct HttpSource {
     pub since: NaiveDateTime,
 }
 
-impl Source for HttpSource {
-    fn spawn(
-        self: Box<Self>,
-        tx: tokio::sync::mpsc::Sender<Msg>,
-    ) -> tokio::task::JoinHandle<Result<(), ExtractError>> {
-        tokio::spawn(async move {
-            let mut sink = RowSink::new(tx);
-            let columns: Vec<String> = self.job.columns.keys().cloned().collect();
-            stream(&self, &self.job, &columns, self.since, &mut sink).await?;
-            sink.flush().await
-        })
+#[async_trait::async_trait]
+impl Reading for HttpSource {
+    async fn read(&self, sink: &mut RowSink) -> Result<(), ExtractError> {
+        let columns: Vec<String> = self.job.columns.keys().cloned().collect();
+        stream(self, &self.job, &columns, self.since, sink).await
     }
 }
 

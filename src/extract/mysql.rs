@@ -8,7 +8,7 @@ use mysql_async::prelude::Queryable;
 use mysql_async::Value;
 
 use super::cell::Cell;
-use super::source::{Msg, Source};
+use super::source::Reading;
 use super::{ExtractError, Position, RawRow, RowSink, Timeouts};
 
 fn cell(v: Value, t: ColumnType) -> Result<Cell, String> {
@@ -73,25 +73,11 @@ pub(crate) struct Query {
     pub limits: Timeouts,
 }
 
-impl Source for Query {
-    fn spawn(
-        self: Box<Self>,
-        tx: tokio::sync::mpsc::Sender<Msg>,
-    ) -> tokio::task::JoinHandle<Result<(), ExtractError>> {
-        tokio::spawn(async move {
-            let mut sink = RowSink::new(tx);
-            let q = &*self;
-            stream(
-                &q.url,
-                &q.query,
-                q.since,
-                &q.utc_offset,
-                &q.limits,
-                &mut sink,
-            )
-            .await?;
-            sink.flush().await
-        })
+#[async_trait::async_trait]
+impl Reading for Query {
+    async fn read(&self, sink: &mut RowSink) -> Result<(), ExtractError> {
+        let q = self;
+        stream(&q.url, &q.query, q.since, &q.utc_offset, &q.limits, sink).await
     }
 }
 

@@ -8,7 +8,7 @@ use futures_util::StreamExt;
 use tokio_postgres::types::Type;
 
 use super::cell::Cell;
-use super::source::{Msg, Source};
+use super::source::Reading;
 use super::{ExtractError, Position, RawRow, RowSink, Timeouts};
 
 const SIGNATURE: &[u8] = b"PGCOPY\n\xff\r\n\0";
@@ -184,25 +184,11 @@ pub(crate) struct Query {
     pub limits: Timeouts,
 }
 
-impl Source for Query {
-    fn spawn(
-        self: Box<Self>,
-        tx: tokio::sync::mpsc::Sender<Msg>,
-    ) -> tokio::task::JoinHandle<Result<(), ExtractError>> {
-        tokio::spawn(async move {
-            let mut sink = RowSink::new(tx);
-            let q = &*self;
-            stream(
-                &q.url,
-                &q.query,
-                &q.dropped,
-                &q.timezone,
-                &q.limits,
-                &mut sink,
-            )
-            .await?;
-            sink.flush().await
-        })
+#[async_trait::async_trait]
+impl Reading for Query {
+    async fn read(&self, sink: &mut RowSink) -> Result<(), ExtractError> {
+        let q = self;
+        stream(&q.url, &q.query, &q.dropped, &q.timezone, &q.limits, sink).await
     }
 }
 

@@ -23,6 +23,23 @@ pub(crate) trait Source: Send {
     fn spawn(self: Box<Self>, tx: mpsc::Sender<Msg>) -> JoinHandle<Result<(), ExtractError>>;
 }
 
+/// A source read by async I/O (a database, an API): it reads into a sink, in a task of its
+/// own, and what it gathered last is sent when it is done.
+#[async_trait::async_trait]
+pub(crate) trait Reading: Send + Sync + 'static {
+    async fn read(&self, sink: &mut RowSink) -> Result<(), ExtractError>;
+}
+
+impl<T: Reading> Source for T {
+    fn spawn(self: Box<Self>, tx: mpsc::Sender<Msg>) -> JoinHandle<Result<(), ExtractError>> {
+        tokio::spawn(async move {
+            let mut sink = RowSink::new(tx);
+            self.read(&mut sink).await?;
+            sink.flush().await
+        })
+    }
+}
+
 /// Where a run starts reading: the watermark minus the overlap (everything on a first or full
 /// run), in the project's zone. Each source compares it in its own form.
 #[derive(Debug, Clone)]
