@@ -7,7 +7,9 @@ mod prompt;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
+use datafusion::common::ScalarValue;
 use datafusion::dataframe::DataFrameWriteOptions;
+use datafusion::prelude::SessionContext;
 
 use super::{load_project, Failure};
 use crate::config::pipeline::PeriodRule;
@@ -67,52 +69,89 @@ pub async fn run(project_dir: &Path, args: QueryArgs) -> Result<(), Failure> {
     let (ctx, _) = query::session(&project, &wh)
         .await
         .map_err(Failure::failed)?;
-    let (origin, sql) = match (&args.sql, &args.file) {
-        (Some(s), _) => ("query".to_string(), s.clone()),
-        (None, Some(f)) => (
-            f.display().to_string(),
-            std::fs::read_to_string(f)
-                .map_err(|e| Failure::usage(anyhow::anyhow!("{}: {e}", f.display())))?,
-        ),
-        (None, None) => {
-            let format = match args.format {
-                Format::Parquet => {
-                    return Err(Failure::usage(anyhow::anyhow!(
-                        "--format parquet needs the SQL on the command line and -o FILE"
-                    )))
-                }
-                f => f,
-            };
-            let state = prompt::State {
-                params,
-                format,
-                rule,
-                tz: project.settings.timezone,
-            };
-            return if std::io::stdin().is_terminal() {
-                prompt::interactive(&ctx, state).await
-            } else {
-                prompt::script(&ctx, state).await
-            };
-        }
+    let Some((origin, sql)) = read_sql(&args)? else {
+        return start_prompt(&ctx, args.format, params, rule, project.settings.timezone).await;
     };
     if args.format == Format::Parquet && args.output.is_none() {
         return Err(Failure::usage(anyhow::anyhow!(
             "--format parquet writes a file: give it with -o FILE"
         )));
     }
-    let (schema, batches) = match query::run_sql(&ctx, &origin, &sql, &params).await {
-        Ok(r) => r,
+    let (schema, batches) = run_query(&ctx, &args, &origin, &sql, &params).await?;
+    write_output(&ctx, &args, schema, batches).await
+}
+
+/// The SQL's origin and text, from the command line or the file; `None` when neither is given.
+fn read_sql(args: &QueryArgs) -> Result<Option<(String, String)>, Failure> {
+    Ok(match (&args.sql, &args.file) {
+        (Some(s), _) => Some(("query".to_string(), s.clone())),
+        (None, Some(f)) => Some((
+            f.display().to_string(),
+            std::fs::read_to_string(f)
+                .map_err(|e| Failure::usage(anyhow::anyhow!("{}: {e}", f.display())))?,
+        )),
+        (None, None) => None,
+    })
+}
+
+/// Runs the interactive prompt on a terminal, or the statements read from standard input.
+async fn start_prompt(
+    ctx: &SessionContext,
+    format: Format,
+    params: Vec<(String, ScalarValue)>,
+    rule: PeriodRule,
+    tz: chrono_tz::Tz,
+) -> Result<(), Failure> {
+    let format = match format {
+        Format::Parquet => {
+            return Err(Failure::usage(anyhow::anyhow!(
+                "--format parquet needs the SQL on the command line and -o FILE"
+            )))
+        }
+        f => f,
+    };
+    let state = prompt::State {
+        params,
+        format,
+        rule,
+        tz,
+    };
+    if std::io::stdin().is_terminal() {
+        prompt::interactive(ctx, state).await
+    } else {
+        prompt::script(ctx, state).await
+    }
+}
+
+/// Runs the SQL, turning an SQL error into a usage failure with a hint about --period.
+async fn run_query(
+    ctx: &SessionContext,
+    args: &QueryArgs,
+    origin: &str,
+    sql: &str,
+    params: &[(String, ScalarValue)],
+) -> Result<(arrow::datatypes::SchemaRef, Vec<arrow::array::RecordBatch>), Failure> {
+    match query::run_sql(ctx, origin, sql, params).await {
+        Ok(r) => Ok(r),
         Err(e @ QueryError::Sql { .. }) => {
             let hint = if args.period.is_none() && sql.contains("$period") {
                 "\nhelp: the SQL uses the period parameters: add --period YYYY-MM"
             } else {
                 ""
             };
-            return Err(Failure::usage(anyhow::anyhow!("{e}{hint}")));
+            Err(Failure::usage(anyhow::anyhow!("{e}{hint}")))
         }
-        Err(e) => return Err(Failure::failed(e)),
-    };
+        Err(e) => Err(Failure::failed(e)),
+    }
+}
+
+/// Writes the result in the chosen format to the output file or standard output.
+async fn write_output(
+    ctx: &SessionContext,
+    args: &QueryArgs,
+    schema: arrow::datatypes::SchemaRef,
+    batches: Vec<arrow::array::RecordBatch>,
+) -> Result<(), Failure> {
     let mut out: Box<dyn Write> = match (&args.output, args.format) {
         (_, Format::Parquet) => Box::new(std::io::sink()),
         (Some(p), _) => Box::new(std::io::BufWriter::new(

@@ -70,13 +70,7 @@ pub fn trend(
             .y_label_area_size(64)
             .build_cartesian_2d(0usize..(n - 1).max(1), 0f64..max)
             .map_err(|e| err(name, e))?;
-        let labels: Vec<String> = periods
-            .iter()
-            .map(|p| {
-                let (y, m) = p.split_once('-').unwrap_or((p, ""));
-                format!("{}/{y}", m.trim_start_matches('0'))
-            })
-            .collect();
+        let labels = month_labels(periods);
         chart
             .configure_mesh()
             .x_labels(n)
@@ -86,32 +80,7 @@ pub fn trend(
             .disable_x_mesh()
             .draw()
             .map_err(|e| err(name, e))?;
-        let colours = [
-            RGBColor(31, 119, 180),
-            RGBColor(214, 39, 40),
-            RGBColor(44, 160, 44),
-        ];
-        for (k, (label, values)) in series.iter().enumerate() {
-            let colour = colours[k % colours.len()];
-            chart
-                .draw_series(LineSeries::new(
-                    values.iter().enumerate().map(|(i, v)| (i, *v)),
-                    colour.stroke_width(3),
-                ))
-                .map_err(|e| err(name, e))?
-                .label(*label)
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 18, y)], colour.stroke_width(3))
-                });
-            chart
-                .draw_series(
-                    values
-                        .iter()
-                        .enumerate()
-                        .map(|(i, v)| Circle::new((i, *v), 4, colour.filled())),
-                )
-                .map_err(|e| err(name, e))?;
-        }
+        draw_trend_series(&mut chart, name, series)?;
         chart
             .configure_series_labels()
             .label_font((FAMILY, 13))
@@ -123,6 +92,59 @@ pub fn trend(
         root.present().map_err(|e| err(name, e))?;
     }
     png(name, &buf, size)
+}
+
+/// The axis labels for `YYYY-MM` periods, as `M/YYYY`.
+fn month_labels(periods: &[String]) -> Vec<String> {
+    periods
+        .iter()
+        .map(|p| {
+            let (y, m) = p.split_once('-').unwrap_or((p, ""));
+            format!("{}/{y}", m.trim_start_matches('0'))
+        })
+        .collect()
+}
+
+/// Draws each series as a line with dots, in turn, with its legend entry.
+fn draw_trend_series(
+    chart: &mut ChartContext<
+        '_,
+        BitMapBackend<'_>,
+        Cartesian2d<
+            plotters::coord::types::RangedCoordusize,
+            plotters::coord::types::RangedCoordf64,
+        >,
+    >,
+    name: &str,
+    series: &[(&str, Vec<f64>)],
+) -> Result<(), ChartError> {
+    let colours = [
+        RGBColor(31, 119, 180),
+        RGBColor(214, 39, 40),
+        RGBColor(44, 160, 44),
+    ];
+    for (k, (label, values)) in series.iter().enumerate() {
+        let colour = colours[k % colours.len()];
+        chart
+            .draw_series(LineSeries::new(
+                values.iter().enumerate().map(|(i, v)| (i, *v)),
+                colour.stroke_width(3),
+            ))
+            .map_err(|e| err(name, e))?
+            .label(*label)
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 18, y)], colour.stroke_width(3))
+            });
+        chart
+            .draw_series(
+                values
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| Circle::new((i, *v), 4, colour.filled())),
+            )
+            .map_err(|e| err(name, e))?;
+    }
+    Ok(())
 }
 
 /// Horizontal bars, one per labelled value (e.g. agencies' on-time rates), highest first.

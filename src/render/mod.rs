@@ -185,79 +185,96 @@ fn charts(
     let mut out = Vec::new();
     let tag = format!("{}.{}", c.report, c.period.label());
     if let Some(rows) = tables.get("trend_monthly").filter(|r| !r.is_empty()) {
-        let periods: Vec<String> = rows.iter().map(|r| table::text(r, "period")).collect();
-        let col = |c: &str| -> Vec<f64> {
-            rows.iter()
-                .map(|r| table::num(r, c).unwrap_or(0.0))
-                .collect()
-        };
-        let png = chart::trend(
-            "trend",
-            "Hồ sơ tiếp nhận và đã giải quyết, 12 tháng",
-            &periods,
-            &[
-                ("Tiếp nhận mới", col("received")),
-                ("Đã giải quyết", col("resolved")),
-            ],
-        )?;
-        out.push(Inline {
-            cid: format!("trend.{tag}@parstat"),
-            name: "trend".into(),
-            png,
-        });
+        out.push(trend_chart(rows, &tag)?);
     }
     if let Some(rows) = tables.get("dossier_monthly") {
-        let mut items: Vec<(String, f64)> = rows
-            .iter()
-            .filter(|r| {
-                table::text(r, "group_kind") == "agency"
-                    && table::text(r, "agency_level") == "province"
-            })
-            .filter_map(|r| Some((table::text(r, "group_name"), table::num(r, "on_time_rate")?)))
-            .collect();
-        items.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        if !items.is_empty() {
-            let png = chart::bars(
-                "agencies",
-                "Tỷ lệ giải quyết đúng hạn của các sở, ban, ngành (%)",
-                &items,
-                100.0,
-            )?;
-            out.push(Inline {
-                cid: format!("agencies.{tag}@parstat"),
-                name: "agencies".into(),
-                png,
-            });
-        }
+        out.extend(agencies_chart(rows, &tag)?);
     }
     if let Some(rows) = tables.get("investment_monthly") {
-        let mut items: Vec<(String, f64)> = rows
-            .iter()
-            .filter(|r| table::text(r, "group_kind") == "sector")
-            .filter_map(|r| {
-                Some((
-                    table::text(r, "group_name"),
-                    table::num(r, "valid_capital_vnd")? / 1e9,
-                ))
-            })
-            .collect();
-        items.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        items.truncate(12);
-        if let Some(max) = items.first().map(|x| x.1 * 1.1) {
-            let png = chart::bars(
-                "sectors",
-                "Vốn đăng ký còn hiệu lực theo ngành (tỷ đồng)",
-                &items,
-                max.max(1.0),
-            )?;
-            out.push(Inline {
-                cid: format!("sectors.{tag}@parstat"),
-                name: "sectors".into(),
-                png,
-            });
-        }
+        out.extend(sectors_chart(rows, &tag)?);
     }
     Ok(out)
+}
+
+/// The 12-month chart of dossiers received and resolved, from `trend_monthly`.
+fn trend_chart(rows: &[table::Row], tag: &str) -> Result<Inline, RenderError> {
+    let periods: Vec<String> = rows.iter().map(|r| table::text(r, "period")).collect();
+    let col = |c: &str| -> Vec<f64> {
+        rows.iter()
+            .map(|r| table::num(r, c).unwrap_or(0.0))
+            .collect()
+    };
+    let png = chart::trend(
+        "trend",
+        "Hồ sơ tiếp nhận và đã giải quyết, 12 tháng",
+        &periods,
+        &[
+            ("Tiếp nhận mới", col("received")),
+            ("Đã giải quyết", col("resolved")),
+        ],
+    )?;
+    Ok(Inline {
+        cid: format!("trend.{tag}@parstat"),
+        name: "trend".into(),
+        png,
+    })
+}
+
+/// The provincial agencies' on-time rates from `dossier_monthly`, when there are any.
+fn agencies_chart(rows: &[table::Row], tag: &str) -> Result<Option<Inline>, RenderError> {
+    let mut items: Vec<(String, f64)> = rows
+        .iter()
+        .filter(|r| {
+            table::text(r, "group_kind") == "agency" && table::text(r, "agency_level") == "province"
+        })
+        .filter_map(|r| Some((table::text(r, "group_name"), table::num(r, "on_time_rate")?)))
+        .collect();
+    items.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    if items.is_empty() {
+        return Ok(None);
+    }
+    let png = chart::bars(
+        "agencies",
+        "Tỷ lệ giải quyết đúng hạn của các sở, ban, ngành (%)",
+        &items,
+        100.0,
+    )?;
+    Ok(Some(Inline {
+        cid: format!("agencies.{tag}@parstat"),
+        name: "agencies".into(),
+        png,
+    }))
+}
+
+/// The 12 sectors with the most valid registered capital from `investment_monthly`, when
+/// there are any.
+fn sectors_chart(rows: &[table::Row], tag: &str) -> Result<Option<Inline>, RenderError> {
+    let mut items: Vec<(String, f64)> = rows
+        .iter()
+        .filter(|r| table::text(r, "group_kind") == "sector")
+        .filter_map(|r| {
+            Some((
+                table::text(r, "group_name"),
+                table::num(r, "valid_capital_vnd")? / 1e9,
+            ))
+        })
+        .collect();
+    items.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    items.truncate(12);
+    let Some(max) = items.first().map(|x| x.1 * 1.1) else {
+        return Ok(None);
+    };
+    let png = chart::bars(
+        "sectors",
+        "Vốn đăng ký còn hiệu lực theo ngành (tỷ đồng)",
+        &items,
+        max.max(1.0),
+    )?;
+    Ok(Some(Inline {
+        cid: format!("sectors.{tag}@parstat"),
+        name: "sectors".into(),
+        png,
+    }))
 }
 
 /// The workbook and each table as CSV, named in Vietnamese with the period.

@@ -133,22 +133,21 @@ fn form_values(r: &Row) -> [f64; 11] {
 fn official_form(ws: &mut Worksheet, c: &Computed, rows: &[Row]) -> Result<(), XlsxError> {
     ws.set_name(FORM_SHEET)?;
     let last = (FORM_COLUMNS - 1) as u16;
+    form_title(ws, c, last)?;
+    let hn = form_header(ws)?;
+    let province = of_kind(rows, "province").next();
+    let r = form_body(ws, c, rows, province, hn + 1)?;
+    form_note(ws, province, r, last)
+}
+
+/// Writes the form's code, title, reporting period and unit in rows 0 to 3.
+fn form_title(ws: &mut Worksheet, c: &Computed, last: u16) -> Result<(), XlsxError> {
     let bold_center = Format::new()
         .set_bold()
         .set_align(FormatAlign::Center)
         .set_text_wrap();
     let italic_center = Format::new().set_italic().set_align(FormatAlign::Center);
     let right = Format::new().set_italic().set_align(FormatAlign::Right);
-    let header = header_format();
-    let cell = Format::new().set_border(FormatBorder::Thin);
-    let cell_num = Format::new()
-        .set_border(FormatBorder::Thin)
-        .set_num_format("#,##0");
-    let total = Format::new().set_bold().set_border(FormatBorder::Thin);
-    let total_num = Format::new()
-        .set_bold()
-        .set_border(FormatBorder::Thin)
-        .set_num_format("#,##0");
 
     ws.write_string_with_format(
         0,
@@ -177,7 +176,13 @@ fn official_form(ws: &mut Worksheet, c: &Computed, rows: &[Row]) -> Result<(), X
         &italic_center,
     )?;
     ws.merge_range(3, 0, 3, last, "Đơn vị tính: Số hồ sơ TTHC", &right)?;
+    Ok(())
+}
 
+/// Writes the three header rows and the column numbers, sizes the columns and freezes the
+/// panes; returns the row of the column numbers.
+fn form_header(ws: &mut Worksheet) -> Result<u32, XlsxError> {
+    let header = header_format();
     // Three header rows, then the column numbers.
     let (h1, h2, h3, hn) = (4u32, 5u32, 6u32, 7u32);
     ws.merge_range(h1, 0, h3, 0, "STT", &header)?;
@@ -217,8 +222,27 @@ fn official_form(ws: &mut Worksheet, c: &Computed, rows: &[Row]) -> Result<(), X
         ws.set_column_width(col, 11)?;
     }
     ws.set_freeze_panes(hn + 1, 2)?;
+    Ok(hn)
+}
 
-    let mut r = hn + 1;
+/// Writes the total row, then each level's row followed by its agencies, from row `r`;
+/// returns the row after the last one written.
+fn form_body(
+    ws: &mut Worksheet,
+    c: &Computed,
+    rows: &[Row],
+    province: Option<&Row>,
+    mut r: u32,
+) -> Result<u32, XlsxError> {
+    let cell = Format::new().set_border(FormatBorder::Thin);
+    let cell_num = Format::new()
+        .set_border(FormatBorder::Thin)
+        .set_num_format("#,##0");
+    let total = Format::new().set_bold().set_border(FormatBorder::Thin);
+    let total_num = Format::new()
+        .set_bold()
+        .set_border(FormatBorder::Thin)
+        .set_num_format("#,##0");
     let mut write_row = |ws: &mut Worksheet,
                          stt: &str,
                          label: &str,
@@ -238,7 +262,6 @@ fn official_form(ws: &mut Worksheet, c: &Computed, rows: &[Row]) -> Result<(), X
         r += 1;
         Ok(())
     };
-    let province = of_kind(rows, "province").next();
     write_row(
         ws,
         "",
@@ -281,6 +304,16 @@ fn official_form(ws: &mut Worksheet, c: &Computed, rows: &[Row]) -> Result<(), X
             )?;
         }
     }
+    Ok(r)
+}
+
+/// Writes the note on withdrawn dossiers one row below row `r`.
+fn form_note(
+    ws: &mut Worksheet,
+    province: Option<&Row>,
+    r: u32,
+    last: u16,
+) -> Result<(), XlsxError> {
     let withdrawn = province.and_then(|p| num(p, "withdrawn")).unwrap_or(0.0);
     ws.merge_range(
         r + 1,
