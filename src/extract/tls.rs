@@ -496,6 +496,30 @@ pub fn mysql(url: &str) -> Result<Mysql, String> {
         u.host_str().unwrap_or("localhost"),
         u.port().unwrap_or(3306)
     );
+    let (rest, mode, ca) = take_mysql_params(url, &server)?;
+    let mode = mysql_mode(mode.as_deref(), &server)?;
+    let opts = mysql_async::Opts::from_url(&rest)
+        .map_err(|e| format!("invalid MariaDB/MySQL url: {e}"))?;
+    let ssl = mysql_ssl(mode, ca.as_deref(), &server)?;
+    let mut b = mysql_async::OptsBuilder::from_opts(opts);
+    if ssl.is_some() {
+        // The session stays on its encrypted TCP connection: mysql_async would otherwise
+        // move a local server's session to its Unix socket, where it cannot start TLS.
+        b = b.prefer_socket(false);
+    }
+    let b = b.ssl_opts(ssl);
+    Ok(Mysql {
+        opts: b.into(),
+        mode,
+        server,
+    })
+}
+
+/// Takes `ssl-mode` and `ssl-ca` out of a MariaDB/MySQL URL, refusing mysql_async's own switches.
+fn take_mysql_params(
+    url: &str,
+    server: &str,
+) -> Result<(String, Option<String>, Option<PathBuf>), String> {
     // MariaDB's client options are spelt with `-` and `_` alike.
     let norm = |k: &str| k.replace('_', "-").to_ascii_lowercase();
     let ours = [
@@ -520,7 +544,12 @@ pub fn mysql(url: &str) -> Result<Mysql, String> {
             }
         }
     }
-    let mode = match mode.as_deref().map(str::to_ascii_uppercase).as_deref() {
+    Ok((rest, mode, ca))
+}
+
+/// The mode an `ssl-mode` value names (any case; PREFERRED when absent).
+fn mysql_mode(mode: Option<&str>, server: &str) -> Result<Mode, String> {
+    Ok(match mode.map(str::to_ascii_uppercase).as_deref() {
         None | Some("PREFERRED") => Mode::Prefer,
         Some("DISABLED") => Mode::Disable,
         Some("REQUIRED") => Mode::Require,
@@ -531,24 +560,30 @@ pub fn mysql(url: &str) -> Result<Mysql, String> {
                 "MariaDB/MySQL at {server}: unknown ssl-mode `{other}` (one of DISABLED, PREFERRED, REQUIRED, VERIFY_CA, VERIFY_IDENTITY)"
             ))
         }
-    };
+    })
+}
+
+/// mysql_async's TLS options for `mode` and the CA file, if any (none when disabled).
+fn mysql_ssl(
+    mode: Mode,
+    ca: Option<&Path>,
+    server: &str,
+) -> Result<Option<mysql_async::SslOpts>, String> {
     let at = |e: String| {
         format!(
             "MariaDB/MySQL at {server} (ssl-mode={}): {e}",
             mode.mysql_name()
         )
     };
-    let opts = mysql_async::Opts::from_url(&rest)
-        .map_err(|e| format!("invalid MariaDB/MySQL url: {e}"))?;
     // As for PostgreSQL's `require`: a CA file given means the chain is verified.
     let verify = mode >= Mode::VerifyCa || (mode == Mode::Require && ca.is_some());
-    let ssl = match mode {
+    Ok(match mode {
         Mode::Disable => None,
         _ => {
             provider();
             let mut ssl = mysql_async::SslOpts::default();
             if verify {
-                if let Some(ca) = &ca {
+                if let Some(ca) = ca {
                     // Read here for a clear error; mysql_async takes each certificate as DER.
                     let certs = read_roots("ssl-ca", ca).map_err(at)?;
                     ssl = ssl
@@ -561,18 +596,6 @@ pub fn mysql(url: &str) -> Result<Mysql, String> {
             }
             Some(ssl)
         }
-    };
-    let mut b = mysql_async::OptsBuilder::from_opts(opts);
-    if ssl.is_some() {
-        // The session stays on its encrypted TCP connection: mysql_async would otherwise
-        // move a local server's session to its Unix socket, where it cannot start TLS.
-        b = b.prefer_socket(false);
-    }
-    let b = b.ssl_opts(ssl);
-    Ok(Mysql {
-        opts: b.into(),
-        mode,
-        server,
     })
 }
 

@@ -15,86 +15,113 @@ use crate::query::{self, InputTable};
 /// The SQL returning what `test` finds wrong in `table`. Grouped kinds (unique, accepted
 /// values, relationships) return one row per bad value with its count in `rows`.
 pub fn failing_sql(table: &str, schema: &Schema, test: &DataTest) -> String {
-    let filter = |extra: &str| match (&test.filter, extra.is_empty()) {
-        (Some(f), true) => format!("WHERE ({f})"),
-        (Some(f), false) => format!("WHERE ({extra}) AND ({f})"),
-        (None, true) => String::new(),
-        (None, false) => format!("WHERE {extra}"),
-    };
-    let quote_all = |cols: &[String]| {
-        cols.iter()
-            .map(|c| format!("\"{c}\""))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
+    let filter = test.filter.as_deref();
     match &test.kind {
         DataTestKind::Unique(cols) => {
             let c = quote_all(cols);
             format!(
                 "SELECT {c}, COUNT(*) AS \"rows\" FROM \"{table}\" {} GROUP BY {c} \
                  HAVING COUNT(*) > 1 ORDER BY \"rows\" DESC, {c}",
-                filter("")
+                where_clause(filter, "")
             )
         }
-        DataTestKind::NotNull(cols) => {
-            // The key identifies the row; the tested columns show which is missing.
-            let mut shown: Vec<String> = schema.primary_key.clone();
-            for c in cols {
-                if !shown.contains(c) {
-                    shown.push(c.clone());
-                }
-            }
-            let cond = cols
-                .iter()
-                .map(|c| format!("\"{c}\" IS NULL"))
-                .collect::<Vec<_>>()
-                .join(" OR ");
-            format!(
-                "SELECT {} FROM \"{table}\" {} ORDER BY {}",
-                quote_all(&shown),
-                filter(&cond),
-                quote_all(&schema.primary_key)
-            )
-        }
+        DataTestKind::NotNull(cols) => not_null_sql(table, schema, cols, filter),
         DataTestKind::AcceptedValues { column, values } => {
-            let list = values
-                .iter()
-                .map(|v| match v {
-                    AllowedValue::Int(i) => i.to_string(),
-                    AllowedValue::Text(s) => format!("'{}'", s.replace('\'', "''")),
-                })
-                .collect::<Vec<_>>()
-                .join(", ");
-            format!(
-                "SELECT \"{column}\", COUNT(*) AS \"rows\" FROM \"{table}\" {} \
-                 GROUP BY \"{column}\" ORDER BY \"rows\" DESC",
-                filter(&format!(
-                    "\"{column}\" IS NOT NULL AND \"{column}\" NOT IN ({list})"
-                ))
-            )
+            accepted_values_sql(table, column, values, filter)
         }
         DataTestKind::Relationship { column, to, field } => format!(
             "SELECT c.\"{column}\", COUNT(*) AS \"rows\" FROM \"{table}\" c \
              LEFT JOIN (SELECT DISTINCT \"{field}\" AS __key FROM \"{to}\") p \
              ON c.\"{column}\" = p.__key {} GROUP BY c.\"{column}\" ORDER BY \"rows\" DESC",
-            filter(&format!("c.\"{column}\" IS NOT NULL AND p.__key IS NULL"))
-        ),
-        DataTestKind::RowCount { min, max } => {
-            let mut bad = Vec::new();
-            if let Some(m) = min {
-                bad.push(format!("\"rows\" < {m}"));
-            }
-            if let Some(m) = max {
-                bad.push(format!("\"rows\" > {m}"));
-            }
-            format!(
-                "SELECT \"rows\" FROM (SELECT COUNT(*) AS \"rows\" FROM \"{table}\" {}) WHERE {}",
-                filter(""),
-                bad.join(" OR ")
+            where_clause(
+                filter,
+                &format!("c.\"{column}\" IS NOT NULL AND p.__key IS NULL")
             )
-        }
+        ),
+        DataTestKind::RowCount { min, max } => row_count_sql(table, *min, *max, filter),
         DataTestKind::Sql(sql) => sql.clone(),
     }
+}
+
+/// The `WHERE` clause of a test's own `filter` joined with the kind's condition `extra`.
+fn where_clause(filter: Option<&str>, extra: &str) -> String {
+    match (filter, extra.is_empty()) {
+        (Some(f), true) => format!("WHERE ({f})"),
+        (Some(f), false) => format!("WHERE ({extra}) AND ({f})"),
+        (None, true) => String::new(),
+        (None, false) => format!("WHERE {extra}"),
+    }
+}
+
+/// Column names quoted and joined with commas.
+fn quote_all(cols: &[String]) -> String {
+    cols.iter()
+        .map(|c| format!("\"{c}\""))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The SQL of a not-null test: the rows missing a tested column, shown with their key.
+fn not_null_sql(table: &str, schema: &Schema, cols: &[String], filter: Option<&str>) -> String {
+    // The key identifies the row; the tested columns show which is missing.
+    let mut shown: Vec<String> = schema.primary_key.clone();
+    for c in cols {
+        if !shown.contains(c) {
+            shown.push(c.clone());
+        }
+    }
+    let cond = cols
+        .iter()
+        .map(|c| format!("\"{c}\" IS NULL"))
+        .collect::<Vec<_>>()
+        .join(" OR ");
+    format!(
+        "SELECT {} FROM \"{table}\" {} ORDER BY {}",
+        quote_all(&shown),
+        where_clause(filter, &cond),
+        quote_all(&schema.primary_key)
+    )
+}
+
+/// The SQL of an accepted-values test: each value outside the list, with its count.
+fn accepted_values_sql(
+    table: &str,
+    column: &str,
+    values: &[AllowedValue],
+    filter: Option<&str>,
+) -> String {
+    let list = values
+        .iter()
+        .map(|v| match v {
+            AllowedValue::Int(i) => i.to_string(),
+            AllowedValue::Text(s) => format!("'{}'", s.replace('\'', "''")),
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "SELECT \"{column}\", COUNT(*) AS \"rows\" FROM \"{table}\" {} \
+         GROUP BY \"{column}\" ORDER BY \"rows\" DESC",
+        where_clause(
+            filter,
+            &format!("\"{column}\" IS NOT NULL AND \"{column}\" NOT IN ({list})")
+        )
+    )
+}
+
+/// The SQL of a row-count test: the count, when outside its bounds.
+fn row_count_sql(table: &str, min: Option<i64>, max: Option<i64>, filter: Option<&str>) -> String {
+    let mut bad = Vec::new();
+    if let Some(m) = min {
+        bad.push(format!("\"rows\" < {m}"));
+    }
+    if let Some(m) = max {
+        bad.push(format!("\"rows\" > {m}"));
+    }
+    format!(
+        "SELECT \"rows\" FROM (SELECT COUNT(*) AS \"rows\" FROM \"{table}\" {}) WHERE {}",
+        where_clause(filter, ""),
+        bad.join(" OR ")
+    )
 }
 
 /// How many source rows the result stands for: the `rows` counts of grouped kinds, the

@@ -16,13 +16,13 @@ use toml::Spanned;
 
 use super::{Outcome, Status};
 use crate::config::diag::{suggest, Diagnostics, Source};
-use crate::config::pipeline::PeriodRule;
+use crate::config::pipeline::{PeriodRule, ReportJob};
 use crate::config::schema::Schema;
 use crate::config::toml_file::{self, fields_of};
 use crate::config::Project;
 use crate::extract::cell::Cell;
 use crate::extract::convert::{RowPlan, Scratch};
-use crate::query::{self, Inputs, MemoryTables, Period, QueryError};
+use crate::query::{self, Computed, Inputs, MemoryTables, Period, QueryError};
 
 #[derive(Deserialize)]
 struct RawUnit {
@@ -197,19 +197,51 @@ fn csv_text(
 fn load_one(project: &Project, src: &Source, diags: &mut Diagnostics) -> Option<UnitTest> {
     let raw: RawUnit = toml_file::parse(src, &known_keys(), diags)?;
     let before = diags.error_count();
-    let reports = project.report_names();
     let report_name = raw.report.get_ref().clone();
-    let Some(job) = project.pipeline(&report_name).and_then(|p| p.as_report()) else {
+    let job = report_job(project, src, &raw.report, diags)?;
+    let period = test_period(src, &raw, job.period_rule, diags);
+    let inputs = test_inputs(project, src, &raw.inputs, diags);
+    let expects = test_expects(project, src, job, &report_name, &raw.expect, diags);
+    (diags.error_count() == before).then(|| UnitTest {
+        file: src.path.clone(),
+        description: raw.description.unwrap_or_default(),
+        report: report_name,
+        period: period.expect("an invalid period is an error"),
+        inputs,
+        expects,
+    })
+}
+
+/// The report pipeline a test names, or an error at its `report` key.
+fn report_job<'a>(
+    project: &'a Project,
+    src: &Source,
+    report: &Spanned<String>,
+    diags: &mut Diagnostics,
+) -> Option<&'a ReportJob> {
+    let reports = project.report_names();
+    let report_name = report.get_ref();
+    let job = project.pipeline(report_name).and_then(|p| p.as_report());
+    if job.is_none() {
         diags.error_at(
             src,
-            raw.report.span(),
+            report.span(),
             format!("`{report_name}` is not a report pipeline"),
-            Some(suggest(&report_name, &reports)),
+            Some(suggest(report_name, &reports)),
         );
-        return None;
-    };
+    }
+    job
+}
+
+/// The test's period, read with its `rule` (else the report's), or errors at either key.
+fn test_period(
+    src: &Source,
+    raw: &RawUnit,
+    report_rule: PeriodRule,
+    diags: &mut Diagnostics,
+) -> Option<Period> {
     let rule = match raw.rule.as_ref().map(|r| (r.get_ref().as_str(), r.span())) {
-        None => job.period_rule,
+        None => report_rule,
         Some(("calendar", _)) => PeriodRule::Calendar,
         Some(("decree09", _)) => PeriodRule::Decree09,
         Some((other, span)) => {
@@ -219,10 +251,10 @@ fn load_one(project: &Project, src: &Source, diags: &mut Diagnostics) -> Option<
                 format!("unknown period rule `{other}`"),
                 Some(suggest(other, &["calendar", "decree09"])),
             );
-            job.period_rule
+            report_rule
         }
     };
-    let period = match Period::parse(raw.period.get_ref(), rule) {
+    match Period::parse(raw.period.get_ref(), rule) {
         Ok(p) => Some(p),
         Err(e) => {
             diags.error_at(
@@ -233,8 +265,11 @@ fn load_one(project: &Project, src: &Source, diags: &mut Diagnostics) -> Option<
             );
             None
         }
-    };
-    // What an input may be: a dataset, a published report table, or a seed.
+    }
+}
+
+/// What an input may be: a dataset, a published report table, or a seed.
+fn input_names(project: &Project) -> Vec<String> {
     let mut known: Vec<String> = project.schemas.keys().cloned().collect();
     for p in &project.pipelines {
         if let Some(r) = p.as_report() {
@@ -244,9 +279,20 @@ fn load_one(project: &Project, src: &Source, diags: &mut Diagnostics) -> Option<
     for f in query::seed_files(&project.root.join("sql").join("seeds")) {
         known.push(crate::config::pipeline::table_name(&f));
     }
+    known
+}
+
+/// The test's `[inputs.<name>]` tables, each checked to be a known input and read as CSV.
+fn test_inputs(
+    project: &Project,
+    src: &Source,
+    raw_inputs: &BTreeMap<String, Spanned<RawData>>,
+    diags: &mut Diagnostics,
+) -> Vec<(String, CsvText)> {
+    let known = input_names(project);
     let known_refs: Vec<&str> = known.iter().map(|s| s.as_str()).collect();
     let mut inputs = Vec::new();
-    for (key, data) in &raw.inputs {
+    for (key, data) in raw_inputs {
         // Map keys carry no span: the key is found in the text (`[inputs.<name>]` or
         // `inputs.<name> =`), else the table is pointed at.
         let at = src
@@ -280,10 +326,22 @@ fn load_one(project: &Project, src: &Source, diags: &mut Diagnostics) -> Option<
             inputs.push((name.get_ref().clone(), t));
         }
     }
+    inputs
+}
+
+/// The test's `[[expect]]` tables, each checked to be a table of the report; none is an error.
+fn test_expects(
+    project: &Project,
+    src: &Source,
+    job: &ReportJob,
+    report_name: &str,
+    raw_expects: &[Spanned<RawExpect>],
+    diags: &mut Diagnostics,
+) -> Vec<Expect> {
     let tables = job.tables();
     let table_refs: Vec<&str> = tables.iter().map(|s| s.as_str()).collect();
     let mut expects = Vec::new();
-    for e in &raw.expect {
+    for e in raw_expects {
         let span = e.span();
         let e = e.get_ref();
         if !tables.contains(e.table.get_ref()) {
@@ -315,7 +373,7 @@ fn load_one(project: &Project, src: &Source, diags: &mut Diagnostics) -> Option<
             });
         }
     }
-    if raw.expect.is_empty() {
+    if raw_expects.is_empty() {
         diags.error_at(
             src,
             0..0,
@@ -325,14 +383,7 @@ fn load_one(project: &Project, src: &Source, diags: &mut Diagnostics) -> Option<
             ),
         );
     }
-    (diags.error_count() == before).then(|| UnitTest {
-        file: src.path.clone(),
-        description: raw.description.unwrap_or_default(),
-        report: report_name,
-        period: period.expect("an invalid period is an error"),
-        inputs,
-        expects,
-    })
+    expects
 }
 
 /// Rows of a CSV text: the header, then each record with its line in the file.
@@ -576,39 +627,18 @@ fn show(v: &Value, tz: chrono_tz::Tz) -> String {
 /// Runs one unit test: builds its inputs, computes the report, compares each expectation.
 pub async fn run(project: &Project, test: &UnitTest) -> Vec<Outcome> {
     let tz = project.settings.timezone;
-    let label = |suffix: &str| {
-        let stem = test
-            .file
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        format!("{} {stem}{suffix}", test.report)
-    };
     let fail = |detail: String| {
         vec![Outcome {
-            label: label(""),
+            label: label(test, ""),
             origin: test.file.clone(),
             status: Status::Fail,
             detail,
         }]
     };
-    let mut tables = MemoryTables::new();
-    let seeds: Vec<String> = query::seed_files(&project.root.join("sql").join("seeds"))
-        .iter()
-        .map(|f| crate::config::pipeline::table_name(f))
-        .collect();
-    for (name, text) in &test.inputs {
-        let built = match project.schemas.get(name) {
-            Some(schema) => dataset_input(schema, text, tz),
-            None => other_input(name, text, seeds.contains(name)),
-        };
-        match built {
-            Ok(t) => {
-                tables.insert(name.clone(), t);
-            }
-            Err(e) => return fail(e),
-        }
-    }
+    let tables = match memory_inputs(project, test, tz) {
+        Ok(t) => t,
+        Err(e) => return fail(e),
+    };
     let pipeline = project
         .pipeline(&test.report)
         .expect("the report was checked on load");
@@ -622,17 +652,10 @@ pub async fn run(project: &Project, test: &UnitTest) -> Vec<Outcome> {
             }
             Err(e) => return fail(format!("the report failed: {e}")),
         };
-    let ctx = SessionContext::new();
-    for t in &computed.tables {
-        let mem =
-            datafusion::datasource::MemTable::try_new(t.schema.clone(), vec![t.batches.clone()]);
-        match mem {
-            Ok(m) => {
-                let _ = ctx.register_table(t.name.as_str(), Arc::new(m));
-            }
-            Err(e) => return fail(e.to_string()),
-        }
-    }
+    let ctx = match computed_session(&computed) {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
     let mut out = Vec::new();
     for (i, e) in test.expects.iter().enumerate() {
         let where_text = e
@@ -640,7 +663,7 @@ pub async fn run(project: &Project, test: &UnitTest) -> Vec<Outcome> {
             .as_ref()
             .map(|f| format!(" where {f}"))
             .unwrap_or_default();
-        let outcome_label = label(&format!(" #{}: {}{where_text}", i + 1, e.table));
+        let outcome_label = label(test, &format!(" #{}: {}{where_text}", i + 1, e.table));
         let origin = PathBuf::from(format!("{}:{}", test.file.display(), e.line));
         let detail = compare(&ctx, e, tz).await.err();
         out.push(Outcome {
@@ -657,10 +680,71 @@ pub async fn run(project: &Project, test: &UnitTest) -> Vec<Outcome> {
     out
 }
 
+/// An outcome's label: the report and the test file's stem, then `suffix`.
+fn label(test: &UnitTest, suffix: &str) -> String {
+    let stem = test
+        .file
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    format!("{} {stem}{suffix}", test.report)
+}
+
+/// The test's inputs as in-memory tables, each read by its dataset's schema when it has one.
+fn memory_inputs(
+    project: &Project,
+    test: &UnitTest,
+    tz: chrono_tz::Tz,
+) -> Result<MemoryTables, String> {
+    let mut tables = MemoryTables::new();
+    let seeds: Vec<String> = query::seed_files(&project.root.join("sql").join("seeds"))
+        .iter()
+        .map(|f| crate::config::pipeline::table_name(f))
+        .collect();
+    for (name, text) in &test.inputs {
+        let built = match project.schemas.get(name) {
+            Some(schema) => dataset_input(schema, text, tz),
+            None => other_input(name, text, seeds.contains(name)),
+        };
+        tables.insert(name.clone(), built?);
+    }
+    Ok(tables)
+}
+
+/// A session holding the report's computed tables, for the expectations to query.
+fn computed_session(computed: &Computed) -> Result<SessionContext, String> {
+    let ctx = SessionContext::new();
+    for t in &computed.tables {
+        let mem =
+            datafusion::datasource::MemTable::try_new(t.schema.clone(), vec![t.batches.clone()]);
+        match mem {
+            Ok(m) => {
+                let _ = ctx.register_table(t.name.as_str(), Arc::new(m));
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    Ok(ctx)
+}
+
 /// Compares an expectation with the computed table: the same rows, in any order, on the
 /// expected columns.
 async fn compare(ctx: &SessionContext, e: &Expect, tz: chrono_tz::Tz) -> Result<(), String> {
     let (header, rows) = read_csv(&e.rows)?;
+    let computed = computed_rows(ctx, e, &header).await?;
+    let (missing, extra) = unmatched(&rows, &computed, tz);
+    if missing.is_empty() && extra.is_empty() {
+        return Ok(());
+    }
+    Err(mismatch(e, &header, &rows, &computed, &missing, &extra, tz))
+}
+
+/// The rows of the expectation's table (through its `where`), on the expected columns.
+async fn computed_rows(
+    ctx: &SessionContext,
+    e: &Expect,
+    header: &[String],
+) -> Result<Vec<Vec<Value>>, String> {
     let sql = match &e.filter {
         Some(f) => format!("SELECT * FROM \"{}\" WHERE {f}", e.table),
         None => format!("SELECT * FROM \"{}\"", e.table),
@@ -676,7 +760,7 @@ async fn compare(ctx: &SessionContext, e: &Expect, tz: chrono_tz::Tz) -> Result<
         .map_err(|err| format!("`where` failed: {err}"))?;
     let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
     let mut columns: Vec<Vec<Value>> = Vec::new();
-    for h in &header {
+    for h in header {
         let Ok(idx) = schema.index_of(h) else {
             return Err(format!(
                 "{}:{}: `{h}` is not a column of `{}`; {}",
@@ -693,23 +777,44 @@ async fn compare(ctx: &SessionContext, e: &Expect, tz: chrono_tz::Tz) -> Result<
         columns.push(vals);
     }
     let computed_rows = columns.first().map(|c| c.len()).unwrap_or(0);
-    let computed: Vec<Vec<Value>> = (0..computed_rows)
+    Ok((0..computed_rows)
         .map(|r| columns.iter().map(|c| c[r].clone()).collect())
-        .collect();
+        .collect())
+}
+
+/// Pairs expected rows with computed ones: the expected rows not computed, and the indices
+/// of the computed rows not expected.
+fn unmatched<'a>(
+    rows: &'a Records,
+    computed: &[Vec<Value>],
+    tz: chrono_tz::Tz,
+) -> (Vec<&'a (usize, Vec<String>)>, Vec<usize>) {
     let mut used = vec![false; computed.len()];
     let mut missing = Vec::new();
-    for (line, exp) in &rows {
+    for row in rows {
+        let exp = &row.1;
         let found = (0..computed.len())
             .find(|&r| !used[r] && exp.iter().zip(&computed[r]).all(|(x, a)| matches(x, a, tz)));
         match found {
             Some(r) => used[r] = true,
-            None => missing.push((line, exp)),
+            None => missing.push(row),
         }
     }
     let extra: Vec<usize> = (0..computed.len()).filter(|&r| !used[r]).collect();
-    if missing.is_empty() && extra.is_empty() {
-        return Ok(());
-    }
+    (missing, extra)
+}
+
+/// The failure detail: the counts, each expected row not computed (with the closest computed
+/// row's differences), and each computed row not expected.
+fn mismatch(
+    e: &Expect,
+    header: &[String],
+    rows: &Records,
+    computed: &[Vec<Value>],
+    missing: &[&(usize, Vec<String>)],
+    extra: &[usize],
+    tz: chrono_tz::Tz,
+) -> String {
     let row_text = |vals: Vec<String>| {
         header
             .iter()
@@ -724,45 +829,56 @@ async fn compare(ctx: &SessionContext, e: &Expect, tz: chrono_tz::Tz) -> Result<
         computed.len(),
         rows.len() - missing.len()
     );
-    for (line, exp) in &missing {
+    for (line, exp) in missing.iter().copied() {
         d.push_str(&format!(
             "\n  {}:{line}: expected row not computed: {}",
             e.rows.file.display(),
             row_text(exp.to_vec())
         ));
-        // The unmatched computed row closest to it, and how it differs.
-        let best = extra.iter().copied().max_by_key(|&r| {
-            exp.iter()
-                .zip(&computed[r])
-                .filter(|(x, a)| matches(x, a, tz))
-                .count()
-        });
-        if let Some(r) = best {
-            let diffs: Vec<String> = header
-                .iter()
-                .zip(exp.iter().zip(&computed[r]))
-                .filter(|(_, (x, a))| !matches(x, a, tz))
-                .map(|(h, (x, a))| {
-                    format!(
-                        "{h}: expected {}, computed {}",
-                        if x.is_empty() { "NULL" } else { x },
-                        show(a, tz)
-                    )
-                })
-                .collect();
+        if let Some(diffs) = closest_diff(header, exp, computed, extra, tz) {
             d.push_str(&format!(
                 "\n      closest computed row differs in {}",
                 diffs.join("; ")
             ));
         }
     }
-    for r in &extra {
+    for r in extra {
         d.push_str(&format!(
             "\n  computed row not expected: {}",
             row_text(computed[*r].iter().map(|v| show(v, tz)).collect())
         ));
     }
-    Err(d)
+    d
+}
+
+/// How the unmatched computed row closest to an expected row differs from it, if any is left.
+fn closest_diff(
+    header: &[String],
+    exp: &[String],
+    computed: &[Vec<Value>],
+    extra: &[usize],
+    tz: chrono_tz::Tz,
+) -> Option<Vec<String>> {
+    let best = extra.iter().copied().max_by_key(|&r| {
+        exp.iter()
+            .zip(&computed[r])
+            .filter(|(x, a)| matches(x, a, tz))
+            .count()
+    });
+    best.map(|r| {
+        header
+            .iter()
+            .zip(exp.iter().zip(&computed[r]))
+            .filter(|(_, (x, a))| !matches(x, a, tz))
+            .map(|(h, (x, a))| {
+                format!(
+                    "{h}: expected {}, computed {}",
+                    if x.is_empty() { "NULL" } else { x },
+                    show(a, tz)
+                )
+            })
+            .collect()
+    })
 }
 
 #[cfg(test)]
