@@ -8,9 +8,9 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::source::{stopped, Batch, Msg, Source};
-use super::{file, file_id, file_stat_id, ExtractError, ExtractOptions, RawRow};
+use super::{file, file_id, file_stat_id, ExtractError, RawRow};
 use crate::config::pipeline::{ExtractJob, Mode, SourceSpec};
-use crate::config::{Pipeline, Project};
+use crate::config::Project;
 use crate::warehouse;
 
 pub(crate) struct FileSource {
@@ -21,10 +21,14 @@ pub(crate) struct FileSource {
 }
 
 impl FileSource {
-    pub(crate) fn new(
+    /// The files matching `job`'s glob, listed once, with what `table` says of those already
+    /// loaded (nothing on a `full` run, which reloads them all).
+    pub(crate) async fn open(
         project: &Project,
+        pipeline: &str,
         job: &ExtractJob,
-        marks: BTreeMap<String, FileMark>,
+        table: &deltalake::DeltaTable,
+        full: bool,
     ) -> Result<FileSource, ExtractError> {
         let SourceSpec::Files { path, .. } = &job.source else {
             return Err(ExtractError::Config(format!(
@@ -32,8 +36,14 @@ impl FileSource {
                 job.dataset
             )));
         };
+        let files = file::matching_files(&file_root(project, job)?, path)?;
+        let marks = if full {
+            BTreeMap::new()
+        } else {
+            table_marks(table, pipeline, &files).await?
+        };
         Ok(FileSource {
-            files: file::matching_files(&file_root(project, job)?, path)?,
+            files,
             job: job.clone(),
             marks,
         })
@@ -123,29 +133,18 @@ impl Source for FileSource {
     }
 }
 
-/// Fingerprints of files already loaded, read from the table's transactions.
-pub(crate) async fn table_marks(
+/// Fingerprints of `files` already loaded, read from the table's transactions.
+async fn table_marks(
     table: &deltalake::DeltaTable,
-    pipeline: &Pipeline,
-    job: &ExtractJob,
-    project: &Project,
-    opts: &ExtractOptions,
+    pipeline: &str,
+    files: &[(PathBuf, String)],
 ) -> Result<BTreeMap<String, FileMark>, ExtractError> {
     let mut out = BTreeMap::new();
-    if opts.full {
-        return Ok(out);
-    }
-    if let SourceSpec::Files { path, .. } = &job.source {
-        let root = file_root(project, job)?;
-        for (_, rel) in file::matching_files(&root, path)? {
-            if let Some(content) =
-                warehouse::app_version(table, &file_id(&pipeline.name, &rel)).await?
-            {
-                // Files loaded before stat marks existed have none: hashed once more.
-                let stat =
-                    warehouse::app_version(table, &file_stat_id(&pipeline.name, &rel)).await?;
-                out.insert(rel, FileMark { content, stat });
-            }
+    for (_, rel) in files {
+        if let Some(content) = warehouse::app_version(table, &file_id(pipeline, rel)).await? {
+            // Files loaded before stat marks existed have none: hashed once more.
+            let stat = warehouse::app_version(table, &file_stat_id(pipeline, rel)).await?;
+            out.insert(rel.clone(), FileMark { content, stat });
         }
     }
     Ok(out)
@@ -194,7 +193,7 @@ impl FileState {
 /// What the table says of a loaded file: its content fingerprint and, when recorded, its
 /// stat fingerprint.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct FileMark {
+struct FileMark {
     content: i64,
     stat: Option<i64>,
 }

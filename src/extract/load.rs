@@ -9,7 +9,6 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::commit::{Committer, FileDone};
-use super::file_source::table_marks;
 use super::pii::Hasher;
 use super::source::{self, Msg, Start};
 use super::typing::Typing;
@@ -107,11 +106,19 @@ pub(super) async fn run(
     } else {
         warehouse::app_version(&table, &watermark_id(&pipeline.name)).await?
     };
-    let marks = table_marks(&table, pipeline, &job, project, opts).await?;
     let start = Start::new(previous, job.overlap_minutes, tz);
-    let src = source::open(project, &pipeline.name, &job, &conn, marks, &start)?;
+    let src = source::open(
+        project,
+        &pipeline.name,
+        &job,
+        &conn,
+        &table,
+        opts.full,
+        &start,
+    )
+    .await?;
     // A bounded channel keeps memory bounded while the source reads ahead.
-    let (tx, rx) = mpsc::channel::<Msg>(2);
+    let (tx, mut rx) = mpsc::channel::<Msg>(2);
     let producer = src.spawn(tx);
     let committer = Committer {
         arrow_schema: None,
@@ -151,7 +158,6 @@ pub(super) async fn run(
         producer: Some(producer),
         previous,
     };
-    let mut rx = rx;
     if let Err(e) = loader.drive(&mut rx, pipeline, lease, opts).await {
         // Stop the source before reporting; a chunk being written finishes or fails on its own.
         drop(rx);

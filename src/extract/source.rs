@@ -3,12 +3,11 @@
 
 use chrono::{DateTime, Duration, NaiveDateTime, Offset, TimeZone};
 use chrono_tz::Tz;
-use std::collections::BTreeMap;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::cell::Cell;
-use super::file_source::{FileMark, FileSource};
+use super::file_source::FileSource;
 use super::{http, mysql, postgres, ExtractError};
 use crate::config::pipeline::{ExtractJob, SourceSpec};
 use crate::config::schema::Personal;
@@ -83,19 +82,21 @@ impl Start {
     }
 }
 
-/// The source of `job` on `conn` from `start`; `marks` are the files the table has loaded.
-pub(crate) fn open(
+/// The source of `job` on `conn` from `start`; a file source also learns from `table` which
+/// files are loaded (none on a `full` run).
+pub(crate) async fn open(
     project: &Project,
     pipeline: &str,
     job: &ExtractJob,
     conn: &Connection,
-    marks: BTreeMap<String, FileMark>,
+    table: &deltalake::DeltaTable,
+    full: bool,
     start: &Start,
 ) -> Result<Box<dyn Source>, ExtractError> {
     let tz = start.since.timezone();
     Ok(match (&job.source, conn.kind) {
         (SourceSpec::Files { .. }, ConnectionKind::File) => {
-            Box::new(FileSource::new(project, job, marks)?)
+            Box::new(FileSource::open(project, pipeline, job, table, full).await?)
         }
         (SourceSpec::Query { query }, ConnectionKind::Postgres) => Box::new(postgres::Query {
             url: required_url(conn)?,
