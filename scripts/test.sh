@@ -56,7 +56,7 @@ fi
 
 log "cargo fmt --check"
 cargo fmt --check
-log "cargo clippy --all-targets -- -D warnings"
-cargo clippy --all-targets -- -D warnings
-log "cargo test"
-cargo test --all-targets
+log "cargo clippy --all-targets --all-features -- -D warnings"
+cargo clippy --all-targets --all-features -- -D warnings
+log "cargo test --all-targets --all-features (the Ballista cluster included)"
+cargo test --all-targets --all-features

@@ -6,6 +6,8 @@
 pub mod alloc;
 pub mod cli;
 pub mod clock;
+#[cfg(feature = "cluster")]
+pub mod cluster;
 pub mod config;
 pub mod deliver;
 pub mod demo;

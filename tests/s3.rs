@@ -9,9 +9,9 @@ use std::process::{Child, Command, Output, Stdio};
 use crate::report::write_fixture;
 use crate::util::*;
 
-struct S3Server {
+pub struct S3Server {
     child: Child,
-    port: u16,
+    pub port: u16,
 }
 
 impl Drop for S3Server {
@@ -21,7 +21,7 @@ impl Drop for S3Server {
     }
 }
 
-fn s3_server() -> S3Server {
+pub fn s3_server() -> S3Server {
     let port = TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -43,7 +43,7 @@ fn s3_server() -> S3Server {
     panic!("moto_server did not start on port {port}");
 }
 
-fn boto(port: u16, script: &str) -> String {
+pub fn boto(port: u16, script: &str) -> String {
     let o = Command::new("python3")
         .arg("-c")
         .arg(format!(
@@ -55,17 +55,24 @@ fn boto(port: u16, script: &str) -> String {
     stdout(&o)
 }
 
+/// The variables that point the S3 client at the test server on `port`.
+pub fn s3_env(port: u16) -> Vec<(&'static str, String)> {
+    vec![
+        ("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}")),
+        ("AWS_ACCESS_KEY_ID", "test".into()),
+        ("AWS_SECRET_ACCESS_KEY", "test".into()),
+        ("AWS_REGION", "us-east-1".into()),
+        ("AWS_ALLOW_HTTP", "true".into()),
+    ]
+}
+
 fn run_s3(project: &Path, port: u16, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_parstat"))
         .arg("--project")
         .arg(project)
         .args(args)
         .env("PARSTAT_PII_KEY", "test-key-0123456789abcdef")
-        .env("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}"))
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_ALLOW_HTTP", "true")
+        .envs(s3_env(port))
         // The safe commit path: conditional puts, whatever the caller's environment says.
         .env_remove("AWS_S3_ALLOW_UNSAFE_RENAME")
         .env_remove("AWS_CONDITIONAL_PUT")

@@ -3,6 +3,8 @@
 
 mod backfill;
 mod check;
+#[cfg(feature = "cluster")]
+mod cluster;
 mod deliver;
 mod demo;
 mod extract;

@@ -5,7 +5,7 @@ use std::path::Path;
 use super::{Failure, EXIT_USAGE};
 use crate::config::{self, Severity};
 
-pub async fn run(project: &Path) -> Result<(), Failure> {
+pub async fn run(project: &Path, ping: bool) -> Result<(), Failure> {
     let mut loaded = config::load(project);
     // The report SQL is planned against the schemas (not run) once the configuration holds.
     if let Some(p) = &loaded.project {
@@ -32,6 +32,9 @@ pub async fn run(project: &Path) -> Result<(), Failure> {
     let warnings = loaded.diagnostics.len() - errors;
     match loaded.project {
         Some(p) => {
+            if ping {
+                ping_engine(&p).await?;
+            }
             println!(
                 "ok: {} pipelines, {} datasets checked ({} warning{})",
                 p.pipelines.len(),
@@ -49,5 +52,25 @@ pub async fn run(project: &Path) -> Result<(), Failure> {
                 if errors == 1 { "" } else { "s" }
             ),
         }),
+    }
+}
+
+/// `--ping`: the cluster's scheduler answers (nothing to ask of the local engine).
+async fn ping_engine(p: &config::Project) -> Result<(), Failure> {
+    match &p.settings.engine {
+        config::settings::Engine::Local => {
+            println!("engine: local (nothing to ping)");
+            Ok(())
+        }
+        #[cfg(feature = "cluster")]
+        config::settings::Engine::Ballista { scheduler, .. } => {
+            crate::cluster::ping(scheduler)
+                .await
+                .map_err(|e| Failure::failed(anyhow::anyhow!(e)))?;
+            println!("engine: the Ballista scheduler at {scheduler} answers");
+            Ok(())
+        }
+        #[cfg(not(feature = "cluster"))]
+        config::settings::Engine::Ballista { .. } => Ok(()),
     }
 }

@@ -120,7 +120,7 @@ pub async fn run(project: &Path, args: DemoArgs) -> Result<(), Failure> {
     if args.data_only {
         return Ok(());
     }
-    super::check::run(project).await?;
+    super::check::run(project, false).await?;
     whole_job(project, until).await
 }
 

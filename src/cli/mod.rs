@@ -3,6 +3,7 @@
 
 mod backfill;
 mod check;
+mod cluster;
 mod demo;
 mod extract;
 mod query;
@@ -41,7 +42,11 @@ pub enum Command {
     /// the latest complete month to the outbox.
     Demo(demo::DemoArgs),
     /// Validate parstat.toml, pipelines/ and schemas/; no job runs.
-    Check,
+    Check {
+        /// Also ask the Ballista scheduler of `[engine]` whether it answers.
+        #[arg(long)]
+        ping: bool,
+    },
     /// Move datasets from their sources into the warehouse.
     Extract(extract::ExtractArgs),
     /// Compute one report for one period: publish it, or preview its tables in a folder.
@@ -69,6 +74,9 @@ pub enum Command {
     Serve,
     /// The run history: `runs list`, `runs show RUN_ID`.
     Runs(runs::RunsArgs),
+    /// A Ballista cluster for `[engine] kind = "ballista"`: `cluster scheduler`, `cluster
+    /// executor`.
+    Cluster(cluster::ClusterArgs),
 }
 
 /// Exit codes of the interface.
@@ -177,7 +185,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     }
     match cli.command {
         Command::Demo(args) => demo::run(&cli.project, args).await,
-        Command::Check => check::run(&cli.project).await,
+        Command::Check { ping } => check::run(&cli.project, ping).await,
         Command::Extract(args) => extract::run(&cli.project, args).await,
         Command::Report(args) => report::run(&cli.project, args).await,
         Command::Backfill(args) => backfill::run(&cli.project, args).await,
@@ -202,6 +210,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Runs(args) => runs::run(&cli.project, args).await,
         Command::Test(args) => test::run(&cli.project, args).await,
+        Command::Cluster(args) => cluster::run(args).await,
     }
 }
 

@@ -313,4 +313,60 @@ mod tests {
             "{text:#?}"
         );
     }
+
+    /// `[engine]`: the local default, a cluster's address, and each mistake with its help.
+    #[test]
+    fn the_engine_setting_is_local_or_a_ballista_scheduler() {
+        let p = project();
+        let root = p.path();
+        assert_eq!(
+            load(root).project.unwrap().settings.engine,
+            settings::Engine::Local
+        );
+        let toml = root.join("parstat.toml");
+        let base = std::fs::read_to_string(&toml).unwrap();
+        let with = |engine: &str| {
+            std::fs::write(&toml, format!("{base}\n[engine]\n{engine}\n")).unwrap();
+            let loaded = load(root);
+            let text: Vec<String> = loaded.diagnostics.iter().map(|d| d.to_string()).collect();
+            (loaded.project, text.join("\n"))
+        };
+        let (p, _) = with("kind = \"ballista\"\nscheduler = \"df://10.0.0.5:50050\"");
+        if cfg!(feature = "cluster") {
+            assert_eq!(
+                p.unwrap().settings.engine,
+                settings::Engine::Ballista {
+                    scheduler: "df://10.0.0.5:50050".into(),
+                    query_timeout_secs: settings::DEFAULT_QUERY_TIMEOUT_SECS,
+                }
+            );
+        } else {
+            assert!(p.is_none());
+        }
+        let (p, text) = with("kind = \"ballista\"");
+        assert!(p.is_none());
+        assert!(text.contains("needs the scheduler's address"), "{text}");
+        let (_, text) = with("kind = \"ballista\"\nscheduler = \"http://h:50050\"");
+        assert!(text.contains("the scheme is `http`, not `df`"), "{text}");
+        let (_, text) = with("kind = \"ballista\"\nscheduler = \"df://h\"");
+        assert!(text.contains("no port"), "{text}");
+        let (_, text) = with("kind = \"balista\"");
+        assert!(text.contains("unknown engine `balista`"), "{text}");
+        assert!(text.contains("did you mean `ballista`?"), "{text}");
+        let (p, text) = with("kind = \"local\"\nscheduler = \"df://h:1\"");
+        assert!(p.is_none());
+        assert!(
+            text.contains("`scheduler` is for `kind = \"ballista\"`"),
+            "{text}"
+        );
+        let (_, text) =
+            with("kind = \"ballista\"\nscheduler = \"df://h:1\"\nquery_timeout_secs = 0");
+        assert!(
+            text.contains("`query_timeout_secs` must be at least 1"),
+            "{text}"
+        );
+        let (p, text) = with("kind = \"local\"\nschedular = \"df://h:1\"");
+        assert!(p.is_none());
+        assert!(text.contains("unknown key `schedular`"), "{text}");
+    }
 }

@@ -16,6 +16,7 @@ struct RawSettings {
     warehouse: Option<RawWarehouse>,
     mail: Option<RawMail>,
     scheduler: Option<RawScheduler>,
+    engine: Option<RawEngine>,
     #[serde(default)]
     connections: BTreeMap<String, Spanned<RawConnection>>,
 }
@@ -26,6 +27,13 @@ struct RawScheduler {
     grace_seconds: Option<Spanned<u64>>,
     retry_minutes: Option<Spanned<u64>>,
     retry_hours: Option<Spanned<u64>>,
+}
+
+#[derive(Deserialize)]
+struct RawEngine {
+    kind: Spanned<String>,
+    scheduler: Option<Spanned<String>>,
+    query_timeout_secs: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize)]
@@ -143,7 +151,22 @@ pub struct Settings {
     pub warehouse_url: String,
     pub mail: MailSettings,
     pub scheduler: SchedulerSettings,
+    pub engine: Engine,
     pub connections: BTreeMap<String, Connection>,
+}
+
+/// `[engine]`: where report SQL, checks, data tests and `parstat query` execute.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Engine {
+    /// In this process (DataFusion).
+    #[default]
+    Local,
+    /// On a Ballista cluster, through its scheduler at `df://host:port`; a query not done
+    /// within `query_timeout_secs` is abandoned as failed (a cluster can lose track of a job).
+    Ballista {
+        scheduler: String,
+        query_timeout_secs: u64,
+    },
 }
 
 /// `[scheduler]`: how `parstat serve` holds its lease and retries what failed.
@@ -253,6 +276,8 @@ pub const DEFAULT_SMTP_TIMEOUT_SECS: u64 = 60;
 pub const DEFAULT_PAGE_SIZE: u32 = 1000;
 pub const DEFAULT_HTTP_TIMEOUT_SECS: u64 = 60;
 pub const DEFAULT_DATABASE_TIMEOUT_SECS: u64 = 300;
+/// How long one query may run on a cluster: an hour, for a national month.
+pub const DEFAULT_QUERY_TIMEOUT_SECS: u64 = 3600;
 pub const DEFAULT_CONNECT_TIMEOUT_SECS: u64 = 10;
 pub const DEFAULT_MAX_PAGES: u64 = 100_000;
 pub const DEFAULT_MAX_RESPONSE_MIB: u64 = 64;
@@ -265,6 +290,7 @@ fn known_keys() -> Vec<&'static str> {
         fields_of::<RawWarehouse>(),
         fields_of::<RawMail>(),
         fields_of::<RawScheduler>(),
+        fields_of::<RawEngine>(),
         fields_of::<RawSmtp>(),
         fields_of::<RawConnection>(),
     ]
@@ -317,6 +343,7 @@ pub fn load(src: &Source, diags: &mut Diagnostics) -> Option<Settings> {
         }
     }
     let scheduler = scheduler(src, raw.scheduler.as_ref(), diags);
+    let engine = engine(src, raw.engine.as_ref(), diags);
 
     (diags.error_count() == before).then_some(Settings {
         name,
@@ -324,6 +351,7 @@ pub fn load(src: &Source, diags: &mut Diagnostics) -> Option<Settings> {
         warehouse_url,
         mail,
         scheduler,
+        engine,
         connections,
     })
 }
@@ -430,6 +458,101 @@ fn scheduler(
         }
     }
     scheduler
+}
+
+/// `[engine]`: `kind = "local"` (the default) or `"ballista"` with `scheduler =
+/// "df://host:port"`.
+fn engine(src: &Source, raw: Option<&RawEngine>, diags: &mut Diagnostics) -> Engine {
+    let Some(r) = raw else {
+        return Engine::Local;
+    };
+    match r.kind.get_ref().as_str() {
+        "local" => {
+            let spans = [
+                r.scheduler.as_ref().map(|s| ("scheduler", s.span())),
+                r.query_timeout_secs
+                    .as_ref()
+                    .map(|s| ("query_timeout_secs", s.span())),
+            ];
+            for (key, span) in spans.into_iter().flatten() {
+                diags.error_at(
+                    src,
+                    span,
+                    format!("`{key}` is for `kind = \"ballista\"`"),
+                    Some("remove it, or set `kind = \"ballista\"`".into()),
+                );
+            }
+            Engine::Local
+        }
+        "ballista" => {
+            let Some(s) = &r.scheduler else {
+                diags.error_at(
+                    src,
+                    r.kind.span(),
+                    "`kind = \"ballista\"` needs the scheduler's address",
+                    Some("add `scheduler = \"df://HOST:50050\"`".into()),
+                );
+                return Engine::Local;
+            };
+            if let Err(problem) = check_scheduler_url(s.get_ref()) {
+                diags.error_at(
+                    src,
+                    s.span(),
+                    format!("scheduler address `{}`: {problem}", s.get_ref()),
+                    Some("write it as `df://HOST:PORT`, for example `df://10.0.0.5:50050`".into()),
+                );
+            }
+            if !cfg!(feature = "cluster") {
+                diags.error_at(
+                    src,
+                    r.kind.span(),
+                    "this parstat was built without Ballista",
+                    Some("build it with `cargo build --release --features cluster`".into()),
+                );
+            }
+            let query_timeout_secs = match &r.query_timeout_secs {
+                Some(t) if *t.get_ref() == 0 => {
+                    diags.error_at(
+                        src,
+                        t.span(),
+                        "`query_timeout_secs` must be at least 1",
+                        None,
+                    );
+                    0
+                }
+                Some(t) => *t.get_ref(),
+                None => DEFAULT_QUERY_TIMEOUT_SECS,
+            };
+            Engine::Ballista {
+                scheduler: s.get_ref().clone(),
+                query_timeout_secs,
+            }
+        }
+        other => {
+            diags.error_at(
+                src,
+                r.kind.span(),
+                format!("unknown engine `{other}`"),
+                Some(suggest(other, &["local", "ballista"])),
+            );
+            Engine::Local
+        }
+    }
+}
+
+/// A Ballista scheduler's address: `df://HOST:PORT`.
+pub fn check_scheduler_url(s: &str) -> Result<(), String> {
+    let url = url::Url::parse(s).map_err(|e| e.to_string())?;
+    if url.scheme() != "df" {
+        return Err(format!("the scheme is `{}`, not `df`", url.scheme()));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err("no host".into());
+    }
+    if url.port().is_none() {
+        return Err("no port".into());
+    }
+    Ok(())
 }
 
 /// `[mail]`: the transport, the sender and the operators, the size budget, and

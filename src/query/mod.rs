@@ -50,6 +50,15 @@ pub enum QueryError {
         #[source]
         source: SqlCause,
     },
+    /// A query that planned but that the cluster could not finish (an executor lost, the
+    /// scheduler gone), or a cluster that does not answer: not the SQL's fault; a rerun may
+    /// succeed.
+    #[error("{file}: the cluster failed: {source}")]
+    Cluster {
+        file: String,
+        #[source]
+        source: SqlCause,
+    },
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -72,6 +81,22 @@ impl QueryError {
         QueryError::Sql {
             file: file.into(),
             source: source.into(),
+        }
+    }
+
+    /// An error of running `file`'s planned query in `ctx`: the cluster's when it ran there.
+    pub(crate) fn ran(
+        ctx: &datafusion::prelude::SessionContext,
+        file: impl Into<String>,
+        source: impl Into<SqlCause>,
+    ) -> QueryError {
+        if session::cluster_timeout(ctx).is_some() {
+            QueryError::Cluster {
+                file: file.into(),
+                source: source.into(),
+            }
+        } else {
+            QueryError::sql(file, source)
         }
     }
 }

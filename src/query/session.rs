@@ -55,20 +55,111 @@ pub async fn session_with(
     inputs: Inputs<'_>,
     only: Option<&BTreeSet<String>>,
 ) -> Result<(SessionContext, Vec<InputTable>), QueryError> {
-    let ctx = new_context(project);
     let seeds = project.root.join("sql").join("seeds");
     match inputs {
         Inputs::Memory(tables) => {
+            let ctx = new_context(project);
             register_seeds(&ctx, &seeds).await?;
             register_memory(&ctx, project, tables)?;
             Ok((ctx, vec![]))
         }
         Inputs::Warehouse(wh) => {
-            let inputs = register_warehouse(&ctx, project, wh, only).await?;
+            let (ctx, remote) = engine_context(project).await?;
+            let inputs = register_warehouse(&ctx, project, wh, only, remote).await?;
             register_seeds(&ctx, &seeds).await?;
+            if remote {
+                // The executors may not have the project folder: the seeds travel in the plan.
+                seeds_in_memory(&ctx, &seeds).await?;
+            }
             Ok((ctx, inputs))
         }
     }
+}
+
+/// The session of the project's `[engine]`, and whether it runs on a cluster.
+async fn engine_context(project: &Project) -> Result<(SessionContext, bool), QueryError> {
+    match &project.settings.engine {
+        crate::config::settings::Engine::Local => Ok((new_context(project), false)),
+        #[cfg(feature = "cluster")]
+        crate::config::settings::Engine::Ballista {
+            scheduler,
+            query_timeout_secs,
+        } => {
+            let config = session_config().with_extension(Arc::new(OnCluster {
+                timeout: std::time::Duration::from_secs(*query_timeout_secs),
+                scheduler: scheduler.clone(),
+            }));
+            let ctx = crate::cluster::remote_context(scheduler, config)
+                .await
+                .map_err(|e| QueryError::Cluster {
+                    file: "[engine]".into(),
+                    source: e.into(),
+                })?;
+            udf::register(&ctx, project.settings.timezone);
+            Ok((ctx, true))
+        }
+        #[cfg(not(feature = "cluster"))]
+        crate::config::settings::Engine::Ballista { .. } => Err(QueryError::sql(
+            "[engine]",
+            "this parstat was built without Ballista; build it with `--features cluster`",
+        )),
+    }
+}
+
+/// Marks a session whose queries run on a cluster, with how long one may take.
+#[derive(Debug)]
+#[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+struct OnCluster {
+    timeout: std::time::Duration,
+    scheduler: String,
+}
+
+/// How long a query of `ctx` may run, when it runs on a cluster.
+pub(super) fn cluster_timeout(ctx: &SessionContext) -> Option<std::time::Duration> {
+    ctx.state()
+        .config()
+        .get_extension::<OnCluster>()
+        .map(|c| c.timeout)
+}
+
+/// The scheduler `ctx`'s queries go to, when they run on a cluster.
+#[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+pub(super) fn cluster_scheduler(ctx: &SessionContext) -> Option<String> {
+    ctx.state()
+        .config()
+        .get_extension::<OnCluster>()
+        .map(|c| c.scheduler.clone())
+}
+
+/// Replaces each seed table with its rows in memory.
+async fn seeds_in_memory(ctx: &SessionContext, dir: &Path) -> Result<(), QueryError> {
+    for f in seed_files(dir) {
+        let name = crate::config::pipeline::table_name(&f);
+        let df = ctx
+            .table(&name)
+            .await
+            .map_err(|e| QueryError::sql(&name, e))?;
+        let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+        // Read here, by this process, not by the cluster.
+        let local = SessionContext::new();
+        local
+            .register_table(
+                &name,
+                ctx.table_provider(&name)
+                    .await
+                    .map_err(|e| QueryError::sql(&name, e))?,
+            )
+            .map_err(|e| QueryError::sql(&name, e))?;
+        let rows = local
+            .table(&name)
+            .await
+            .map_err(|e| QueryError::sql(&name, e))?
+            .collect()
+            .await
+            .map_err(|e| QueryError::sql(&name, e))?;
+        register_batches(ctx, &name, schema, rows)?;
+    }
+    Ok(())
 }
 
 /// An empty session with parstat's configuration, scan rule, local file reads and functions.
@@ -140,6 +231,7 @@ async fn register_warehouse(
     project: &Project,
     wh: &Warehouse,
     only: Option<&BTreeSet<String>>,
+    remote: bool,
 ) -> Result<Vec<InputTable>, QueryError> {
     let wanted = |name: &str| only.is_none_or(|o| o.contains(name));
     let datasets: Vec<_> = project
@@ -164,11 +256,11 @@ async fn register_warehouse(
     .await?;
     let mut inputs = Vec::new();
     for ((name, schema), table) in datasets.into_iter().zip(opened) {
-        inputs.push(register_dataset(ctx, name, schema, table).await?);
+        inputs.push(register_dataset(ctx, name, schema, table, remote).await?);
     }
     for (pname, table) in published.iter().zip(published_opened) {
         if let Some(table) = table {
-            warehouse::register(ctx, &table, pname).await?;
+            register_table(ctx, &table, pname, remote).await?;
         }
     }
     Ok(inputs)
@@ -181,10 +273,11 @@ async fn register_dataset(
     name: &str,
     schema: &crate::config::Schema,
     table: Option<deltalake::DeltaTable>,
+    remote: bool,
 ) -> Result<InputTable, QueryError> {
     match table.and_then(|t| t.version().map(|v| (t, v))) {
         Some((table, v)) => {
-            warehouse::register(ctx, &table, name).await?;
+            register_table(ctx, &table, name, remote).await?;
             Ok(InputTable {
                 name: name.to_string(),
                 version: Some(v),
@@ -201,6 +294,34 @@ async fn register_dataset(
             })
         }
     }
+}
+
+/// Registers a warehouse table: on a cluster, as the Parquet files of its loaded version.
+async fn register_table(
+    ctx: &SessionContext,
+    table: &deltalake::DeltaTable,
+    name: &str,
+    remote: bool,
+) -> Result<(), QueryError> {
+    if !remote {
+        return Ok(warehouse::register(ctx, table, name).await?);
+    }
+    #[cfg(feature = "cluster")]
+    {
+        let err = |e: datafusion::error::DataFusionError| QueryError::sql(name, e);
+        // The schema the local engine reads, so that both engines give the same columns.
+        let schema = table
+            .table_provider()
+            .await
+            .map_err(|e| QueryError::sql(name, e))?
+            .schema();
+        let spec = crate::cluster::snapshot::SnapshotSpec::of(table)
+            .map_err(|e| QueryError::sql(name, e))?;
+        let provider = crate::cluster::snapshot::SnapshotTable::new(spec, schema).map_err(err)?;
+        let _ = ctx.deregister_table(name);
+        ctx.register_table(name, Arc::new(provider)).map_err(err)?;
+    }
+    Ok(())
 }
 
 /// Seeds: small reference tables kept as CSV beside the SQL (area names, for example). Every

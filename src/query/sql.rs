@@ -11,7 +11,7 @@ use datafusion::common::{ParamValues, ScalarValue};
 use datafusion::error::DataFusionError;
 use datafusion::prelude::SessionContext;
 
-use super::{QueryError, SqlCause};
+use super::{session, QueryError, SqlCause};
 use crate::warehouse;
 
 /// What report SQL, checks, data and unit tests and `parstat query` may do: query. DDL
@@ -98,6 +98,62 @@ pub async fn run_sql(
         .map(|(k, v)| (k.clone(), ScalarAndMetadata::from(v.clone())))
         .collect();
     let df = df.with_param_values(ParamValues::Map(map)).map_err(err)?;
+    let Some(limit) = session::cluster_timeout(ctx) else {
+        return collect_plain(df)
+            .await
+            .map_err(|source| QueryError::sql(origin, source));
+    };
+    on_cluster(ctx, origin, df, limit).await
+}
+
+/// Runs `df` on the cluster. A cluster that lost an executor can lose track of a job, which
+/// then never ends: past `limit` the job is cancelled at the scheduler and the query fails.
+#[cfg(feature = "cluster")]
+async fn on_cluster(
+    ctx: &SessionContext,
+    origin: &str,
+    df: datafusion::dataframe::DataFrame,
+    limit: std::time::Duration,
+) -> Result<(SchemaRef, Vec<RecordBatch>), QueryError> {
+    let plain = plain_schema(df.schema().as_arrow());
+    let task = df.task_ctx();
+    let plan = df
+        .create_physical_plan()
+        .await
+        .map_err(|e| QueryError::sql(origin, e))?;
+    let run = datafusion::physical_plan::collect(plan.clone(), Arc::new(task));
+    match tokio::time::timeout(limit, run).await {
+        Ok(Ok(batches)) => {
+            let batches = batches
+                .iter()
+                .map(|b| warehouse::cast_batch(b, &plain))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| QueryError::sql(origin, e))?;
+            Ok((plain, batches))
+        }
+        Ok(Err(e)) => Err(QueryError::ran(ctx, origin, e)),
+        Err(_) => {
+            let scheduler = session::cluster_scheduler(ctx).unwrap_or_default();
+            let cancelled = crate::cluster::cancel(&plan, &scheduler).await;
+            Err(QueryError::Cluster {
+                file: origin.to_string(),
+                source: format!(
+                    "the query did not finish within {} s (`[engine] query_timeout_secs`); an executor may have been lost (see the scheduler's log); {cancelled}; nothing of it was published, run it again",
+                    limit.as_secs()
+                )
+                .into(),
+            })
+        }
+    }
+}
+
+#[cfg(not(feature = "cluster"))]
+async fn on_cluster(
+    _: &SessionContext,
+    origin: &str,
+    df: datafusion::dataframe::DataFrame,
+    _: std::time::Duration,
+) -> Result<(SchemaRef, Vec<RecordBatch>), QueryError> {
     collect_plain(df)
         .await
         .map_err(|source| QueryError::sql(origin, source))
