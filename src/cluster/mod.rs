@@ -23,7 +23,7 @@ use url::Url;
 
 use codec::{LogicalCodec, PhysicalCodec};
 
-/// How long `check` and a session wait for the scheduler to answer.
+/// How long a call to the scheduler (a ping, a cancel) may take.
 const PING_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The scheduler's host and port, from `df://HOST:PORT`.
@@ -36,31 +36,37 @@ pub fn host_port(scheduler: &str) -> std::result::Result<(String, u16), String> 
     ))
 }
 
-/// Whether the scheduler at `scheduler` answers a status request.
-pub async fn ping(scheduler: &str) -> std::result::Result<(), String> {
+/// Runs `call` against the scheduler at `scheduler`, within [`PING_TIMEOUT`].
+async fn with_scheduler<T, F, Fut>(scheduler: &str, call: F) -> std::result::Result<T, String>
+where
+    F: FnOnce(SchedulerGrpcClient<tonic::transport::Channel>) -> Fut,
+    Fut: std::future::Future<Output = std::result::Result<T, tonic::Status>>,
+{
     let (host, port) = host_port(scheduler)?;
-    let endpoint = format!("http://{host}:{port}");
-    let call = async {
-        let mut client = SchedulerGrpcClient::connect(endpoint.clone())
+    let run = async {
+        let client = SchedulerGrpcClient::connect(format!("http://{host}:{port}"))
             .await
             .map_err(|e| crate::error::report(&e))?;
+        call(client).await.map_err(|e| e.message().to_string())
+    };
+    match tokio::time::timeout(PING_TIMEOUT, run).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("no answer within {} s", PING_TIMEOUT.as_secs())),
+    }
+}
+
+/// Whether the scheduler at `scheduler` answers a status request.
+pub async fn ping(scheduler: &str) -> std::result::Result<(), String> {
+    with_scheduler(scheduler, |mut client| async move {
         client
             .get_job_status(GetJobStatusParams {
                 job_id: "parstat-ping".into(),
             })
             .await
-            .map_err(|e| e.message().to_string())?;
-        Ok(())
-    };
-    match tokio::time::timeout(PING_TIMEOUT, call).await {
-        Ok(r) => r.map_err(|e: String| {
-            format!("the Ballista scheduler at {scheduler} does not answer: {e}")
-        }),
-        Err(_) => Err(format!(
-            "the Ballista scheduler at {scheduler} did not answer within {} s",
-            PING_TIMEOUT.as_secs()
-        )),
-    }
+    })
+    .await
+    .map(drop)
+    .map_err(|e| format!("the Ballista scheduler at {scheduler} does not answer: {e}"))
 }
 
 /// A session whose queries run on the cluster behind `scheduler`, with `config` and
@@ -234,24 +240,15 @@ pub async fn cancel(
     let Some(job) = q.job_id() else {
         return "the job had not started".into();
     };
-    let Ok((host, port)) = host_port(scheduler) else {
-        return format!("job {job} could not be cancelled: no scheduler address");
-    };
-    let endpoint = format!("http://{host}:{port}");
-    let call = async {
-        let mut client = SchedulerGrpcClient::connect(endpoint)
-            .await
-            .map_err(|e| e.to_string())?;
+    let job_id = job.to_string();
+    let cancelled = with_scheduler(scheduler, |mut client| async move {
         client
-            .cancel_job(ballista_core::serde::protobuf::CancelJobParams {
-                job_id: job.to_string(),
-            })
+            .cancel_job(ballista_core::serde::protobuf::CancelJobParams { job_id })
             .await
-            .map_err(|e| e.message().to_string())
-    };
-    match tokio::time::timeout(PING_TIMEOUT, call).await {
-        Ok(Ok(_)) => format!("job {job} was cancelled"),
-        Ok(Err(e)) => format!("job {job} could not be cancelled: {e}"),
-        Err(_) => format!("job {job} could not be cancelled: the scheduler did not answer"),
+    })
+    .await;
+    match cancelled {
+        Ok(_) => format!("job {job} was cancelled"),
+        Err(e) => format!("job {job} could not be cancelled: {e}"),
     }
 }
