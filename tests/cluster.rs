@@ -68,10 +68,16 @@ struct Cluster {
     port: u16,
     dir: tempfile::TempDir,
     s3_port: u16,
+    vcores: u32,
 }
 
 impl Cluster {
     fn start(s3_port: u16, executors: usize) -> Cluster {
+        Cluster::with_vcores(s3_port, executors, 2)
+    }
+
+    /// A cluster whose executors run `vcores` tasks at once each.
+    fn with_vcores(s3_port: u16, executors: usize, vcores: u32) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let scheduler = spawn(
@@ -93,6 +99,7 @@ impl Cluster {
             port,
             dir,
             s3_port,
+            vcores,
         };
         for _ in 0..executors {
             c.add_executor();
@@ -118,7 +125,7 @@ impl Cluster {
                 "--grpc-port",
                 &grpc.to_string(),
                 "--vcores",
-                "2",
+                &self.vcores.to_string(),
                 "--heartbeat-secs",
                 "2",
                 "--work-dir",
@@ -160,10 +167,21 @@ fn set_engine(project: &Path, engine: &str) {
 
 /// Each report's preview tables for `period`, as `(report/table.csv, contents)`.
 fn previews(project: &Path, s3_port: u16, period: &str, tag: &str) -> Vec<(String, String)> {
+    previews_on(project, s3_port, period, tag, None)
+}
+
+/// `previews`, with the cluster's logs in the message if a report fails.
+fn previews_on(
+    project: &Path,
+    s3_port: u16,
+    period: &str,
+    tag: &str,
+    cluster: Option<&Cluster>,
+) -> Vec<(String, String)> {
     let mut out = Vec::new();
     for report in ["monthly_par", "monthly_investment"] {
         let dir = project.join(format!("preview-{tag}-{report}"));
-        ok(go(
+        let o = go(
             project,
             s3_port,
             &[
@@ -174,7 +192,17 @@ fn previews(project: &Path, s3_port: u16, period: &str, tag: &str) -> Vec<(Strin
                 "--preview",
                 dir.to_str().unwrap(),
             ],
-        ));
+        );
+        if let (Some(c), false) = (cluster, o.status.success()) {
+            let executors: Vec<String> = c.executors.iter().map(Proc::log).collect();
+            panic!(
+                "{report}: {}\nthe scheduler:\n{}\nthe executors:\n{}",
+                stderr(&o),
+                c.scheduler.log(),
+                executors.join("\n----\n")
+            );
+        }
+        ok(o);
         for (path, bytes) in files_under(&dir) {
             if path.extension().is_some_and(|e| e == "csv") {
                 let name = format!("{report}/{}", path.file_name().unwrap().to_string_lossy());
@@ -330,7 +358,6 @@ fn published(project: &Path, s3_port: u16, tables: &[String], period: &str) -> V
 }
 
 #[test]
-#[ignore = "finds a defect still open (issue 22): after an executor is lost mid-report, the rerun on Ballista 55 sometimes publishes trend_monthly without its row; run with --ignored"]
 fn an_executor_killed_during_a_report_fails_it_clearly_or_retries_and_a_rerun_publishes_the_same() {
     let s3 = s3_server();
     let p = s3_project(s3.port);
@@ -384,11 +411,18 @@ fn an_executor_killed_during_a_report_fails_it_clearly_or_retries_and_a_rerun_pu
         other => panic!("exit {other:?}: {}", stderr(&first)),
     }
     // A rerun, on the surviving executor, publishes what the local engine published.
-    ok(go(
+    let rerun = go(
         p.path(),
         s3.port,
         &["report", "monthly_par", "--period", "2021-11"],
-    ));
+    );
+    assert!(
+        rerun.status.success(),
+        "the rerun: {}\nthe scheduler:\n{}\nthe surviving executor:\n{}",
+        stderr(&rerun),
+        cluster.scheduler.log(),
+        cluster.executors[0].log()
+    );
     set_engine(p.path(), "");
     let after = published(p.path(), s3.port, &tables, "2021-11");
     for (a, b) in expected.iter().zip(&after) {
@@ -401,4 +435,58 @@ fn an_executor_killed_during_a_report_fails_it_clearly_or_retries_and_a_rerun_pu
         );
     }
     drop(cluster);
+}
+
+/// A task slot at a time makes every task of a UNION's stage own one branch: Ballista 55's
+/// adaptive planner then ran the wrong branch in each task (a row lost or doubled, seen in
+/// trend_monthly). Each UNION below has branches that end in one partition (an aggregate, a
+/// sort of one file), the shape that broke.
+#[test]
+fn a_union_on_an_executor_with_one_task_slot_loses_and_doubles_no_row() {
+    let s3 = s3_server();
+    let p = s3_project(s3.port);
+    let queries = [
+        "SELECT 'all' AS k, count(*) AS n FROM dossier \
+         UNION ALL SELECT 'agencies', count(DISTINCT agency_code) FROM dossier \
+         UNION ALL SELECT 'none', count(*) FROM dossier WHERE agency_code IS NULL ORDER BY k",
+        "SELECT agency_code, n FROM (SELECT agency_code, count(*) AS n FROM dossier GROUP BY agency_code) \
+         UNION ALL SELECT 'total', count(*) FROM dossier ORDER BY agency_code",
+    ];
+    let local: Vec<String> = queries
+        .iter()
+        .map(|q| ok(go(p.path(), s3.port, &["query", q, "--format", "csv"])))
+        .collect();
+    let before = previews(p.path(), s3.port, "2021-11", "local");
+
+    let cluster = Cluster::with_vcores(s3.port, 1, 1);
+    // One slot runs the tasks of a report's concurrent queries one after another: in a debug
+    // build beside the other tests, that is longer than the other tests' 30 s per query.
+    let engine = cluster
+        .engine()
+        .replace("query_timeout_secs = 30", "query_timeout_secs = 300");
+    assert_ne!(engine, cluster.engine());
+    set_engine(p.path(), &engine);
+    for (q, want) in queries.iter().zip(&local) {
+        assert!(want.lines().count() >= 4, "{want}");
+        let o = go(p.path(), s3.port, &["query", q, "--format", "csv"]);
+        assert!(
+            o.status.success(),
+            "{q}: {}\nthe scheduler:\n{}\nthe executor:\n{}",
+            stderr(&o),
+            cluster.scheduler.log(),
+            cluster.executors[0].log()
+        );
+        assert_eq!(&stdout(&o), want, "{q}");
+    }
+    // The report set, trend_monthly's UNION among it, on the one slot.
+    let after = previews_on(p.path(), s3.port, "2021-11", "one-slot", Some(&cluster));
+    assert_eq!(before.len(), after.len());
+    for ((name, a), (_, b)) in before.iter().zip(&after) {
+        assert_eq!(a, b, "{name} differs on a one-slot cluster");
+    }
+    let trend = after
+        .iter()
+        .find(|(n, _)| n == "monthly_par/trend_monthly.csv")
+        .expect("trend_monthly in the preview");
+    assert!(trend.1.lines().count() >= 2, "{}", trend.1);
 }

@@ -3,6 +3,7 @@
 //! they run parstat's functions and read the warehouse's pinned file lists.
 
 pub mod codec;
+pub mod plan;
 pub mod snapshot;
 
 use std::collections::HashMap;
@@ -11,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ballista::prelude::{SessionConfigExt, SessionContextExt};
+use ballista_core::config::TaskSchedulingPolicy;
 use ballista_core::serde::protobuf::scheduler_grpc_client::SchedulerGrpcClient;
 use ballista_core::serde::protobuf::GetJobStatusParams;
 use datafusion::error::{DataFusionError, Result};
@@ -22,6 +24,12 @@ use object_store::ObjectStore;
 use url::Url;
 
 use codec::{LogicalCodec, PhysicalCodec};
+
+/// Executors ask for tasks when they have a free slot. With Ballista 55's default (the
+/// scheduler pushes tasks and counts free slots itself), the slots of tasks cancelled when an
+/// executor is lost are never given back: seen here, the surviving executor got no task again
+/// and every later job waited forever.
+const POLICY: TaskSchedulingPolicy = TaskSchedulingPolicy::PullStaged;
 
 /// How long a call to the scheduler (a ping, a cancel) may take.
 const PING_TIMEOUT: Duration = Duration::from_secs(10);
@@ -159,8 +167,10 @@ pub async fn run_scheduler(o: SchedulerOptions) -> anyhow::Result<()> {
         expire_dead_executor_interval_seconds: (o.executor_timeout_secs / 3).clamp(1, 15),
         no_executors_grace_period_seconds: o.executor_timeout_secs,
         task_max_failures: o.task_max_failures,
+        scheduling_policy: POLICY,
         override_logical_codec: Some(Arc::new(LogicalCodec::default())),
         override_physical_codec: Some(Arc::new(PhysicalCodec::default())),
+        override_session_builder: Some(Arc::new(plan::session)),
         ..Default::default()
     };
     let addr: SocketAddr = format!("{}:{}", o.bind, o.port)
@@ -212,6 +222,7 @@ pub async fn run_executor(o: ExecutorOptions) -> anyhow::Result<()> {
         override_runtime_producer: Some(runtime),
         override_logical_codec: Some(Arc::new(LogicalCodec::default())),
         override_physical_codec: Some(Arc::new(PhysicalCodec::default())),
+        task_scheduling_policy: POLICY,
         ..Default::default()
     };
     if let Some(v) = o.vcores {
