@@ -451,6 +451,9 @@ fn a_union_on_an_executor_with_one_task_slot_loses_and_doubles_no_row() {
          UNION ALL SELECT 'none', count(*) FROM dossier WHERE agency_code IS NULL ORDER BY k",
         "SELECT agency_code, n FROM (SELECT agency_code, count(*) AS n FROM dossier GROUP BY agency_code) \
          UNION ALL SELECT 'total', count(*) FROM dossier ORDER BY agency_code",
+        // A TopK: under the adaptive planner, debug executors panicked decoding it.
+        "SELECT agency_code, count(*) AS n FROM dossier GROUP BY agency_code \
+         ORDER BY n DESC, agency_code LIMIT 4",
     ];
     let local: Vec<String> = queries
         .iter()
@@ -489,4 +492,48 @@ fn a_union_on_an_executor_with_one_task_slot_loses_and_doubles_no_row() {
         .find(|(n, _)| n == "monthly_par/trend_monthly.csv")
         .expect("trend_monthly in the preview");
     assert!(trend.1.lines().count() >= 2, "{}", trend.1);
+}
+
+/// Executors that cannot read the warehouse (pointed at another S3 server, where the bucket
+/// is empty) fail the report with the storage's own error, and nothing is published.
+#[test]
+fn a_table_the_executors_cannot_read_fails_the_report_clearly_and_publishes_nothing() {
+    let s3 = s3_server();
+    let p = s3_project(s3.port);
+    let elsewhere = s3_server();
+    boto(elsewhere.port, "s3.create_bucket(Bucket='parstat')");
+    let cluster = Cluster::start(elsewhere.port, 1);
+    set_engine(p.path(), &cluster.engine());
+    let o = go(
+        p.path(),
+        s3.port,
+        &["report", "monthly_par", "--period", "2021-11"],
+    );
+    let err = stderr(&o);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "{err}\nthe scheduler:\n{}\nthe executor:\n{}",
+        cluster.scheduler.log(),
+        cluster.executors[0].log()
+    );
+    // The last line is parstat's: the report's SQL file, then the executor's cause (the file
+    // it could not read).
+    let last = err
+        .lines()
+        .rfind(|l| l.starts_with("Error: "))
+        .unwrap_or("");
+    assert!(
+        last.contains(".sql: the cluster failed") && last.contains("not found"),
+        "{err}"
+    );
+    assert!(last.contains(".parquet"), "{last}");
+    let keys = boto(
+        s3.port,
+        "print('\\n'.join(o['Key'] for o in s3.list_objects_v2(Bucket='parstat', Prefix='wh/published_').get('Contents', [])))",
+    );
+    assert!(
+        keys.trim().is_empty(),
+        "published after a failed query: {keys}"
+    );
 }

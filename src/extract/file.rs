@@ -408,28 +408,8 @@ pub(crate) fn read_csv_from(
             read: 0,
             limit: limit.clone(),
         });
-    let failed = |e: csv::Error, line: u64| -> ExtractError {
-        if let csv::ErrorKind::Io(io) = e.kind() {
-            if io.get_ref().is_some_and(|i| i.is::<RecordTooLong>()) {
-                return ExtractError::Source(format!(
-                    "{rel}:{line}: {}",
-                    too_long("record", None, cap)
-                ));
-            }
-        }
-        ExtractError::Source(format!("{rel}:{line}: {e}"))
-    };
-    let headers: Vec<String> = r
-        .byte_headers()
-        .map_err(|e| failed(e, 1))?
-        .iter()
-        .map(|h| {
-            String::from_utf8_lossy(h)
-                .trim()
-                .trim_start_matches('\u{feff}')
-                .to_string()
-        })
-        .collect();
+    let failed = |e: csv::Error, line: u64| csv_failed(e, rel, line, cap);
+    let headers = csv_headers(&mut r).map_err(|e| failed(e, 1))?;
     check_fields(&format!("{rel}:1"), &headers.iter().cloned().collect(), job)?;
     let index: Vec<Option<usize>> = columns
         .iter()
@@ -468,6 +448,32 @@ pub(crate) fn read_csv_from(
         })?;
     }
     Ok(())
+}
+
+/// A CSV read error at `line` of `rel`; a record over `cap` bytes says so and how to allow it.
+fn csv_failed(e: csv::Error, rel: &str, line: u64, cap: u64) -> ExtractError {
+    if let csv::ErrorKind::Io(io) = e.kind() {
+        if io.get_ref().is_some_and(|i| i.is::<RecordTooLong>()) {
+            return ExtractError::Source(format!(
+                "{rel}:{line}: {}",
+                too_long("record", None, cap)
+            ));
+        }
+    }
+    ExtractError::Source(format!("{rel}:{line}: {e}"))
+}
+
+/// The header's names, trimmed and without a byte-order mark.
+fn csv_headers<R: Read>(r: &mut csv::Reader<R>) -> Result<Vec<String>, csv::Error> {
+    Ok(r.byte_headers()?
+        .iter()
+        .map(|h| {
+            String::from_utf8_lossy(h)
+                .trim()
+                .trim_start_matches('\u{feff}')
+                .to_string()
+        })
+        .collect())
 }
 
 /// A CSV record's cells in the order of `columns` (`index`: each one's field in the record),
