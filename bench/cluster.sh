@@ -14,6 +14,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/parstat-target}"
 if [ -z "${BENCH_BIN:-}" ]; then cargo build --release --features cluster --quiet; fi
 bin="${BENCH_BIN:-$CARGO_TARGET_DIR/release/parstat}"
 work="${BENCH_DIR:-$(mktemp -d)}"
+mkdir -p "$work"
 cp -r parstat.toml pipelines schemas sql reports "$work/" 2>/dev/null || true
 export PARSTAT_PII_KEY=bench-key-0123456789abcdef
 if [ ! -f "$work/.extracted-$n" ]; then

@@ -26,6 +26,10 @@ const COMMIT_BYTES: usize = 256 << 20;
 /// Rows per commit. A chunk's copies set most of a load's peak memory (bench/README.md).
 const CHUNK_ROWS: usize = 150_000;
 
+/// The first commits of a first load take an eighth, a quarter, then half of the default
+/// chunk: the writer starts while the source is still read, instead of idling through a chunk.
+const RAMP_COMMITS: usize = 3;
+
 type Writing = JoinHandle<Result<Committer, ExtractError>>;
 
 /// The committer is either here or writing a chunk: while it writes one, the loader types
@@ -147,6 +151,8 @@ pub(super) async fn run(
         } else {
             opts.chunk_rows
         },
+        ramp: opts.chunk_rows == 0 && committer.new_keys.is_some(),
+        commits: 0,
         bar: progress(opts.progress, &pipeline.name),
         schema,
         job,
@@ -218,6 +224,10 @@ struct Loader {
     summary: Summary,
     /// Rows per commit.
     chunk: usize,
+    /// Whether the first commits are smaller (a first load with the default chunk).
+    ramp: bool,
+    /// Commits started so far.
+    commits: usize,
     bar: indicatif::ProgressBar,
     schema: Schema,
     job: ExtractJob,
@@ -250,7 +260,8 @@ impl Loader {
             if let Some(msg) = msg {
                 self.receive(msg).await?;
             }
-            let due = self.pending.count >= self.chunk || self.pending.bytes >= COMMIT_BYTES;
+            let due =
+                self.pending.count >= self.commit_rows() || self.pending.bytes >= COMMIT_BYTES;
             if !(last || due) {
                 continue;
             }
@@ -282,11 +293,21 @@ impl Loader {
             }
             let pending = std::mem::take(&mut self.pending);
             let h = tokio::spawn(c.commit(pending.rows, pending.files, last));
+            self.commits += 1;
             if last {
                 self.slot = Slot::Here(Box::new(written(h).await?));
                 return Ok(());
             }
             self.slot = Slot::Writing(h);
+        }
+    }
+
+    /// Rows that make the next commit due.
+    fn commit_rows(&self) -> usize {
+        if self.ramp && self.commits < RAMP_COMMITS {
+            self.chunk >> (RAMP_COMMITS - self.commits)
+        } else {
+            self.chunk
         }
     }
 
