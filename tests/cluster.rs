@@ -330,8 +330,13 @@ fn an_unreachable_scheduler_is_a_clear_error_and_nothing_is_published() {
         "{}",
         stderr(&o)
     );
+    assert_nothing_published(s3.port);
+}
+
+/// No `published_*` object in the warehouse's bucket.
+fn assert_nothing_published(s3_port: u16) {
     let keys = boto(
-        s3.port,
+        s3_port,
         "print('\\n'.join(o['Key'] for o in s3.list_objects_v2(Bucket='parstat', Prefix='wh/published_').get('Contents', [])))",
     );
     assert!(
@@ -528,12 +533,5 @@ fn a_table_the_executors_cannot_read_fails_the_report_clearly_and_publishes_noth
         "{err}"
     );
     assert!(last.contains(".parquet"), "{last}");
-    let keys = boto(
-        s3.port,
-        "print('\\n'.join(o['Key'] for o in s3.list_objects_v2(Bucket='parstat', Prefix='wh/published_').get('Contents', [])))",
-    );
-    assert!(
-        keys.trim().is_empty(),
-        "published after a failed query: {keys}"
-    );
+    assert_nothing_published(s3.port);
 }
