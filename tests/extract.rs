@@ -751,3 +751,52 @@ fn dossier_files_are_sorted_by_finish_time_with_the_unfinished_last() {
     }
     assert!(finished > 0 && unfinished > 0, "{finished} {unfinished}");
 }
+
+/// Rows added by each commit of a Delta log, in version order (commits without data skipped).
+fn rows_per_commit(log: &Path) -> Vec<u64> {
+    let mut files: Vec<_> = std::fs::read_dir(log)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    files.sort();
+    files
+        .iter()
+        .map(|f| {
+            std::fs::read_to_string(f)
+                .unwrap()
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .filter_map(|a| a["add"]["stats"].as_str().map(str::to_string))
+                .map(|s| {
+                    serde_json::from_str::<serde_json::Value>(&s).unwrap()["numRecords"]
+                        .as_u64()
+                        .unwrap()
+                })
+                .sum()
+        })
+        .filter(|n: &u64| *n > 0)
+        .collect()
+}
+
+/// A first load with the default chunk (150,000 rows) starts writing after about 18,750 rows,
+/// not after a whole chunk, and still stores every row once.
+#[test]
+fn a_first_load_commits_early_and_keeps_every_row_once() {
+    let p = project_copy();
+    demo(p.path(), &["--dossiers", "60000"]);
+    ok(run(p.path(), &["extract", "dossier"]));
+    let rows = rows_per_commit(&p.path().join("warehouse/dossier/_delta_log"));
+    assert!(rows.len() >= 2, "one commit for 60,000 rows: {rows:?}");
+    assert!(rows[0] < 30_000, "the first commit waited: {rows:?}");
+    assert!(rows[0] < rows[1], "commits do not grow: {rows:?}");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let ctx = warehouse(p.path()).await;
+        assert_eq!(count(&ctx, "SELECT count(*) FROM dossier").await, 60000);
+        assert_eq!(
+            count(&ctx, "SELECT count(DISTINCT dossier_code) FROM dossier").await,
+            60000
+        );
+    });
+}
