@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Checks that a change left the demo's output byte for byte as it was: builds parstat at REV
 # (default: the last commit before the working tree's changes, HEAD~1) beside the working
-# tree, runs both on the same generated demo data, and compares each report's tables (CSV)
-# and email (HTML and text) for several months, the run ids masked.
+# tree; compares the demo data each generates (files, and the tables each loads into
+# PostgreSQL and MariaDB), then runs both on the same data and compares each report's tables
+# (CSV) and email (HTML and text) for several months, the run ids masked.
 #
 #   scripts/same_output.sh [REV] [PERIOD ...]      e.g. scripts/same_output.sh 7a95131
 #
@@ -20,18 +21,19 @@ work="$(mktemp -d)"
 trap 'git worktree remove --force "$work/old" >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
 log() { printf '==> %s\n' "$*" >&2; }
 
-# Each side is built as the tests build it (`cargo test --no-run`), so no dependency is built
-# with other features; its binary is found in cargo's own report of what it built.
+# Each side is built as the tests build it (`cargo test --all-features --no-run`), so the
+# dependencies built for the tests serve both; its binary is found in cargo's own report of
+# what it built.
 build() { # dir out
     log "building $1"
     local exe
-    exe="$(cd "$1" && cargo test --all-targets --no-run --message-format=json 2>/dev/null \
+    exe="$(cd "$1" && cargo test --all-targets --all-features --no-run --message-format=json 2>/dev/null \
         | python3 -c 'import json,sys
 for l in sys.stdin:
     m = json.loads(l)
     if m.get("reason") == "compiler-artifact" and m["target"]["kind"] == ["bin"] and m["target"]["name"] == "parstat" and not m["profile"]["test"]:
         print(m["executable"])')"
-    [ -x "$exe" ] || { (cd "$1" && cargo test --all-targets --no-run); exit 1; }
+    [ -x "$exe" ] || { (cd "$1" && cargo test --all-targets --all-features --no-run); exit 1; }
     cp "$exe" "$2"
 }
 git worktree add -q --detach "$work/old" "$rev"
@@ -46,6 +48,35 @@ project() { # source-dir dest
         [ -e "$1/$f" ] && cp -a "$1/$f" "$2/"
     done
 }
+# The generator: each side generates the same history, bad rows included, into files and
+# into a PostgreSQL schema and a MariaDB database of its own.
+pg="${PARSTAT_TEST_PG:-postgres://postgres@127.0.0.1:5432/test}"
+my_base="${PARSTAT_TEST_MYSQL:-mysql://root@127.0.0.1:3306/test}"
+status=0
+for side in old new; do
+    log "generating the demo data with the $side side"
+    db="parstat_same_output_$side"
+    mariadb -h 127.0.0.1 -u root -e "CREATE DATABASE IF NOT EXISTS $db"
+    project . "$work/gen-$side"
+    "$work/parstat-$side" --project "$work/gen-$side" -q demo --data-only --dossiers 20000 \
+        --seed 11 --until 2026-10 --bad-rows 0.02 --postgres "$pg" --pg-schema "$db" \
+        --mysql "${my_base%/*}/$db" >/dev/null
+    mkdir -p "$work/gen-$side/db"
+    for t in don_vi linh_vuc thu_tuc ho_so danh_gia_hai_long; do
+        psql -q "$pg" -c "COPY (SELECT * FROM $db.$t ORDER BY 1, 2) TO STDOUT" \
+            > "$work/gen-$side/db/pg-$t.tsv"
+        mariadb -h 127.0.0.1 -u root -N -B -e "SELECT * FROM $db.$t ORDER BY 1, 2" \
+            > "$work/gen-$side/db/mysql-$t.tsv"
+    done
+    psql -q "$pg" -c "DROP SCHEMA $db CASCADE"
+    mariadb -h 127.0.0.1 -u root -e "DROP DATABASE $db"
+done
+if diff -r "$work/gen-old/data" "$work/gen-new/data" && diff -r "$work/gen-old/db" "$work/gen-new/db"; then
+    echo "generator identical: $(find "$work/gen-new/data" "$work/gen-new/db" -type f | wc -l) files and table dumps"
+else
+    status=1
+fi
+
 log "generating the demo data once"
 project . "$work/new"
 "$work/parstat-new" --project "$work/new" -q demo --data-only --dossiers 40000 --seed 7 \
@@ -53,7 +84,6 @@ project . "$work/new"
 project "$work/old/" "$work/old-project"
 cp -a "$work/new/data" "$work/old-project/"
 
-status=0
 for side in old new; do
     dir="$work/new"
     [ "$side" = old ] && dir="$work/old-project"

@@ -56,7 +56,12 @@ fi
 
 log "cargo fmt --check"
 cargo fmt --check
-log "cargo clippy --all-targets --all-features -- -D warnings"
-cargo clippy --all-targets --all-features -- -D warnings
+# One build serves the lint and the tests: clippy's driver (what `cargo clippy` runs) compiles
+# parstat's own crates, warnings denied, in the build the tests run, so the dependencies are
+# compiled once instead of once more for clippy's check build (5.5 minutes on a cold machine).
+export RUSTC_WORKSPACE_WRAPPER="$(rustc --print sysroot)/bin/clippy-driver"
+export CLIPPY_ARGS="-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__"
+log "clippy (warnings denied) and the build of every target, --all-features"
+cargo test --all-targets --all-features --no-run
 log "cargo test --all-targets --all-features (the Ballista cluster included)"
 cargo test --all-targets --all-features

@@ -5,6 +5,7 @@
 use chrono::NaiveDateTime;
 use futures_util::SinkExt;
 use mysql_async::prelude::Queryable;
+use mysql_async::Value as V;
 
 use super::dossier::{BadKind, Catalogue, Dossier};
 use super::{DemoError, DemoOptions};
@@ -127,6 +128,39 @@ pub async fn load_postgres(
         .await
         .map_err(&err)?;
     let conn_task = tokio::spawn(conn);
+    pg_create_tables(&client, schema, opts).await?;
+    let cat = Catalogue::new();
+    pg_copy_catalogue(&client, schema, &cat)
+        .await
+        .map_err(&err)?;
+    let (rows, vote_rows, votes) = pg_copy_dossiers(&client, schema, &cat, opts)
+        .await
+        .map_err(&err)?;
+    pg_copy(
+        &client,
+        &format!("COPY {schema}.danh_gia_hai_long FROM STDIN"),
+        votes,
+    )
+    .await
+    .map_err(&err)?;
+    client
+        .batch_execute(&format!(
+            "CREATE INDEX ON {schema}.ho_so (ngay_cap_nhat); ANALYZE {schema}.ho_so;"
+        ))
+        .await
+        .map_err(|e| err(e.to_string()))?;
+    drop(client);
+    let _ = conn_task.await;
+    Ok((rows, vote_rows))
+}
+
+/// Replaces the demo's tables in `schema`, refusing tables the demo did not create.
+async fn pg_create_tables(
+    client: &tokio_postgres::Client,
+    schema: &str,
+    opts: &DemoOptions,
+) -> Result<(), DemoError> {
+    let err = db_err("PostgreSQL");
     // Tables of these names that the demo did not create may be a real one-stop-shop
     // system's: never dropped without --force.
     let names: Vec<String> = TABLES
@@ -163,9 +197,15 @@ pub async fn load_postgres(
             super::MARKER
         ))
         .await
-        .map_err(|e| err(e.to_string()))?;
-    let cat = Catalogue::new();
+        .map_err(|e| err(e.to_string()))
+}
 
+/// Agencies, fields and procedures.
+async fn pg_copy_catalogue(
+    client: &tokio_postgres::Client,
+    schema: &str,
+    cat: &Catalogue,
+) -> Result<(), String> {
     let mut buf = String::new();
     for a in &cat.agencies {
         let from = a.from.map(|d| d.to_string());
@@ -182,24 +222,13 @@ pub async fn load_postgres(
             ],
         );
     }
-    pg_copy(
-        &client,
-        &format!("COPY {schema}.don_vi FROM STDIN"),
-        std::mem::take(&mut buf),
-    )
-    .await
-    .map_err(&err)?;
-    let fields = cat.fields();
-    for (c, n) in fields {
+    let sql = format!("COPY {schema}.don_vi FROM STDIN");
+    pg_copy(client, &sql, std::mem::take(&mut buf)).await?;
+    for (c, n) in cat.fields() {
         copy_line(&mut buf, &[Some(c), Some(n)]);
     }
-    pg_copy(
-        &client,
-        &format!("COPY {schema}.linh_vuc FROM STDIN"),
-        std::mem::take(&mut buf),
-    )
-    .await
-    .map_err(&err)?;
+    let sql = format!("COPY {schema}.linh_vuc FROM STDIN");
+    pg_copy(client, &sql, std::mem::take(&mut buf)).await?;
     for p in &cat.procedures {
         let days = p.days.map(|d| d.to_string());
         copy_line(
@@ -214,50 +243,27 @@ pub async fn load_postgres(
             ],
         );
     }
-    pg_copy(
-        &client,
-        &format!("COPY {schema}.thu_tuc FROM STDIN"),
-        std::mem::take(&mut buf),
-    )
-    .await
-    .map_err(&err)?;
+    pg_copy(client, &format!("COPY {schema}.thu_tuc FROM STDIN"), buf).await
+}
 
+/// Streams the dossiers into `ho_so`; returns the dossier and vote counts and the votes' COPY
+/// text, loaded after the dossiers.
+async fn pg_copy_dossiers(
+    client: &tokio_postgres::Client,
+    schema: &str,
+    cat: &Catalogue,
+    opts: &DemoOptions,
+) -> Result<(u64, u64, String), String> {
     let sink = client
         .copy_in::<_, bytes::Bytes>(&format!("COPY {schema}.ho_so FROM STDIN"))
         .await
-        .map_err(|e| err(e.to_string()))?;
+        .map_err(|e| e.to_string())?;
     futures_util::pin_mut!(sink);
+    let mut buf = String::new();
     let mut votes = String::new();
     let (mut rows, mut vote_rows) = (0u64, 0u64);
-    for d in opts.dossier_gen(&cat) {
-        let name = stored_name(&d);
-        let s = |v: &dyn ToString| v.to_string();
-        copy_line(
-            &mut buf,
-            &[
-                Some(&d.code),
-                Some(&cat.procedures[d.procedure].code),
-                Some(&cat.agencies[d.agency].code),
-                Some(&s(&d.channel)),
-                Some(&s(&d.applicant_type)),
-                Some(&name),
-                Some(&d.applicant.id),
-                Some(&d.applicant.phone),
-                Some(&d.applicant.address),
-                Some(&s(&d.status)),
-                ts(d.submitted_at).as_deref(),
-                ts(d.received_at).as_deref(),
-                ts(d.due_at).as_deref(),
-                ts(d.finished_at).as_deref(),
-                ts(d.returned_at).as_deref(),
-                Some(&s(&d.supplements.len())),
-                Some(&s(&d.fee_vnd)),
-                Some(&s(&d.paid_online)),
-                Some(if d.digitized { "t" } else { "f" }),
-                Some(if d.vneid_verified { "t" } else { "f" }),
-                ts(Some(d.updated_at)).as_deref(),
-            ],
-        );
+    for d in opts.dossier_gen(cat) {
+        pg_dossier_line(&mut buf, cat, &d);
         rows += 1;
         if let Some((at, level)) = d.vote {
             copy_line(
@@ -273,34 +279,47 @@ pub async fn load_postgres(
         if buf.len() > 1 << 20 {
             sink.send(bytes::Bytes::from(std::mem::take(&mut buf)))
                 .await
-                .map_err(|e| err(e.to_string()))?;
+                .map_err(|e| e.to_string())?;
         }
     }
     if !buf.is_empty() {
-        sink.send(bytes::Bytes::from(std::mem::take(&mut buf)))
+        sink.send(bytes::Bytes::from(buf))
             .await
-            .map_err(|e| err(e.to_string()))?;
+            .map_err(|e| e.to_string())?;
     }
-    sink.as_mut()
-        .finish()
-        .await
-        .map_err(|e| err(e.to_string()))?;
-    pg_copy(
-        &client,
-        &format!("COPY {schema}.danh_gia_hai_long FROM STDIN"),
-        votes,
-    )
-    .await
-    .map_err(&err)?;
-    client
-        .batch_execute(&format!(
-            "CREATE INDEX ON {schema}.ho_so (ngay_cap_nhat); ANALYZE {schema}.ho_so;"
-        ))
-        .await
-        .map_err(|e| err(e.to_string()))?;
-    drop(client);
-    let _ = conn_task.await;
-    Ok((rows, vote_rows))
+    sink.as_mut().finish().await.map_err(|e| e.to_string())?;
+    Ok((rows, vote_rows, votes))
+}
+
+fn pg_dossier_line(buf: &mut String, cat: &Catalogue, d: &Dossier) {
+    let name = stored_name(d);
+    let s = |v: &dyn ToString| v.to_string();
+    copy_line(
+        buf,
+        &[
+            Some(&d.code),
+            Some(&cat.procedures[d.procedure].code),
+            Some(&cat.agencies[d.agency].code),
+            Some(&s(&d.channel)),
+            Some(&s(&d.applicant_type)),
+            Some(&name),
+            Some(&d.applicant.id),
+            Some(&d.applicant.phone),
+            Some(&d.applicant.address),
+            Some(&s(&d.status)),
+            ts(d.submitted_at).as_deref(),
+            ts(d.received_at).as_deref(),
+            ts(d.due_at).as_deref(),
+            ts(d.finished_at).as_deref(),
+            ts(d.returned_at).as_deref(),
+            Some(&s(&d.supplements.len())),
+            Some(&s(&d.fee_vnd)),
+            Some(&s(&d.paid_online)),
+            Some(if d.digitized { "t" } else { "f" }),
+            Some(if d.vneid_verified { "t" } else { "f" }),
+            ts(Some(d.updated_at)).as_deref(),
+        ],
+    );
 }
 
 async fn pg_copy(client: &tokio_postgres::Client, sql: &str, data: String) -> Result<(), String> {
@@ -322,6 +341,49 @@ pub async fn load_mysql(url: &str, opts: &DemoOptions) -> Result<(u64, u64), Dem
     let mut conn = crate::extract::tls::connect_mysql(url)
         .await
         .map_err(&err)?;
+    mysql_create_tables(&mut conn, opts).await?;
+    let cat = Catalogue::new();
+    mysql_insert_catalogue(&mut conn, &cat)
+        .await
+        .map_err(&err)?;
+    let (mut rows, mut vote_rows) = (0u64, 0u64);
+    let mut batch: Vec<Vec<V>> = Vec::with_capacity(1000);
+    let mut votes: Vec<Vec<V>> = Vec::new();
+    for d in opts.dossier_gen(&cat) {
+        batch.push(mysql_dossier_row(&cat, &d));
+        rows += 1;
+        if let Some((at, level)) = d.vote {
+            votes.push(vec![V::from(&d.code), opt_s(ts(Some(at))), V::from(level)]);
+            vote_rows += 1;
+        }
+        if batch.len() == 1000 {
+            insert_rows(&mut conn, "ho_so", 21, std::mem::take(&mut batch))
+                .await
+                .map_err(&err)?;
+        }
+        if votes.len() == 2000 {
+            let full = std::mem::take(&mut votes);
+            insert_rows(&mut conn, "danh_gia_hai_long", 3, full)
+                .await
+                .map_err(&err)?;
+        }
+    }
+    insert_rows(&mut conn, "ho_so", 21, batch)
+        .await
+        .map_err(&err)?;
+    insert_rows(&mut conn, "danh_gia_hai_long", 3, votes)
+        .await
+        .map_err(&err)?;
+    conn.disconnect().await.map_err(|e| err(e.to_string()))?;
+    Ok((rows, vote_rows))
+}
+
+/// Replaces the demo's tables, refusing tables the demo did not create.
+async fn mysql_create_tables(
+    conn: &mut mysql_async::Conn,
+    opts: &DemoOptions,
+) -> Result<(), DemoError> {
+    let err = db_err("MariaDB/MySQL");
     // As for PostgreSQL: tables the demo did not create are never dropped without --force.
     let tables: Vec<String> = conn
         .query("SELECT table_name FROM information_schema.tables WHERE table_schema = DATABASE()")
@@ -348,10 +410,18 @@ pub async fn load_mysql(url: &str, opts: &DemoOptions) -> Result<(u64, u64), Dem
         super::MARKER
     ))
     .await
-    .map_err(|e| err(e.to_string()))?;
-    let cat = Catalogue::new();
-    use mysql_async::Value as V;
-    let opt_s = |v: Option<String>| v.map(V::from).unwrap_or(V::NULL);
+    .map_err(|e| err(e.to_string()))
+}
+
+fn opt_s(v: Option<String>) -> V {
+    v.map(V::from).unwrap_or(V::NULL)
+}
+
+/// Agencies, fields and procedures.
+async fn mysql_insert_catalogue(
+    conn: &mut mysql_async::Conn,
+    cat: &Catalogue,
+) -> Result<(), String> {
     let agencies: Vec<Vec<V>> = cat
         .agencies
         .iter()
@@ -366,21 +436,13 @@ pub async fn load_mysql(url: &str, opts: &DemoOptions) -> Result<(u64, u64), Dem
             ]
         })
         .collect();
-    insert_rows(&mut conn, "don_vi", 6, agencies)
-        .await
-        .map_err(&err)?;
-    let fields = cat.fields();
-    insert_rows(
-        &mut conn,
-        "linh_vuc",
-        2,
-        fields
-            .into_iter()
-            .map(|(c, n)| vec![V::from(c), V::from(n)])
-            .collect(),
-    )
-    .await
-    .map_err(&err)?;
+    insert_rows(conn, "don_vi", 6, agencies).await?;
+    let fields = cat
+        .fields()
+        .into_iter()
+        .map(|(c, n)| vec![V::from(c), V::from(n)])
+        .collect();
+    insert_rows(conn, "linh_vuc", 2, fields).await?;
     let procs = cat
         .procedures
         .iter()
@@ -395,67 +457,34 @@ pub async fn load_mysql(url: &str, opts: &DemoOptions) -> Result<(u64, u64), Dem
             ]
         })
         .collect();
-    insert_rows(&mut conn, "thu_tuc", 6, procs)
-        .await
-        .map_err(&err)?;
+    insert_rows(conn, "thu_tuc", 6, procs).await
+}
 
-    let (mut rows, mut vote_rows) = (0u64, 0u64);
-    let mut batch: Vec<Vec<V>> = Vec::with_capacity(1000);
-    let mut votes: Vec<Vec<V>> = Vec::new();
-    for d in opts.dossier_gen(&cat) {
-        let name = stored_name(&d);
-        batch.push(vec![
-            V::from(&d.code),
-            V::from(&cat.procedures[d.procedure].code),
-            V::from(&cat.agencies[d.agency].code),
-            V::from(d.channel),
-            V::from(d.applicant_type),
-            V::from(name.as_ref()),
-            V::from(&d.applicant.id),
-            V::from(&d.applicant.phone),
-            V::from(&d.applicant.address),
-            V::from(d.status),
-            opt_s(ts(d.submitted_at)),
-            opt_s(ts(d.received_at)),
-            opt_s(ts(d.due_at)),
-            opt_s(ts(d.finished_at)),
-            opt_s(ts(d.returned_at)),
-            V::from(d.supplements.len() as u8),
-            V::from(d.fee_vnd),
-            V::from(d.paid_online),
-            V::from(d.digitized),
-            V::from(d.vneid_verified),
-            V::from(ts(Some(d.updated_at)).unwrap_or_default()),
-        ]);
-        rows += 1;
-        if let Some((at, level)) = d.vote {
-            votes.push(vec![V::from(&d.code), opt_s(ts(Some(at))), V::from(level)]);
-            vote_rows += 1;
-        }
-        if batch.len() == 1000 {
-            insert_rows(&mut conn, "ho_so", 21, std::mem::take(&mut batch))
-                .await
-                .map_err(&err)?;
-        }
-        if votes.len() == 2000 {
-            insert_rows(
-                &mut conn,
-                "danh_gia_hai_long",
-                3,
-                std::mem::take(&mut votes),
-            )
-            .await
-            .map_err(&err)?;
-        }
-    }
-    insert_rows(&mut conn, "ho_so", 21, batch)
-        .await
-        .map_err(&err)?;
-    insert_rows(&mut conn, "danh_gia_hai_long", 3, votes)
-        .await
-        .map_err(&err)?;
-    conn.disconnect().await.map_err(|e| err(e.to_string()))?;
-    Ok((rows, vote_rows))
+fn mysql_dossier_row(cat: &Catalogue, d: &Dossier) -> Vec<V> {
+    let name = stored_name(d);
+    vec![
+        V::from(&d.code),
+        V::from(&cat.procedures[d.procedure].code),
+        V::from(&cat.agencies[d.agency].code),
+        V::from(d.channel),
+        V::from(d.applicant_type),
+        V::from(name.as_ref()),
+        V::from(&d.applicant.id),
+        V::from(&d.applicant.phone),
+        V::from(&d.applicant.address),
+        V::from(d.status),
+        opt_s(ts(d.submitted_at)),
+        opt_s(ts(d.received_at)),
+        opt_s(ts(d.due_at)),
+        opt_s(ts(d.finished_at)),
+        opt_s(ts(d.returned_at)),
+        V::from(d.supplements.len() as u8),
+        V::from(d.fee_vnd),
+        V::from(d.paid_online),
+        V::from(d.digitized),
+        V::from(d.vneid_verified),
+        V::from(ts(Some(d.updated_at)).unwrap_or_default()),
+    ]
 }
 
 /// One multi-row INSERT with bound parameters (never values pasted into SQL).

@@ -200,6 +200,45 @@ struct AgencyIndex {
     communes_after: Vec<(f64, usize)>,
 }
 
+impl AgencyIndex {
+    fn new(cat: &Catalogue) -> Self {
+        let reorg = province::reorganisation();
+        let mut departments = std::collections::HashMap::new();
+        for (i, a) in cat.agencies.iter().enumerate() {
+            if a.level == Level::Province {
+                if let Some(nn) = province::DEPARTMENTS
+                    .iter()
+                    .find(|(nn, _)| province::department_code(nn) == a.code)
+                {
+                    departments.insert(nn.0, i);
+                }
+            }
+        }
+        let sel = |level: Level, after: bool| {
+            cumulative(
+                cat.agencies
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, a)| {
+                        a.level == level
+                            && a.active_on(if after {
+                                reorg
+                            } else {
+                                reorg - Duration::days(1)
+                            })
+                    })
+                    .map(|(i, a)| (a.weight, i)),
+            )
+        };
+        AgencyIndex {
+            departments,
+            districts_before: sel(Level::District, false),
+            communes_before: sel(Level::Commune, false),
+            communes_after: sel(Level::Commune, true),
+        }
+    }
+}
+
 fn cumulative(items: impl Iterator<Item = (f64, usize)>) -> Vec<(f64, usize)> {
     let mut acc = 0.0;
     items
@@ -233,7 +272,6 @@ impl<'a> DossierGen<'a> {
             d += Duration::days(1);
         }
         let counts = day_counts(&days, total);
-        let reorg = province::reorganisation();
         let era_weight = |p: &Procedure, after: bool| match (p.handler, after) {
             // District work moves to the communes after the reorganisation.
             (Handler::District, true) => p.weight * 1.1,
@@ -256,39 +294,7 @@ impl<'a> DossierGen<'a> {
                     .map(|(i, p)| (era_weight(p, after), i)),
             )
         });
-        let mut departments = std::collections::HashMap::new();
-        for (i, a) in cat.agencies.iter().enumerate() {
-            if a.level == Level::Province {
-                if let Some(nn) = province::DEPARTMENTS
-                    .iter()
-                    .find(|(nn, _)| province::department_code(nn) == a.code)
-                {
-                    departments.insert(nn.0, i);
-                }
-            }
-        }
-        let sel = |level: Level, after: bool| {
-            cumulative(
-                cat.agencies
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, a)| {
-                        a.level == level
-                            && a.active_on(if after {
-                                reorg
-                            } else {
-                                reorg - Duration::days(1)
-                            })
-                    })
-                    .map(|(i, a)| (a.weight, i)),
-            )
-        };
-        let agencies_by = AgencyIndex {
-            departments,
-            districts_before: sel(Level::District, false),
-            communes_before: sel(Level::Commune, false),
-            communes_after: sel(Level::Commune, true),
-        };
+        let agencies_by = AgencyIndex::new(cat);
         DossierGen {
             cat,
             rng: ChaCha8Rng::seed_from_u64(seed ^ 0xD055_1E55),
@@ -337,46 +343,114 @@ impl<'a> DossierGen<'a> {
         }
     }
 
+    /// One dossier received on `day`. The steps draw from the generator in a fixed order (the
+    /// same seed gives the same data), so a step is never moved or skipped conditionally.
     fn generate(&mut self, day: NaiveDate, index_in_day: u64) -> Dossier {
         let cat = self.cat;
-        let after = (day >= province::reorganisation()) as usize;
-        let working = is_working_day(day);
         let is_last = (day + Duration::days(1)).day() == 1;
         let edge = index_in_day < 2 && (day.day() == 1 || is_last);
-        let t = years_in(day);
-
         // Non-working days and the midnight edges only see online dossiers received by the system.
-        let auto_online = !working || edge;
-        let pi = if auto_online {
-            pick(&mut self.rng, &self.online_cum[after])
-        } else {
-            pick(&mut self.rng, &self.proc_cum[after])
+        let auto_online = !is_working_day(day) || edge;
+        let pi = {
+            let after = (day >= province::reorganisation()) as usize;
+            let cum = if auto_online {
+                &self.online_cum[after]
+            } else {
+                &self.proc_cum[after]
+            };
+            pick(&mut self.rng, cum)
         };
         let p = &cat.procedures[pi];
         let ai = self.agency_for(p, day);
         let agency = &cat.agencies[ai];
-
-        let channel = if auto_online {
-            2
-        } else {
-            let share = online_share(day)
-                * if p.service_level == 4 {
-                    1.2
-                } else if p.service_level == 3 {
-                    0.75
-                } else {
-                    0.0
-                };
-            let x = self.rng.random::<f64>();
-            if x < share.min(0.97) {
-                2
-            } else if x < share.min(0.97) + 0.02 {
-                3
-            } else {
-                1
-            }
+        let channel = self.channel(p, day, auto_online);
+        let received = self.received(day, edge, is_last, auto_online, channel);
+        let submitted = self.submitted(channel, auto_online, received);
+        let work = self.schedule(p, day, received);
+        let (applicant_type, applicant) = self.applicant(p, agency, day);
+        let fate = self.fate(day, received, &work);
+        let outcome = self.as_of_export(p, channel, received, work.supplements, fate);
+        let Outcome {
+            status,
+            finished,
+            returned,
+            supplements,
+        } = outcome;
+        let (paid_online, digitized, vneid_verified) = self.online_services(p, channel, day);
+        let updated_at = self.updated_at(received, status, finished, returned, &supplements);
+        let late = work
+            .due
+            .zip(finished)
+            .is_some_and(|(d, f)| f.date() > d.date());
+        let vote = match (status, returned) {
+            (10, Some(r)) if self.rng.random_bool(0.18) => self.vote(r, late),
+            _ => None,
         };
-        let received = if edge {
+
+        let seq = self.seq.entry(ai).or_insert(0);
+        *seq += 1;
+        let code = format!("{}-{}-{:04}", agency.code, day.format("%y%m%d"), seq);
+        let mut d = Dossier {
+            code,
+            day,
+            procedure: pi,
+            agency: ai,
+            channel,
+            applicant_type,
+            applicant,
+            status,
+            submitted_at: submitted,
+            received_at: Some(received),
+            due_at: work.due,
+            finished_at: finished,
+            returned_at: returned,
+            supplements,
+            fee_vnd: p.fee_vnd,
+            paid_online,
+            digitized,
+            vneid_verified,
+            updated_at,
+            bad: None,
+            vote,
+        };
+        if self.bad_rows > 0.0 && self.rng.random_bool(self.bad_rows.min(1.0)) {
+            self.spoil(&mut d, received);
+        }
+        d
+    }
+
+    /// 1 at the counter, 2 online, 3 by post.
+    fn channel(&mut self, p: &Procedure, day: NaiveDate, auto_online: bool) -> u8 {
+        if auto_online {
+            return 2;
+        }
+        let share = online_share(day)
+            * if p.service_level == 4 {
+                1.2
+            } else if p.service_level == 3 {
+                0.75
+            } else {
+                0.0
+            };
+        let x = self.rng.random::<f64>();
+        if x < share.min(0.97) {
+            2
+        } else if x < share.min(0.97) + 0.02 {
+            3
+        } else {
+            1
+        }
+    }
+
+    fn received(
+        &mut self,
+        day: NaiveDate,
+        edge: bool,
+        is_last: bool,
+        auto_online: bool,
+        channel: u8,
+    ) -> NaiveDateTime {
+        if edge {
             let secs = self.rng.random_range(0..600i64);
             if is_last {
                 at(day, 23, 50, 0) + Duration::seconds(secs)
@@ -387,23 +461,35 @@ impl<'a> DossierGen<'a> {
             at(day, 0, 0, 0) + Duration::seconds(self.rng.random_range(0..86_400))
         } else {
             self.working_time(day)
-        };
-        let submitted = match channel {
+        }
+    }
+
+    fn submitted(
+        &mut self,
+        channel: u8,
+        auto_online: bool,
+        received: NaiveDateTime,
+    ) -> Option<NaiveDateTime> {
+        match channel {
             2 if !auto_online && self.rng.random_bool(0.7) => {
                 Some(received - Duration::minutes(self.rng.random_range(5..2_160)))
             }
             3 => Some(received - Duration::days(self.rng.random_range(2..5))),
             1 if self.rng.random_bool(0.03) => None,
             _ => Some(received),
-        };
+        }
+    }
 
+    /// When work starts, the supplement requests that pause it, and the due date.
+    fn schedule(&mut self, p: &Procedure, day: NaiveDate, received: NaiveDateTime) -> Work {
         // Work starts the day of receipt during office hours, else the next working day.
-        let start_day =
-            if working && received.time() < NaiveTime::from_hms_opt(16, 30, 0).expect("valid") {
-                day
-            } else {
-                next_working_day(day + Duration::days(1))
-            };
+        let start_day = if is_working_day(day)
+            && received.time() < NaiveTime::from_hms_opt(16, 30, 0).expect("valid")
+        {
+            day
+        } else {
+            next_working_day(day + Duration::days(1))
+        };
         let mut supplements = Vec::new();
         let supp_p = if p.field_code == "DD" { 0.15 } else { 0.06 };
         let mut pause_days = 0u32;
@@ -421,37 +507,49 @@ impl<'a> DossierGen<'a> {
             }
         }
         let due_day = p.days.map(|n| add_working_days(start_day, n + pause_days));
-        let due = due_day.map(|d| at(d, 17, 0, 0));
+        Work {
+            start_day,
+            due_day,
+            due: due_day.map(|d| at(d, 17, 0, 0)),
+            supplements,
+        }
+    }
 
-        let applicant_type;
+    fn applicant(&mut self, p: &Procedure, agency: &Agency, day: NaiveDate) -> (u8, Applicant) {
         let commune_name = agency.name.trim_start_matches("UBND ").to_string();
         let business_field = matches!(
             p.field_code,
             "DKKD" | "DT" | "ATTP" | "KDXD" | "LT" | "QLCL"
         ) && !p.name.contains("hộ kinh doanh");
-        let applicant = if business_field && self.rng.random_bool(0.85) {
-            applicant_type = 2;
+        if business_field && self.rng.random_bool(0.85) {
+            return (2, people::business(&mut self.rng, &commune_name));
+        }
+        let x = self.rng.random::<f64>();
+        let applicant_type = if x < 0.92 {
+            1
+        } else if x < 0.96 {
+            2
+        } else if x < 0.98 {
+            3
+        } else {
+            4
+        };
+        let applicant = if applicant_type == 2 {
             people::business(&mut self.rng, &commune_name)
         } else {
-            let x = self.rng.random::<f64>();
-            applicant_type = if x < 0.92 {
-                1
-            } else if x < 0.96 {
-                2
-            } else if x < 0.98 {
-                3
-            } else {
-                4
-            };
-            if applicant_type == 2 {
-                people::business(&mut self.rng, &commune_name)
-            } else {
-                people::citizen(&mut self.rng, day.year(), &commune_name)
-            }
+            people::citizen(&mut self.rng, day.year(), &commune_name)
         };
+        (applicant_type, applicant)
+    }
 
-        // The dossier's fate, then what of it has happened by `as_of`.
-        let late_p = 0.055 - 0.03 * (t / 7.8).min(1.0);
+    /// The dossier's fate regardless of the export date: (status, finished).
+    fn fate(
+        &mut self,
+        day: NaiveDate,
+        received: NaiveDateTime,
+        work: &Work,
+    ) -> (u8, Option<NaiveDateTime>) {
+        let late_p = 0.055 - 0.03 * (years_in(day) / 7.8).min(1.0);
         let x = self.rng.random::<f64>();
         let finish_of = |rng: &mut ChaCha8Rng, d: NaiveDate| -> NaiveDateTime {
             if d == day && received.time() < NaiveTime::from_hms_opt(16, 30, 0).expect("valid") {
@@ -462,49 +560,63 @@ impl<'a> DossierGen<'a> {
                 at(d, 7 + (30 + m) / 60, (30 + m) % 60, rng.random_range(0..60))
             }
         };
-        let last_supplied = supplements.last().and_then(|s| s.1);
-        let earliest_day = last_supplied
+        let start_day = work.start_day;
+        let earliest_day = work
+            .supplements
+            .last()
+            .and_then(|s| s.1)
             .map(|s| add_working_days(s.date(), 1))
             .unwrap_or(start_day);
-        let (mut status, mut finished) = if x < 0.008 {
-            (3u8, None)
+        if x < 0.008 {
+            return (3, None);
         } else if x < 0.011 {
-            (8, None)
+            return (8, None);
         } else if x < 0.014 {
             // Stuck: never finished, so pending past due once the due date passes.
-            (if supplements.is_empty() { 4 } else { 5 }, None)
+            return (if work.supplements.is_empty() { 4 } else { 5 }, None);
         } else if x < 0.029 {
-            let end = due_day
+            let end = work
+                .due_day
                 .unwrap_or(add_working_days(start_day, 5))
                 .max(earliest_day);
             let span = working_days_between(earliest_day, end);
             let d = add_working_days(earliest_day, self.rng.random_range(0..=span));
-            (7, Some(finish_of(&mut self.rng, d)))
-        } else {
-            let d = match due_day {
-                None => add_working_days(earliest_day, self.rng.random_range(0..10)),
-                Some(due_d) => {
-                    let y = self.rng.random::<f64>();
-                    if y < late_p {
-                        let extra = if self.rng.random_bool(0.7) {
-                            self.rng.random_range(1..4)
-                        } else {
-                            self.rng.random_range(4..15)
-                        };
-                        add_working_days(due_d, extra)
-                    } else if y < late_p + 0.62 && due_d > earliest_day {
-                        let span = working_days_between(earliest_day, due_d).saturating_sub(1);
-                        add_working_days(earliest_day, self.rng.random_range(0..=span))
+            return (7, Some(finish_of(&mut self.rng, d)));
+        }
+        let d = match work.due_day {
+            None => add_working_days(earliest_day, self.rng.random_range(0..10)),
+            Some(due_d) => {
+                let y = self.rng.random::<f64>();
+                if y < late_p {
+                    let extra = if self.rng.random_bool(0.7) {
+                        self.rng.random_range(1..4)
                     } else {
-                        due_d.max(earliest_day)
-                    }
+                        self.rng.random_range(4..15)
+                    };
+                    add_working_days(due_d, extra)
+                } else if y < late_p + 0.62 && due_d > earliest_day {
+                    let span = working_days_between(earliest_day, due_d).saturating_sub(1);
+                    add_working_days(earliest_day, self.rng.random_range(0..=span))
+                } else {
+                    due_d.max(earliest_day)
                 }
-            };
-            (
-                10,
-                Some(finish_of(&mut self.rng, d).max(received + Duration::minutes(1))),
-            )
+            }
         };
+        (
+            10,
+            Some(finish_of(&mut self.rng, d).max(received + Duration::minutes(1))),
+        )
+    }
+
+    /// What of the dossier's fate has happened by the export (`as_of`).
+    fn as_of_export(
+        &mut self,
+        p: &Procedure,
+        channel: u8,
+        received: NaiveDateTime,
+        mut supplements: Vec<(NaiveDateTime, Option<NaiveDateTime>)>,
+        (mut status, mut finished): (u8, Option<NaiveDateTime>),
+    ) -> Outcome {
         let mut returned = None;
         if let Some(f) = finished {
             if f >= self.as_of {
@@ -549,7 +661,17 @@ impl<'a> DossierGen<'a> {
         {
             status = 1;
         }
+        Outcome {
+            status,
+            finished,
+            returned,
+            supplements,
+        }
+    }
 
+    /// (paid online: 0 no, 1 national portal, 2 the province's platform; digitized; VNeID).
+    fn online_services(&mut self, p: &Procedure, channel: u8, day: NaiveDate) -> (u8, bool, bool) {
+        let t = years_in(day);
         let paid_online = if p.fee_vnd > 0
             && channel == 2
             && self.rng.random_bool((0.05 + 0.6 * (t / 7.8)).min(0.9))
@@ -569,7 +691,17 @@ impl<'a> DossierGen<'a> {
             && self
                 .rng
                 .random_bool((0.2 + 0.7 * ((t - 3.5) / 4.3)).clamp(0.0, 0.92));
+        (paid_online, digitized, vneid_verified)
+    }
 
+    fn updated_at(
+        &mut self,
+        received: NaiveDateTime,
+        status: u8,
+        finished: Option<NaiveDateTime>,
+        returned: Option<NaiveDateTime>,
+        supplements: &[(NaiveDateTime, Option<NaiveDateTime>)],
+    ) -> NaiveDateTime {
         let mut latest = received;
         for v in [finished, returned]
             .into_iter()
@@ -578,90 +710,75 @@ impl<'a> DossierGen<'a> {
         {
             latest = latest.max(v);
         }
-        let updated_at = if finished.is_some() || status == 3 || status == 8 {
+        if finished.is_some() || status == 3 || status == 8 {
             latest + Duration::seconds(self.rng.random_range(1..600))
         } else {
             latest + Duration::minutes(self.rng.random_range(1..2_880))
         }
         .min(self.as_of - Duration::seconds(1))
-        .max(received);
-        let status = status;
-
-        let vote = match (status, returned) {
-            (10, Some(r)) if self.rng.random_bool(0.18) => {
-                let v = r + Duration::minutes(self.rng.random_range(1..2_880));
-                let late = due.zip(finished).is_some_and(|(d, f)| f.date() > d.date());
-                let y = self.rng.random::<f64>();
-                let level = if late {
-                    if y < 0.2 {
-                        1
-                    } else if y < 0.55 {
-                        2
-                    } else if y < 0.8 {
-                        3
-                    } else {
-                        4
-                    }
-                } else if y < 0.55 {
-                    1
-                } else if y < 0.93 {
-                    2
-                } else if y < 0.985 {
-                    3
-                } else {
-                    4
-                };
-                (v < self.as_of).then_some((v, level))
-            }
-            _ => None,
-        };
-
-        let seq = self.seq.entry(ai).or_insert(0);
-        *seq += 1;
-        let code = format!("{}-{}-{:04}", agency.code, day.format("%y%m%d"), seq);
-
-        let mut d = Dossier {
-            code,
-            day,
-            procedure: pi,
-            agency: ai,
-            channel,
-            applicant_type,
-            applicant,
-            status,
-            submitted_at: submitted,
-            received_at: Some(received),
-            due_at: due,
-            finished_at: finished,
-            returned_at: returned,
-            supplements,
-            fee_vnd: p.fee_vnd,
-            paid_online,
-            digitized,
-            vneid_verified,
-            updated_at,
-            bad: None,
-            vote,
-        };
-        if self.bad_rows > 0.0 && self.rng.random_bool(self.bad_rows.min(1.0)) {
-            let kind = BadKind::ALL[self.rng.random_range(0..4)];
-            d.bad = Some(kind);
-            d.vote = None;
-            match kind {
-                BadKind::MissingDate => d.received_at = None,
-                BadKind::UnknownStatus => d.status = self.rng.random_range(11..100),
-                BadKind::FinishBeforeReceipt => {
-                    let f = received - Duration::days(self.rng.random_range(1..6));
-                    d.status = 10;
-                    d.finished_at = Some(f);
-                    d.returned_at = None;
-                }
-                // Written as bytes that are not UTF-8 by the writer.
-                BadKind::BrokenEncoding => {}
-            }
-        }
-        d
+        .max(received)
     }
+
+    /// A satisfaction vote after the result was returned at `r`; a late dossier's votes are worse.
+    fn vote(&mut self, r: NaiveDateTime, late: bool) -> Option<(NaiveDateTime, u8)> {
+        let v = r + Duration::minutes(self.rng.random_range(1..2_880));
+        let y = self.rng.random::<f64>();
+        let level = if late {
+            if y < 0.2 {
+                1
+            } else if y < 0.55 {
+                2
+            } else if y < 0.8 {
+                3
+            } else {
+                4
+            }
+        } else if y < 0.55 {
+            1
+        } else if y < 0.93 {
+            2
+        } else if y < 0.985 {
+            3
+        } else {
+            4
+        };
+        (v < self.as_of).then_some((v, level))
+    }
+
+    /// Turns `d` into one of the malformed rows of `--bad-rows`.
+    fn spoil(&mut self, d: &mut Dossier, received: NaiveDateTime) {
+        let kind = BadKind::ALL[self.rng.random_range(0..4)];
+        d.bad = Some(kind);
+        d.vote = None;
+        match kind {
+            BadKind::MissingDate => d.received_at = None,
+            BadKind::UnknownStatus => d.status = self.rng.random_range(11..100),
+            BadKind::FinishBeforeReceipt => {
+                let f = received - Duration::days(self.rng.random_range(1..6));
+                d.status = 10;
+                d.finished_at = Some(f);
+                d.returned_at = None;
+            }
+            // Written as bytes that are not UTF-8 by the writer.
+            BadKind::BrokenEncoding => {}
+        }
+    }
+}
+
+/// When work on a dossier starts and is due, and its supplement requests (requested, supplied).
+struct Work {
+    start_day: NaiveDate,
+    due_day: Option<NaiveDate>,
+    due: Option<NaiveDateTime>,
+    supplements: Vec<(NaiveDateTime, Option<NaiveDateTime>)>,
+}
+
+/// A dossier's state at the export.
+struct Outcome {
+    status: u8,
+    finished: Option<NaiveDateTime>,
+    returned: Option<NaiveDateTime>,
+    supplements: Vec<(NaiveDateTime, Option<NaiveDateTime>)>,
 }
 
 /// Working days from `a` to `b` (0 when `b <= a`).

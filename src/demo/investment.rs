@@ -196,6 +196,40 @@ fn make_project(rng: &mut ChaCha8Rng, seq: usize, start: NaiveDate, end: NaiveDa
         .find(|d| d.0 == district)
         .map(|d| d.1)
         .unwrap_or("Hà Tĩnh");
+    let events = certificates(rng, start, end, capital);
+    let investor = investor_name(rng, fdi);
+    Project {
+        code: format!("28{:08}", (seq as u64 * 7_919 + 1_234_567) % 100_000_000),
+        name: format!("{name_part} {} tại {place}", seq),
+        investor,
+        country: if fdi {
+            FDI_COUNTRIES[rng.random_range(0..FDI_COUNTRIES.len())]
+        } else {
+            "VN"
+        },
+        fdi,
+        ezone,
+        sector: (sector.0, sector.1),
+        district,
+        zone: zone.map(|z| z.0),
+        land_ha: if rng.random_bool(0.8) {
+            Some((lognormal(rng, 2.0, 1.0) * 100.0).round() / 100.0)
+        } else {
+            None
+        },
+        events,
+        build_months: rng.random_range(18..72),
+    }
+}
+
+/// The project's certificates: the first, later changes of capital and amendments, and
+/// sometimes its end.
+fn certificates(
+    rng: &mut ChaCha8Rng,
+    start: NaiveDate,
+    end: NaiveDate,
+    capital: i128,
+) -> Vec<Event> {
     let mut events = vec![Event {
         version: 0,
         kind: EventType::New,
@@ -255,7 +289,11 @@ fn make_project(rng: &mut ChaCha8Rng, seq: usize, start: NaiveDate, end: NaiveDa
             });
         }
     }
-    let investor = if fdi {
+    events
+}
+
+fn investor_name(rng: &mut ChaCha8Rng, fdi: bool) -> String {
+    if fdi {
         format!(
             "{} {} Co., Ltd",
             ["Hoa", "Dae", "Nippon", "Sino", "Asia", "Pacific"][rng.random_range(0..6)],
@@ -277,28 +315,6 @@ fn make_project(rng: &mut ChaCha8Rng, seq: usize, start: NaiveDate, end: NaiveDa
                 "Hải Phát"
             ][rng.random_range(0..9)]
         )
-    };
-    Project {
-        code: format!("28{:08}", (seq as u64 * 7_919 + 1_234_567) % 100_000_000),
-        name: format!("{name_part} {} tại {place}", seq),
-        investor,
-        country: if fdi {
-            FDI_COUNTRIES[rng.random_range(0..FDI_COUNTRIES.len())]
-        } else {
-            "VN"
-        },
-        fdi,
-        ezone,
-        sector: (sector.0, sector.1),
-        district,
-        zone: zone.map(|z| z.0),
-        land_ha: if rng.random_bool(0.8) {
-            Some((lognormal(rng, 2.0, 1.0) * 100.0).round() / 100.0)
-        } else {
-            None
-        },
-        events,
-        build_months: rng.random_range(18..72),
     }
 }
 

@@ -47,6 +47,13 @@ pub enum DemoError {
 /// The table that marks a database's one-stop-shop tables as the demo's own.
 pub const MARKER: &str = "parstat_demo";
 
+fn csv_err(path: &Path) -> impl FnOnce(csv::Error) -> DemoError + '_ {
+    move |source| DemoError::Csv {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> DemoError + '_ {
     move |source| DemoError::Io {
         path: path.to_path_buf(),
@@ -379,22 +386,10 @@ fn write_dossiers(
     let cat = Catalogue::new();
     let mut gen = opts.dossier_gen(&cat);
     let pb = progress_bar(opts.progress, gen.day_count() as u64, "dossiers");
-    let vpath = dir.join(VOTES_FILE);
-    let mut votes =
-        csv::Writer::from_writer(BufWriter::new(File::create(&vpath).map_err(io(&vpath))?));
-    let csv_err = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| DemoError::Csv { path, source }
-    };
-    votes
-        .write_record(["MaHoSo", "ThoiGianDanhGia", "MucDoHaiLong"])
-        .map_err(csv_err(&vpath))?;
-    let mut vote_count = DatasetCount::default();
+    let mut votes = VoteFile::create(dir.join(VOTES_FILE), opts)?;
     let mut count = DatasetCount::default();
-    let mut current: Option<(String, BufWriter<File>, PathBuf, u64)> = None;
+    let mut current: Option<MonthFile> = None;
     let mut line = Vec::with_capacity(2048);
-    let mut vote_rng =
-        <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(opts.seed ^ 0x7075);
     let mut last_day = 0;
     while let Some(d) = gen.next() {
         if gen.current_day_index() != last_day {
@@ -404,71 +399,127 @@ fn write_dossiers(
         // Files by month of receipt, as the nightly export batches them.
         let day = d.day;
         let month = format!("{}{:02}", day.year(), day.month());
-        if current.as_ref().is_none_or(|c| c.0 != month) {
-            if let Some((m, mut w, p, n)) = current.take() {
-                w.flush().map_err(io(&p))?;
-                manifest
-                    .files
-                    .insert(format!("{DOSSIER_DIR}/hoso_{m}.ndjson"), n);
+        if current.as_ref().is_none_or(|c| c.month != month) {
+            if let Some(done) = current.take() {
+                done.close(manifest)?;
             }
-            let p = dir.join(format!("{DOSSIER_DIR}/hoso_{month}.ndjson"));
-            let f = File::create(&p).map_err(io(&p))?;
-            current = Some((month, BufWriter::with_capacity(1 << 20, f), p, 0));
+            current = Some(MonthFile::create(dir, month)?);
         }
-        let (_, w, p, n) = current.as_mut().expect("opened above");
+        let file = current.as_mut().expect("opened above");
         line.clear();
         write_sync_record(&mut line, &cat, &d).map_err(|e| DemoError::Io {
-            path: p.clone(),
+            path: file.path.clone(),
             source: e.into(),
         })?;
-        w.write_all(&line).map_err(io(p))?;
-        *n += 1;
+        file.writer.write_all(&line).map_err(io(&file.path))?;
+        file.rows += 1;
         count.rows += 1;
         if let Some(b) = d.bad {
             *count.bad.entry(b.name().to_string()).or_default() += 1;
         }
         if let Some((at, level)) = d.vote {
-            let label = VOTE_LEVELS
-                .iter()
-                .find(|v| v.0 == level)
-                .map(|v| v.1)
-                .unwrap_or("Hài lòng");
-            let mut time = at.format("%d/%m/%Y %H:%M:%S").to_string();
-            let mut label = label.to_string();
-            // Votes have bad rows of their own: a missing time, a level the kiosk never offered.
-            if opts.bad_rows > 0.0 && rand::Rng::random_bool(&mut vote_rng, opts.bad_rows.min(1.0))
-            {
-                if rand::Rng::random_bool(&mut vote_rng, 0.5) {
-                    time.clear();
-                    *vote_count
-                        .bad
-                        .entry(BadKind::MissingDate.name().into())
-                        .or_default() += 1;
-                } else {
-                    label = "Rất tốt".into();
-                    *vote_count.bad.entry("unknown_level".into()).or_default() += 1;
-                }
-            }
-            votes
-                .write_record([d.code.as_str(), &time, &label])
-                .map_err(csv_err(&vpath))?;
-            vote_count.rows += 1;
+            votes.write(&d.code, at, level)?;
         }
     }
-    if let Some((m, mut w, p, n)) = current.take() {
-        w.flush().map_err(io(&p))?;
-        manifest
-            .files
-            .insert(format!("{DOSSIER_DIR}/hoso_{m}.ndjson"), n);
+    if let Some(done) = current.take() {
+        done.close(manifest)?;
     }
-    votes.flush().map_err(io(&vpath))?;
+    votes.close(manifest)?;
     pb.finish_and_clear();
-    manifest.files.insert(VOTES_FILE.into(), vote_count.rows);
     manifest.datasets.insert("dossier".into(), count);
-    manifest
-        .datasets
-        .insert("satisfaction_vote".into(), vote_count);
     Ok(())
+}
+
+/// One month's NDJSON file of dossiers (`hoso_YYYYMM.ndjson`).
+struct MonthFile {
+    month: String,
+    writer: BufWriter<File>,
+    path: PathBuf,
+    rows: u64,
+}
+
+impl MonthFile {
+    fn create(dir: &Path, month: String) -> Result<Self, DemoError> {
+        let path = dir.join(format!("{DOSSIER_DIR}/hoso_{month}.ndjson"));
+        let f = File::create(&path).map_err(io(&path))?;
+        Ok(MonthFile {
+            month,
+            writer: BufWriter::with_capacity(1 << 20, f),
+            path,
+            rows: 0,
+        })
+    }
+
+    fn close(mut self, manifest: &mut Manifest) -> Result<(), DemoError> {
+        self.writer.flush().map_err(io(&self.path))?;
+        manifest.files.insert(
+            format!("{DOSSIER_DIR}/hoso_{}.ndjson", self.month),
+            self.rows,
+        );
+        Ok(())
+    }
+}
+
+/// The satisfaction votes' CSV. Votes have bad rows of their own under `--bad-rows`, drawn
+/// from a generator of their own so that the dossiers stay the same.
+struct VoteFile {
+    path: PathBuf,
+    writer: csv::Writer<BufWriter<File>>,
+    rng: rand_chacha::ChaCha8Rng,
+    bad_rows: f64,
+    count: DatasetCount,
+}
+
+impl VoteFile {
+    fn create(path: PathBuf, opts: &DemoOptions) -> Result<Self, DemoError> {
+        let mut writer =
+            csv::Writer::from_writer(BufWriter::new(File::create(&path).map_err(io(&path))?));
+        writer
+            .write_record(["MaHoSo", "ThoiGianDanhGia", "MucDoHaiLong"])
+            .map_err(csv_err(&path))?;
+        Ok(VoteFile {
+            path,
+            writer,
+            rng: <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(opts.seed ^ 0x7075),
+            bad_rows: opts.bad_rows,
+            count: DatasetCount::default(),
+        })
+    }
+
+    fn write(&mut self, code: &str, at: NaiveDateTime, level: u8) -> Result<(), DemoError> {
+        let label = VOTE_LEVELS
+            .iter()
+            .find(|v| v.0 == level)
+            .map(|v| v.1)
+            .unwrap_or("Hài lòng");
+        let mut time = at.format("%d/%m/%Y %H:%M:%S").to_string();
+        let mut label = label.to_string();
+        // A missing time, or a level the kiosk never offered.
+        if self.bad_rows > 0.0 && rand::Rng::random_bool(&mut self.rng, self.bad_rows.min(1.0)) {
+            let bad = if rand::Rng::random_bool(&mut self.rng, 0.5) {
+                time.clear();
+                BadKind::MissingDate.name()
+            } else {
+                label = "Rất tốt".into();
+                "unknown_level"
+            };
+            *self.count.bad.entry(bad.into()).or_default() += 1;
+        }
+        self.writer
+            .write_record([code, &time, &label])
+            .map_err(csv_err(&self.path))?;
+        self.count.rows += 1;
+        Ok(())
+    }
+
+    fn close(mut self, manifest: &mut Manifest) -> Result<(), DemoError> {
+        self.writer.flush().map_err(io(&self.path))?;
+        manifest.files.insert(VOTES_FILE.into(), self.count.rows);
+        manifest
+            .datasets
+            .insert("satisfaction_vote".into(), self.count);
+        Ok(())
+    }
 }
 
 pub const EVENT_HEADERS: &[&str] = &[
@@ -499,16 +550,39 @@ fn write_investment(
 ) -> Result<(), DemoError> {
     let until = opts.until_day();
     let projects = investment::projects(opts.seed, until);
+    let events = write_events(dir, &projects)?;
+    let disb = write_disbursements(opts, dir, &projects)?;
+    let cutoff = investment::calibration_cutoff();
+    let valid: Vec<i128> = projects.iter().filter_map(|p| p.valid_at(cutoff)).collect();
+    manifest.facts.valid_projects_2021_10 = valid.len();
+    manifest.facts.valid_capital_vnd_2021_10 = valid.iter().sum::<i128>().to_string();
+    manifest.files.insert(EVENTS_FILE.into(), events);
+    manifest.files.insert(DISBURSEMENTS_FILE.into(), disb);
+    manifest.datasets.insert(
+        "investment_event".into(),
+        DatasetCount {
+            rows: events,
+            bad: BTreeMap::new(),
+        },
+    );
+    manifest.datasets.insert(
+        "investment_disbursement".into(),
+        DatasetCount {
+            rows: disb,
+            bad: BTreeMap::new(),
+        },
+    );
+    Ok(())
+}
+
+/// The investment certificates' events CSV; returns its rows.
+fn write_events(dir: &Path, projects: &[investment::Project]) -> Result<u64, DemoError> {
     let new_communes = province::new_communes(&province::old_communes());
     let epath = dir.join(EVENTS_FILE);
-    let csv_err = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| DemoError::Csv { path, source }
-    };
     let mut w = csv::Writer::from_writer(BufWriter::new(File::create(&epath).map_err(io(&epath))?));
     w.write_record(EVENT_HEADERS).map_err(csv_err(&epath))?;
     let mut events = 0u64;
-    for p in &projects {
+    for p in projects {
         for e in &p.events {
             let usd = investment::usd_cents(p, e)
                 .map(|c| format!("{}.{:02}", c / 100, c % 100))
@@ -540,12 +614,22 @@ fn write_investment(
         }
     }
     w.flush().map_err(io(&epath))?;
+    Ok(events)
+}
+
+/// The monthly cumulative disbursements CSV; returns its rows.
+fn write_disbursements(
+    opts: &DemoOptions,
+    dir: &Path,
+    projects: &[investment::Project],
+) -> Result<u64, DemoError> {
+    let until = opts.until_day();
     let dpath = dir.join(DISBURSEMENTS_FILE);
     let mut w = csv::Writer::from_writer(BufWriter::new(File::create(&dpath).map_err(io(&dpath))?));
     w.write_record(["MaDuAn", "KyBaoCao", "VonGiaiNganLuyKeVND", "NgayCapNhat"])
         .map_err(csv_err(&dpath))?;
     let mut disb = 0u64;
-    for p in &projects {
+    for p in projects {
         for (month, value) in investment::disbursements(p, until) {
             let reported =
                 (month + Duration::days(40)).min(opts.as_of().date() - Duration::days(1));
@@ -564,25 +648,5 @@ fn write_investment(
         }
     }
     w.flush().map_err(io(&dpath))?;
-    let cutoff = investment::calibration_cutoff();
-    let valid: Vec<i128> = projects.iter().filter_map(|p| p.valid_at(cutoff)).collect();
-    manifest.facts.valid_projects_2021_10 = valid.len();
-    manifest.facts.valid_capital_vnd_2021_10 = valid.iter().sum::<i128>().to_string();
-    manifest.files.insert(EVENTS_FILE.into(), events);
-    manifest.files.insert(DISBURSEMENTS_FILE.into(), disb);
-    manifest.datasets.insert(
-        "investment_event".into(),
-        DatasetCount {
-            rows: events,
-            bad: BTreeMap::new(),
-        },
-    );
-    manifest.datasets.insert(
-        "investment_disbursement".into(),
-        DatasetCount {
-            rows: disb,
-            bad: BTreeMap::new(),
-        },
-    );
-    Ok(())
+    Ok(disb)
 }

@@ -116,9 +116,17 @@ fn split_areas(rng: &mut impl Rng, total: f64, max: &[f64; 8]) -> [f64; 8] {
 pub fn rows(seed: u64, last_year: i16) -> Vec<RatingRow> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5C0_4E5);
     let mut out = Vec::new();
+    par_index(&mut rng, last_year, &mut out);
+    service_indices(&mut rng, last_year, &mut out);
+    unit_rankings(&mut rng, last_year, &mut out);
+    out
+}
+
+/// The PAR Index's total and its eight areas, for the province.
+fn par_index(rng: &mut ChaCha8Rng, last_year: i16, out: &mut Vec<RatingRow>) {
     for &(year, total, rank) in PAR_HISTORY.iter().filter(|r| r.0 <= last_year) {
         let max = area_max(year);
-        let areas = split_areas(&mut rng, total, &max);
+        let areas = split_areas(rng, total, &max);
         out.push(RatingRow {
             year,
             index_label: "PAR INDEX",
@@ -157,6 +165,9 @@ pub fn rows(seed: u64, last_year: i16) -> Vec<RatingRow> {
             });
         }
     }
+}
+
+fn service_indices(rng: &mut ChaCha8Rng, last_year: i16, out: &mut Vec<RatingRow>) {
     // SIPAS (from 2017) and the service-quality index of Decision 766 (from 2022).
     for year in 2017..=last_year {
         let t = (year - 2017) as f64;
@@ -176,6 +187,9 @@ pub fn rows(seed: u64, last_year: i16) -> Vec<RatingRow> {
             ));
         }
     }
+}
+
+fn unit_rankings(rng: &mut ChaCha8Rng, last_year: i16, out: &mut Vec<RatingRow>) {
     // The province's own ranking of its units.
     let old = province::old_communes();
     let new = province::new_communes(&old);
@@ -235,7 +249,6 @@ pub fn rows(seed: u64, last_year: i16) -> Vec<RatingRow> {
             }
         }
     }
-    out
 }
 
 fn simple(year: i16, label: &'static str, score: f64, rank: u16) -> RatingRow {
@@ -333,33 +346,42 @@ pub fn write_xlsx(
         ws.set_column_width(3, 40)?;
         ws.set_column_width(6, 50)?;
         for (r, row) in (HEADER_ROW..).zip(rows.iter().filter(|x| x.index_label == label)) {
-            ws.write_number(r, 0, row.year as f64)?;
-            ws.write_string(r, 1, row.index_label)?;
-            ws.write_string(r, 2, &row.subject_code)?;
-            ws.write_string(r, 3, &row.subject_name)?;
-            ws.write_string(r, 4, row.subject_type)?;
-            ws.write_string(r, 5, &row.criterion_code)?;
-            ws.write_string(r, 6, &row.criterion_name)?;
-            for (c, v) in [
-                (7, row.max_score),
-                (8, row.self_score),
-                (9, row.appraised_score),
-                (10, row.survey_score),
-                (11, Some(row.score)),
-            ] {
-                if let Some(v) = v {
-                    ws.write_number(r, c, v)?;
-                }
-            }
-            if let Some(v) = row.rank {
-                ws.write_number(r, 12, v as f64)?;
-            }
-            if let Some(v) = row.rank_of {
-                ws.write_number(r, 13, v as f64)?;
-            }
+            write_row(ws, r, row)?;
         }
     }
     wb.save(path)
+}
+
+fn write_row(
+    ws: &mut rust_xlsxwriter::Worksheet,
+    r: u32,
+    row: &RatingRow,
+) -> Result<(), XlsxError> {
+    ws.write_number(r, 0, row.year as f64)?;
+    ws.write_string(r, 1, row.index_label)?;
+    ws.write_string(r, 2, &row.subject_code)?;
+    ws.write_string(r, 3, &row.subject_name)?;
+    ws.write_string(r, 4, row.subject_type)?;
+    ws.write_string(r, 5, &row.criterion_code)?;
+    ws.write_string(r, 6, &row.criterion_name)?;
+    for (c, v) in [
+        (7, row.max_score),
+        (8, row.self_score),
+        (9, row.appraised_score),
+        (10, row.survey_score),
+        (11, Some(row.score)),
+    ] {
+        if let Some(v) = v {
+            ws.write_number(r, c, v)?;
+        }
+    }
+    if let Some(v) = row.rank {
+        ws.write_number(r, 12, v as f64)?;
+    }
+    if let Some(v) = row.rank_of {
+        ws.write_number(r, 13, v as f64)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

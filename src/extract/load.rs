@@ -82,7 +82,8 @@ impl Pending {
     }
 }
 
-/// One run of an extract pipeline under its lease.
+/// One run of an extract pipeline under its lease. Long: it gathers what the loader needs in
+/// one place, so that the loader owns the whole run from there.
 pub(super) async fn run(
     project: &Project,
     pipeline: &Pipeline,

@@ -216,6 +216,7 @@ mod tests {
         batches
     }
 
+    // Long: the table of many small files, the plan and the batches are one story.
     #[tokio::test]
     async fn a_delta_scan_of_few_rows_in_many_files_is_read_on_every_partition_in_full_batches() {
         let dir = tempfile::tempdir().unwrap();

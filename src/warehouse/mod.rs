@@ -376,6 +376,7 @@ mod tests {
             .unwrap()
     }
 
+    // Long: one commit per partition sets up what the merge's reads are checked against.
     #[tokio::test]
     async fn a_merge_reads_only_the_partitions_where_its_keys_are_stored() {
         let dir = tempfile::tempdir().unwrap();
