@@ -51,6 +51,7 @@ project() { # source-dir dest
 # The generator: each side generates the same history, bad rows included, into files and
 # into a PostgreSQL schema and a MariaDB database of its own.
 pg="${PARSTAT_TEST_PG:-postgres://postgres@127.0.0.1:5432/test}"
+export PGOPTIONS="--client-min-messages=warning"
 my_base="${PARSTAT_TEST_MYSQL:-mysql://root@127.0.0.1:3306/test}"
 status=0
 for side in old new; do
