@@ -273,42 +273,66 @@ async fn a_dataset_without_an_update_time_loads_from_a_database() {
     assert_eq!(v, vec!["7000001".to_string()]);
 }
 
+/// The disbursement reports split in two files, `gn/a.csv` and `gn/b.csv`, loaded in replace
+/// mode.
+struct TwoFiles {
+    dir: std::path::PathBuf,
+    header: String,
+    a: Vec<String>,
+    b: Vec<String>,
+}
+
+impl TwoFiles {
+    fn new(project: &std::path::Path) -> Self {
+        let text = std::fs::read_to_string(project.join("data/dautu/giai_ngan.csv")).unwrap();
+        let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+        let header = lines.remove(0);
+        let b = lines.split_off(lines.len() / 2);
+        let files = TwoFiles {
+            dir: project.join("data/gn"),
+            header,
+            a: lines,
+            b,
+        };
+        std::fs::create_dir_all(&files.dir).unwrap();
+        files.write("a.csv", &files.a);
+        files.write("b.csv", &files.b);
+        let pipeline = "pipelines/investment_disbursement.toml";
+        edit(
+            project,
+            pipeline,
+            "path = \"dautu/giai_ngan.csv\"",
+            "path = \"gn/*.csv\"",
+        );
+        edit(project, pipeline, "mode = \"merge\"", "mode = \"replace\"");
+        files
+    }
+
+    fn write(&self, name: &str, rows: &[String]) {
+        let text = format!("{}\n{}\n", self.header, rows.join("\n"));
+        std::fs::write(self.dir.join(name), text).unwrap()
+    }
+
+    fn total(&self) -> usize {
+        self.a.len() + self.b.len()
+    }
+}
+
+async fn disbursements(project: &std::path::Path) -> Vec<String> {
+    strings(
+        &warehouse(project).await,
+        "SELECT count(*) FROM investment_disbursement",
+    )
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_replace_reads_every_file_and_a_failed_one_replaces_nothing() {
     let p = project_copy();
     demo(p.path(), &["--dossiers", "2000"]);
-    // The disbursement reports split in two files, loaded in replace mode.
-    let text = std::fs::read_to_string(p.path().join("data/dautu/giai_ngan.csv")).unwrap();
-    let mut lines: Vec<&str> = text.lines().collect();
-    let header = lines.remove(0);
-    let total = lines.len();
-    let (a, b) = lines.split_at(total / 2);
-    let dir = p.path().join("data/gn");
-    std::fs::create_dir_all(&dir).unwrap();
-    let write = |name: &str, rows: &[&str]| {
-        std::fs::write(dir.join(name), format!("{header}\n{}\n", rows.join("\n"))).unwrap()
-    };
-    write("a.csv", a);
-    write("b.csv", b);
-    edit(
-        p.path(),
-        "pipelines/investment_disbursement.toml",
-        "path = \"dautu/giai_ngan.csv\"",
-        "path = \"gn/*.csv\"",
-    );
-    edit(
-        p.path(),
-        "pipelines/investment_disbursement.toml",
-        "mode = \"merge\"",
-        "mode = \"replace\"",
-    );
-    let count = || async {
-        strings(
-            &warehouse(p.path()).await,
-            "SELECT count(*) FROM investment_disbursement",
-        )
-        .await
-    };
+    let files = TwoFiles::new(p.path());
+    let total = files.total();
+    let count = || disbursements(p.path());
     ok(run(p.path(), &["extract", "investment_disbursement"]));
     assert_eq!(count().await, vec![total.to_string()]);
     let log = p
@@ -320,21 +344,56 @@ async fn a_replace_reads_every_file_and_a_failed_one_replaces_nothing() {
     assert_eq!(delta_commits(&log), before);
     // One file changed (its last row gone): the table is every file's rows, the unchanged
     // file's too.
-    write("b.csv", &b[..b.len() - 1]);
+    files.write("b.csv", &files.b[..files.b.len() - 1]);
     ok(run(p.path(), &["extract", "investment_disbursement"]));
     assert_eq!(count().await, vec![(total - 1).to_string()]);
     // A file that cannot be read fails the run, and the table is left as it was.
     let before = delta_commits(&log);
-    write("b.csv", b);
-    std::fs::write(dir.join("c.csv"), "Khac,Cot\n1,2\n").unwrap();
+    files.write("b.csv", &files.b);
+    std::fs::write(files.dir.join("c.csv"), "Khac,Cot\n1,2\n").unwrap();
     let o = run(p.path(), &["extract", "investment_disbursement"]);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert!(stderr(&o).contains("c.csv"), "{}", stderr(&o));
     assert_eq!(delta_commits(&log), before, "a failed replace committed");
     assert_eq!(count().await, vec![(total - 1).to_string()]);
-    std::fs::remove_file(dir.join("c.csv")).unwrap();
+    std::fs::remove_file(files.dir.join("c.csv")).unwrap();
     ok(run(p.path(), &["extract", "investment_disbursement"]));
     assert_eq!(count().await, vec![total.to_string()]);
+}
+
+/// A replace read in many chunks still writes once, at the end, and marks every file it read,
+/// not only the last chunk's: a rerun with nothing changed then reads and commits nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replace_in_many_chunks_commits_once_and_remembers_every_file() {
+    let p = project_copy();
+    demo(p.path(), &["--dossiers", "2000"]);
+    let files = TwoFiles::new(p.path());
+    let total = files.total();
+    assert!(total > 200, "{total} rows are too few for chunks of 50");
+    let small = ["extract", "investment_disbursement", "--chunk-rows", "50"];
+    let log = p
+        .path()
+        .join("warehouse/investment_disbursement/_delta_log");
+    ok(run(p.path(), &small));
+    assert_eq!(disbursements(p.path()).await, vec![total.to_string()]);
+    let before = delta_commits(&log);
+    ok(run(p.path(), &small));
+    assert_eq!(
+        delta_commits(&log),
+        before,
+        "a rerun with nothing changed committed"
+    );
+    // One file changed: one commit holds the whole new table.
+    files.write("a.csv", &files.a[1..]);
+    ok(run(p.path(), &small));
+    assert_eq!(delta_commits(&log), before + 1);
+    assert_eq!(disbursements(p.path()).await, vec![(total - 1).to_string()]);
+    ok(run(p.path(), &small));
+    assert_eq!(
+        delta_commits(&log),
+        before + 1,
+        "a rerun with nothing changed committed"
+    );
 }
 
 #[test]

@@ -30,8 +30,10 @@ pub(crate) struct Committer {
     /// A table empty at the start of the run takes its rows by appends, merging only keys
     /// seen twice in the run (see `NewKeys`).
     pub new_keys: Option<NewKeys>,
-    /// Replace mode: every batch of the run, written at once at the end.
+    /// Replace mode: every batch of the run, written at once at the end with the marks of
+    /// every file read (the next run skips them only if all are marked).
     pub replace_batches: Vec<RecordBatch>,
+    pub replace_files: Vec<FileDone>,
     pub parquet: WriterProperties,
     pub max_updated: Option<i64>,
     pub rows_written: u64,
@@ -70,15 +72,17 @@ impl Committer {
             &rejected,
         )
         .await?;
-        let batch = if self.job.mode == Mode::Replace {
+        let (batch, files) = if self.job.mode == Mode::Replace {
             // The whole table is replaced at once, at the end.
             self.replace_batches.push(batch);
+            self.replace_files.extend(files);
             if !last {
                 return Ok(self);
             }
-            arrow::compute::concat_batches(&arrow_schema, &self.replace_batches)?
+            let all = arrow::compute::concat_batches(&arrow_schema, &self.replace_batches)?;
+            (all, std::mem::take(&mut self.replace_files))
         } else {
-            batch
+            (batch, files)
         };
         if self.table.version().is_none() && batch.num_rows() == 0 && !last {
             return Ok(self);

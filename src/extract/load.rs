@@ -136,6 +136,7 @@ pub(super) async fn run(
         wh,
         table,
         replace_batches: Vec::new(),
+        replace_files: Vec::new(),
         max_updated: previous,
         rows_written: 0,
         rows_quarantined: 0,
