@@ -37,22 +37,27 @@ mariadb-admin -h 127.0.0.1 -u root status >/dev/null || { echo "MariaDB is not r
 # keep working), and the certificates the TLS SMTP tests serve.
 scripts/tls_setup.sh
 
-# An S3-compatible server for the warehouse-on-S3 test, an SMTP server for the delivery tests.
-if ! command -v moto_server >/dev/null 2>&1 || ! python3 -c "import aiosmtpd" 2>/dev/null; then
-    log "installing moto (S3-compatible server) and aiosmtpd (SMTP server) from PyPI"
-    python3 -m pip install -q "moto[server]" aiosmtpd
-fi
-# Headless Chromium, to take a screenshot of the rendered email (kept in artifacts/).
-if ! command -v chromium >/dev/null 2>&1; then
-    log "installing chromium from Debian's packages"
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
-fi
-
-# GNU time, with which the hostile-file tests measure a run's peak memory.
-if [ ! -x /usr/bin/time ]; then
-    log "installing GNU time from Debian's packages"
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq time >/dev/null
-fi
+# The packages the tests need install while the build runs (downloads mostly, about two
+# minutes on a fresh machine); the tests wait for them.
+install_packages() {
+    # An S3-compatible server for the warehouse-on-S3 test, an SMTP server for the delivery tests.
+    if ! command -v moto_server >/dev/null 2>&1 || ! python3 -c "import aiosmtpd" 2>/dev/null; then
+        log "installing moto (S3-compatible server) and aiosmtpd (SMTP server) from PyPI"
+        python3 -m pip install -q "moto[server]" aiosmtpd
+    fi
+    # Headless Chromium, to take a screenshot of the rendered email (kept in artifacts/), and
+    # GNU time, with which the hostile-file tests measure a run's peak memory.
+    local debs=()
+    command -v chromium >/dev/null 2>&1 || debs+=(chromium)
+    [ -x /usr/bin/time ] || debs+=(time)
+    if [ ${#debs[@]} -gt 0 ]; then
+        log "installing ${debs[*]} from Debian's packages"
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${debs[@]}" >/dev/null
+    fi
+}
+install_log="$(mktemp)"
+install_packages > "$install_log" 2>&1 &
+installing=$!
 
 log "cargo fmt --check"
 cargo fmt --check
@@ -63,5 +68,11 @@ export RUSTC_WORKSPACE_WRAPPER="$(rustc --print sysroot)/bin/clippy-driver"
 export CLIPPY_ARGS="-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__"
 log "clippy (warnings denied) and the build of every target, --all-features"
 cargo test --all-targets --all-features --no-run
+if ! wait "$installing"; then
+    cat "$install_log" >&2
+    echo "installing the packages the tests need failed (log above)" >&2
+    exit 1
+fi
+cat "$install_log" >&2
 log "cargo test --all-targets --all-features (the Ballista cluster included)"
 cargo test --all-targets --all-features
