@@ -72,12 +72,24 @@ struct Cluster {
 }
 
 impl Cluster {
+    /// A cluster that loses no executor to a late heartbeat: the tests run beside many other
+    /// processes on two cores, where a heartbeat can be seconds late.
     fn start(s3_port: u16, executors: usize) -> Cluster {
-        Cluster::with_vcores(s3_port, executors, 2)
+        Cluster::with(s3_port, executors, 2, 60)
+    }
+
+    /// A cluster whose scheduler gives up on an executor 6 s after its last heartbeat, for
+    /// the tests that kill one.
+    fn start_for_kills(s3_port: u16, executors: usize) -> Cluster {
+        Cluster::with(s3_port, executors, 2, 6)
     }
 
     /// A cluster whose executors run `vcores` tasks at once each.
     fn with_vcores(s3_port: u16, executors: usize, vcores: u32) -> Cluster {
+        Cluster::with(s3_port, executors, vcores, 60)
+    }
+
+    fn with(s3_port: u16, executors: usize, vcores: u32, executor_timeout_secs: u32) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let scheduler = spawn(
@@ -87,7 +99,7 @@ impl Cluster {
                 "--port",
                 &port.to_string(),
                 "--executor-timeout-secs",
-                "6",
+                &executor_timeout_secs.to_string(),
             ],
             s3_port,
             dir.path().join("scheduler.log"),
@@ -252,7 +264,7 @@ fn the_cluster_computes_what_the_local_engine_computes() {
     set_engine(p.path(), &cluster.engine());
     let checked = ok(go(p.path(), s3.port, &["check", "--ping"]));
     assert!(checked.contains("answers"), "{checked}");
-    let remote = previews(p.path(), s3.port, "2021-11", "cluster");
+    let remote = previews_on(p.path(), s3.port, "2021-11", "cluster", Some(&cluster));
     assert_eq!(
         local.iter().map(|l| &l.0).collect::<Vec<_>>(),
         remote.iter().map(|l| &l.0).collect::<Vec<_>>()
@@ -384,7 +396,7 @@ fn an_executor_killed_during_a_report_fails_it_clearly_or_retries_and_a_rerun_pu
     let with_rows = expected.iter().filter(|t| t.lines().count() > 2).count();
     assert!(with_rows >= 4, "{expected:#?}");
 
-    let mut cluster = Cluster::start(s3.port, 2);
+    let mut cluster = Cluster::start_for_kills(s3.port, 2);
     set_engine(p.path(), &cluster.engine());
     // The report starts; one executor dies while it runs.
     let project = p.path().to_path_buf();
