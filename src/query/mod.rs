@@ -85,6 +85,7 @@ impl QueryError {
     }
 
     /// An error of running `file`'s planned query in `ctx`: the cluster's when it ran there.
+    #[cfg(feature = "cluster")]
     pub(crate) fn ran(
         ctx: &datafusion::prelude::SessionContext,
         file: impl Into<String>,
