@@ -10,6 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 profiles=("$@")
 if [ ${#profiles[@]} -eq 0 ]; then profiles=(quick release); fi
+command -v /usr/bin/time >/dev/null || { apt-get update -qq && apt-get install -y -qq time; }
 root="${BUILD_DIR:-$(mktemp -d)}"
 cargo fetch --quiet
 printf '%-8s %10s %10s %6s %12s %12s %12s\n' profile wall_s cpu_s units binary_B no_debug_B stripped_B
