@@ -7,6 +7,9 @@
 #
 #   scripts/same_output.sh [REV] [PERIOD ...]      e.g. scripts/same_output.sh 7a95131
 #
+# With SAME_OUTPUT_BINARIES="OLD NEW" it compares two binaries already built of the working
+# tree instead (two profiles, say), both over the working tree's project.
+#
 # Exit code 0 when everything is identical, 1 with the differences otherwise.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,9 +39,19 @@ for l in sys.stdin:
     [ -x "$exe" ] || { (cd "$1" && cargo test --all-targets --all-features --no-run); exit 1; }
     cp "$exe" "$2"
 }
-git worktree add -q --detach "$work/old" "$rev"
-build "$work/old" "$work/parstat-old"
-build . "$work/parstat-new"
+if [ -n "${SAME_OUTPUT_BINARIES:-}" ]; then
+    read -r old_bin new_bin <<<"$SAME_OUTPUT_BINARIES"
+    cp "$old_bin" "$work/parstat-old"
+    cp "$new_bin" "$work/parstat-new"
+    old_src=.
+    sides="$old_bin and $new_bin"
+else
+    git worktree add -q --detach "$work/old" "$rev"
+    build "$work/old" "$work/parstat-old"
+    build . "$work/parstat-new"
+    old_src="$work/old"
+    sides="$rev and the working tree"
+fi
 
 # Each side's project is its own revision's (parstat.toml, pipelines, schemas, SQL, templates)
 # over the same generated data.
@@ -82,7 +95,7 @@ log "generating the demo data once"
 project . "$work/new"
 "$work/parstat-new" --project "$work/new" -q demo --data-only --dossiers 40000 --seed 7 \
     --until 2026-10 >/dev/null
-project "$work/old/" "$work/old-project"
+project "$old_src" "$work/old-project"
 cp -a "$work/new/data" "$work/old-project/"
 
 for side in old new; do
@@ -104,7 +117,7 @@ for side in old new; do
 done
 if diff -r "$work/old-cmp" "$work/new-cmp"; then
     files=$(find "$work/new-cmp" -type f | wc -l)
-    echo "identical: $files files (tables and emails of ${#periods[@]} months of both reports) at $rev and in the working tree"
+    echo "identical: $files files (tables and emails of ${#periods[@]} months of both reports) by $sides"
 else
     status=1
 fi
