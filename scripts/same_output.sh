@@ -6,6 +6,7 @@
 # (CSV) and email (HTML and text) for several months, the run ids masked.
 #
 #   scripts/same_output.sh [REV] [PERIOD ...]      e.g. scripts/same_output.sh 7a95131
+#   SAME_OUTPUT_BINARIES="OLD NEW" scripts/same_output.sh [PERIOD ...]
 #
 # With SAME_OUTPUT_BINARIES="OLD NEW" it compares two binaries already built of the working
 # tree instead (two profiles, say), both over the working tree's project.
@@ -15,8 +16,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/parstat-target}"
 export PARSTAT_PII_KEY="same-output-check-key"
-rev="${1:-HEAD~1}"
-shift || true
+# With two binaries given there is no revision to build: every argument is a period.
+if [ -z "${SAME_OUTPUT_BINARIES:-}" ]; then
+    rev="${1:-HEAD~1}"
+    shift || true
+fi
 periods=("$@")
 [ ${#periods[@]} -gt 0 ] || periods=(2025-12 2026-06 2026-10)
 
