@@ -8,6 +8,8 @@ use std::env;
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-env-changed=PARSTAT_NO_ICF");
+    // A linker configured later must drop the flag without a `cargo clean`.
+    println!("cargo:rerun-if-env-changed=RUSTC_LINKER");
     let optimised = env::var("OPT_LEVEL").is_ok_and(|level| level != "0");
     // Rust links x86_64 Linux binaries with its own lld (our dependencies need Rust 1.95); a
     // linker the user chose instead may not know the flag.
