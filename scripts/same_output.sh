@@ -11,7 +11,8 @@
 # With SAME_OUTPUT_BINARIES="OLD NEW" it compares two binaries already built of the working
 # tree instead (two profiles, say), both over the working tree's project.
 #
-# Exit code 0 when everything is identical, 1 with the differences otherwise.
+# Exit code 0 when everything is identical, 1 with the differences, 2 when
+# SAME_OUTPUT_BINARIES does not name two executable files.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/parstat-target}"
@@ -44,7 +45,13 @@ for l in sys.stdin:
     cp "$exe" "$2"
 }
 if [ -n "${SAME_OUTPUT_BINARIES:-}" ]; then
-    read -r old_bin new_bin <<<"$SAME_OUTPUT_BINARIES"
+    read -r -a given <<<"$SAME_OUTPUT_BINARIES"
+    if [ ${#given[@]} -ne 2 ] || [ ! -x "${given[0]}" ] || [ ! -x "${given[1]}" ]; then
+        echo "SAME_OUTPUT_BINARIES=\"$SAME_OUTPUT_BINARIES\": give two executable binaries, \"OLD NEW\"" >&2
+        exit 2
+    fi
+    old_bin="${given[0]}"
+    new_bin="${given[1]}"
     cp "$old_bin" "$work/parstat-old"
     cp "$new_bin" "$work/parstat-new"
     old_src=.
