@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Benchmark tool: in which crates' machine code `parstat demo` spends its CPU time, to choose
-# which crates a cargo profile may build at a lower opt-level. Relinks the profile's binary
-# with lld's link map (and without identical code folding, so that each function keeps its
-# own address), samples the demo with `perf record`, and prints each crate's share of the
-# samples (bench/crate_profile.py). The next ordinary build relinks the binary with folding.
+# which crates a cargo profile may build at a lower opt-level. Compiles parstat again in the
+# profile and links it with lld's link map (and without identical code folding, so that each
+# function keeps its own address), samples the demo with `perf record`, and prints each
+# crate's share of the samples (bench/crate_profile.py). The next ordinary build compiles
+# parstat once more (its build script sees PARSTAT_NO_ICF change) and links it with folding.
 # Usage: bench/crate_profile.sh [PROFILE] (default release; a profile that keeps symbols)
 set -euo pipefail
 cd "$(dirname "$0")/.."
