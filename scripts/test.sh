@@ -59,20 +59,20 @@ install_log="$(mktemp)"
 install_packages > "$install_log" 2>&1 &
 installing=$!
 
-log "cargo fmt --check"
-cargo fmt --check
+log "cargo fmt --all --check"
+cargo fmt --all --check
 # One build serves the lint and the tests: clippy's driver (what `cargo clippy` runs) compiles
 # parstat's own crates, warnings denied, in the build the tests run, so the dependencies are
 # compiled once instead of once more for clippy's check build (5.5 minutes on a cold machine).
 export RUSTC_WORKSPACE_WRAPPER="$(rustc --print sysroot)/bin/clippy-driver"
 export CLIPPY_ARGS="-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__"
 log "clippy (warnings denied) and the build of every target, --all-features"
-cargo test --all-targets --all-features --no-run
+cargo test --workspace --all-targets --all-features --no-run
 if ! wait "$installing"; then
     cat "$install_log" >&2
     echo "installing the packages the tests need failed (log above)" >&2
     exit 1
 fi
 cat "$install_log" >&2
-log "cargo test --all-targets --all-features (the Ballista cluster included)"
-cargo test --all-targets --all-features
+log "cargo test --workspace --all-targets --all-features (the Ballista cluster included)"
+cargo test --workspace --all-targets --all-features

@@ -173,20 +173,16 @@ async fn write_output(
         Format::Parquet => {
             let path = args.output.as_ref().expect("checked above");
             let _ = std::fs::remove_file(path);
-            let df = ctx
-                .read_batches(if batches.is_empty() {
-                    vec![arrow::array::RecordBatch::new_empty(schema.clone())]
-                } else {
-                    batches
-                })
+            let batches = if batches.is_empty() {
+                vec![arrow::array::RecordBatch::new_empty(schema.clone())]
+            } else {
+                batches
+            };
+            let df = parstat_plan::read_batches(ctx, batches).map_err(|e| werr(&e))?;
+            let options = DataFrameWriteOptions::new().with_single_file_output(true);
+            parstat_plan::write_parquet(df, &path.to_string_lossy(), options)
+                .await
                 .map_err(|e| werr(&e))?;
-            df.write_parquet(
-                &path.to_string_lossy(),
-                DataFrameWriteOptions::new().with_single_file_output(true),
-                None,
-            )
-            .await
-            .map_err(|e| werr(&e))?;
         }
     }
     out.flush().map_err(|e| werr(&e))?;

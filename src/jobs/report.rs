@@ -253,19 +253,19 @@ async fn write_preview(
             let path = dir.join(format!("{}.{ext}", t.name));
             // The writers refuse to replace a file: a rerun of the preview replaces it.
             let _ = std::fs::remove_file(&path);
-            let df = ctx
-                .read_batches(if t.batches.is_empty() {
-                    vec![arrow::array::RecordBatch::new_empty(t.schema.clone())]
-                } else {
-                    t.batches.clone()
-                })
+            let batches = if t.batches.is_empty() {
+                vec![arrow::array::RecordBatch::new_empty(t.schema.clone())]
+            } else {
+                t.batches.clone()
+            };
+            let df = parstat_plan::read_batches(&ctx, batches)
                 .map_err(|e| werr(&path, e.to_string()))?;
             let opts = DataFrameWriteOptions::new().with_single_file_output(true);
             let target = path.to_string_lossy().to_string();
             let written = if ext == "csv" {
-                df.write_csv(&target, opts, None).await
+                parstat_plan::write_csv(df, &target, opts).await
             } else {
-                df.write_parquet(&target, opts, None).await
+                parstat_plan::write_parquet(df, &target, opts).await
             };
             written.map_err(|e| werr(&path, e.to_string()))?;
             files.push(path);

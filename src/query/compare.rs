@@ -130,8 +130,10 @@ async fn join_previous(
         select.join(", "),
         join_on(keys)
     );
-    let df = ctx.sql(&sql).await.map_err(|e| err(e.into()))?;
-    let df = df.drop_columns(&["__row"]).map_err(|e| err(e.into()))?;
+    let df = parstat_plan::sql(&ctx, &sql)
+        .await
+        .map_err(|e| err(e.into()))?;
+    let df = parstat_plan::drop_columns(df, &["__row"]).map_err(|e| err(e.into()))?;
     let (plain, out) = collect_plain(df).await.map_err(err)?;
     if out.is_empty() {
         return Ok(vec![RecordBatch::new_empty(plain)]);

@@ -135,8 +135,7 @@ pub(super) fn cluster_scheduler(ctx: &SessionContext) -> Option<String> {
 async fn seeds_in_memory(ctx: &SessionContext, dir: &Path) -> Result<(), QueryError> {
     for f in seed_files(dir) {
         let name = crate::config::pipeline::table_name(&f);
-        let df = ctx
-            .table(&name)
+        let df = parstat_plan::table(ctx, &name)
             .await
             .map_err(|e| QueryError::sql(&name, e))?;
         let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
@@ -150,11 +149,10 @@ async fn seeds_in_memory(ctx: &SessionContext, dir: &Path) -> Result<(), QueryEr
                     .map_err(|e| QueryError::sql(&name, e))?,
             )
             .map_err(|e| QueryError::sql(&name, e))?;
-        let rows = local
-            .table(&name)
+        let df = parstat_plan::table(&local, &name)
             .await
-            .map_err(|e| QueryError::sql(&name, e))?
-            .collect()
+            .map_err(|e| QueryError::sql(&name, e))?;
+        let rows = parstat_plan::collect(df)
             .await
             .map_err(|e| QueryError::sql(&name, e))?;
         register_batches(ctx, &name, schema, rows)?;
@@ -333,13 +331,11 @@ async fn register_seeds(ctx: &SessionContext, dir: &Path) -> Result<(), QueryErr
             source,
         };
         let (name, schema) = seed_schema(&f).map_err(io)?;
-        ctx.register_csv(
-            &name,
-            f.to_string_lossy().as_ref(),
-            CsvReadOptions::new().schema(&schema).has_header(true),
-        )
-        .await
-        .map_err(|e| QueryError::sql(f.display().to_string(), e))?;
+        let path = f.to_string_lossy();
+        let options = CsvReadOptions::new().schema(&schema).has_header(true);
+        parstat_plan::register_csv(ctx, &name, &path, options)
+            .await
+            .map_err(|e| QueryError::sql(f.display().to_string(), e))?;
     }
     Ok(())
 }

@@ -75,7 +75,7 @@ pub async fn plan_query(
     ctx: &SessionContext,
     sql: &str,
 ) -> Result<datafusion::logical_expr::LogicalPlan, DataFusionError> {
-    let plan = ctx.state().create_logical_plan(sql).await?;
+    let plan = parstat_plan::logical_plan(ctx, sql).await?;
     read_only().verify_plan(&plan).map_err(refused)?;
     Ok(plan)
 }
@@ -89,15 +89,14 @@ pub async fn run_sql(
     params: &[(String, ScalarValue)],
 ) -> Result<(SchemaRef, Vec<RecordBatch>), QueryError> {
     let err = |e: DataFusionError| QueryError::sql(origin, e);
-    let df = ctx
-        .sql_with_options(sql, read_only())
+    let df = parstat_plan::sql_with_options(ctx, sql, read_only())
         .await
         .map_err(|e| err(refused(e)))?;
     let map: std::collections::HashMap<String, ScalarAndMetadata> = params
         .iter()
         .map(|(k, v)| (k.clone(), ScalarAndMetadata::from(v.clone())))
         .collect();
-    let df = df.with_param_values(ParamValues::Map(map)).map_err(err)?;
+    let df = parstat_plan::with_param_values(df, ParamValues::Map(map)).map_err(err)?;
     let Some(limit) = session::cluster_timeout(ctx) else {
         return collect_plain(df)
             .await
@@ -188,7 +187,7 @@ pub(super) async fn collect_plain(
     df: datafusion::dataframe::DataFrame,
 ) -> Result<(SchemaRef, Vec<RecordBatch>), SqlCause> {
     let plain = plain_schema(df.schema().as_arrow());
-    let batches = df.collect().await?;
+    let batches = parstat_plan::collect(df).await?;
     let batches = batches
         .iter()
         .map(|b| warehouse::cast_batch(b, &plain))

@@ -749,13 +749,11 @@ async fn computed_rows(
         Some(f) => format!("SELECT * FROM \"{}\" WHERE {f}", e.table),
         None => format!("SELECT * FROM \"{}\"", e.table),
     };
-    let df = ctx
-        .sql_with_options(&sql, crate::query::read_only())
+    let df = parstat_plan::sql_with_options(ctx, &sql, crate::query::read_only())
         .await
         .map_err(|err| format!("`where` failed: {err}"))?;
     let schema = df.schema().as_arrow().clone();
-    let batches = df
-        .collect()
+    let batches = parstat_plan::collect(df)
         .await
         .map_err(|err| format!("`where` failed: {err}"))?;
     let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();

@@ -144,13 +144,9 @@ pub async fn all(wh: &Warehouse) -> Result<Vec<RunRecord>, WarehouseError> {
         table: TABLE.into(),
         message: e.to_string(),
     };
-    let batches = ctx
-        .sql("SELECT run_id, job, kind, period, status, started_at, finished_at, rows, deliveries, error, detail FROM runs ORDER BY started_at DESC, run_id")
-        .await
-        .map_err(err)?
-        .collect()
-        .await
-        .map_err(err)?;
+    let sql = "SELECT run_id, job, kind, period, status, started_at, finished_at, rows, deliveries, error, detail FROM runs ORDER BY started_at DESC, run_id";
+    let df = parstat_plan::sql(&ctx, sql).await.map_err(err)?;
+    let batches = parstat_plan::collect(df).await.map_err(err)?;
     let mut out = Vec::new();
     for b in &batches {
         let s = |i: usize| -> Vec<String> {

@@ -403,13 +403,9 @@ async fn stored_partitions(
         .map_err(|e| DataFusionError::External(Box::new(e)))?;
     ctx.register_table("t", provider)?;
     let on = key_match(key);
-    let found = ctx
-        .sql(&format!(
-            "SELECT t.{partition}, s.parstat_row FROM s JOIN t ON {on} ORDER BY t.{partition}"
-        ))
-        .await?
-        .collect()
-        .await?;
+    let sql =
+        format!("SELECT t.{partition}, s.parstat_row FROM s JOIN t ON {on} ORDER BY t.{partition}");
+    let found = parstat_plan::collect(parstat_plan::sql(&ctx, &sql).await?).await?;
     let mut out: Vec<(datafusion::scalar::ScalarValue, Vec<u32>)> = Vec::new();
     for b in &found {
         let rows = b

@@ -101,8 +101,8 @@ impl Catalog {
         let mut columns: BTreeMap<String, Vec<String>> = BTreeMap::new();
         let sql = "SELECT table_name, column_name FROM information_schema.columns \
                    WHERE table_schema = 'public' ORDER BY table_name, ordinal_position";
-        if let Ok(df) = ctx.sql(sql).await {
-            if let Ok(batches) = df.collect().await {
+        if let Ok(df) = parstat_plan::sql(ctx, sql).await {
+            if let Ok(batches) = parstat_plan::collect(df).await {
                 for b in &batches {
                     let t = arrow::compute::cast(b.column(0), &arrow::datatypes::DataType::Utf8);
                     let c = arrow::compute::cast(b.column(1), &arrow::datatypes::DataType::Utf8);
@@ -311,8 +311,10 @@ async fn command(ctx: &SessionContext, state: &mut State, line: &str) -> Result<
                  WHERE table_schema = 'public' AND table_name = '{}' ORDER BY ordinal_position",
                 t.replace('\'', "''")
             );
-            let df = ctx.sql(&sql).await.map_err(|e| e.to_string())?;
-            let batches = df.collect().await.map_err(|e| e.to_string())?;
+            let df = parstat_plan::sql(ctx, &sql)
+                .await
+                .map_err(|e| e.to_string())?;
+            let batches = parstat_plan::collect(df).await.map_err(|e| e.to_string())?;
             if batches.iter().all(|b| b.num_rows() == 0) {
                 let cat = Catalog::read(ctx).await;
                 let names: Vec<&str> = cat.columns.keys().map(|k| k.as_str()).collect();
