@@ -8,7 +8,7 @@ pub mod cli;
 pub mod clock;
 #[cfg(feature = "cluster")]
 pub mod cluster;
-pub mod config;
+pub use parstat_config as config;
 pub mod deliver;
 pub mod demo;
 pub mod docs;

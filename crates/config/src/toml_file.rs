@@ -202,7 +202,7 @@ pub fn fields_of<T: DeserializeOwned>() -> &'static [&'static str] {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::diag::Diagnostics;
+    use crate::diag::Diagnostics;
     use serde::Deserialize;
 
     #[derive(Deserialize, Debug)]

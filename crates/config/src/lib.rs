@@ -6,7 +6,7 @@ pub mod env;
 pub mod pipeline;
 pub mod schema;
 pub mod settings;
-pub(crate) mod toml_file;
+pub mod toml_file;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -213,7 +213,8 @@ mod tests {
                 }
             }
         }
-        let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+        // The project at the top of the repository, two folders above this crate.
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
         let dir = tempfile::tempdir().unwrap();
         std::fs::copy(repo.join("parstat.toml"), dir.path().join("parstat.toml")).unwrap();
         for sub in ["pipelines", "schemas", "sql", "reports"] {

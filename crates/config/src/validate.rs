@@ -828,8 +828,8 @@ fn values(
                 format!(
                     "`{col}` is personal data (`personal = \"{}\"`): it cannot have a value mapping",
                     match how {
-                        crate::config::schema::Personal::Hash => "hash",
-                        crate::config::schema::Personal::Drop => "drop",
+                        crate::schema::Personal::Hash => "hash",
+                        crate::schema::Personal::Drop => "drop",
                     }
                 ),
                 Some("remove `[values]` for this column; map values only of non-personal columns".into()),
