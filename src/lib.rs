@@ -8,6 +8,8 @@ pub mod cli;
 pub mod clock;
 #[cfg(feature = "cluster")]
 pub mod cluster;
+// Reading and checking the project files: a crate of its own (crates/config) so that it compiles
+// beside the engine; its path stays `parstat::config`.
 pub use parstat_config as config;
 pub mod deliver;
 pub mod demo;
