@@ -173,12 +173,8 @@ async fn write_output(
         Format::Parquet => {
             let path = args.output.as_ref().expect("checked above");
             let _ = std::fs::remove_file(path);
-            let batches = if batches.is_empty() {
-                vec![arrow::array::RecordBatch::new_empty(schema.clone())]
-            } else {
-                batches
-            };
-            let df = parstat_plan::read_batches(ctx, batches).map_err(|e| werr(&e))?;
+            let df =
+                parstat_plan::read_batches(ctx, schema.clone(), batches).map_err(|e| werr(&e))?;
             let options = DataFrameWriteOptions::new().with_single_file_output(true);
             parstat_plan::write_parquet(df, &path.to_string_lossy(), options)
                 .await

@@ -253,12 +253,7 @@ async fn write_preview(
             let path = dir.join(format!("{}.{ext}", t.name));
             // The writers refuse to replace a file: a rerun of the preview replaces it.
             let _ = std::fs::remove_file(&path);
-            let batches = if t.batches.is_empty() {
-                vec![arrow::array::RecordBatch::new_empty(t.schema.clone())]
-            } else {
-                t.batches.clone()
-            };
-            let df = parstat_plan::read_batches(&ctx, batches)
+            let df = parstat_plan::read_batches(&ctx, t.schema.clone(), t.batches.clone())
                 .map_err(|e| werr(&path, e.to_string()))?;
             let opts = DataFrameWriteOptions::new().with_single_file_output(true);
             let target = path.to_string_lossy().to_string();
