@@ -10,6 +10,7 @@ mod demo;
 mod extract;
 mod faults;
 mod hostile;
+mod hostile_sql;
 mod http_faults;
 mod personal;
 mod recovery;

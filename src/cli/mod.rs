@@ -143,6 +143,12 @@ fn init_logging(verbose: u8, quiet: bool) {
         .try_init();
 }
 
+/// The stack of every thread that plans or runs SQL. DataFusion plans an expression by
+/// recursion, a few KiB per level: tokio's default 2 MiB held a chain of about 400 operators
+/// in a release build. This holds several times [`crate::query::MAX_CHAIN`], the most a SQL text may
+/// chain; it is address space, and only the pages a deep plan touches take memory.
+pub const THREAD_STACK: usize = 32 << 20;
+
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -155,6 +161,7 @@ pub fn main() -> ExitCode {
     init_logging(cli.verbose, cli.quiet);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .thread_stack_size(THREAD_STACK)
         .build()
     {
         Ok(r) => r,
@@ -163,7 +170,22 @@ pub fn main() -> ExitCode {
             return ExitCode::from(EXIT_FAILED);
         }
     };
-    let outcome = runtime.block_on(run(cli));
+    // The command itself runs on a thread with the workers' stack, not on the main thread's.
+    let outcome = std::thread::scope(|s| {
+        std::thread::Builder::new()
+            .name("parstat".into())
+            .stack_size(THREAD_STACK)
+            .spawn_scoped(s, || runtime.block_on(run(cli)))
+            .map(|t| t.join())
+    });
+    let outcome = match outcome {
+        Ok(Ok(outcome)) => outcome,
+        Ok(Err(panic)) => std::panic::resume_unwind(panic),
+        Err(e) => {
+            eprintln!("Error: cannot start the command's thread: {e}");
+            return ExitCode::from(EXIT_FAILED);
+        }
+    };
     // Everything the command started has been awaited. Waiting for the runtime's idle threads
     // to wind down, each tidying its allocator heap, would only delay the exit.
     runtime.shutdown_background();

@@ -32,7 +32,7 @@ pub use session::{
     seed_files, seed_schema, session, session_with, InputTable, Inputs, MemoryTables,
 };
 pub(crate) use sql::first_line;
-pub use sql::{named_tables, plan_query, read_only, run_sql, sample};
+pub use sql::{named_tables, plan_query, read_only, run_sql, sample, MAX_CHAIN};
 
 pub use crate::warehouse::published::published_name;
 

@@ -70,11 +70,124 @@ pub fn named_tables<'a>(texts: impl IntoIterator<Item = &'a str>) -> BTreeSet<St
     out
 }
 
+/// The most operators one expression of report SQL may chain (`a OR b OR ...`, counting
+/// the brackets it sits in). DataFusion plans such a chain by recursion: a few hundred past
+/// what a thread's stack holds abort the whole process, a daemon's other jobs with it. The
+/// largest chain of the project's own SQL is under 100; the stacks parstat gives its threads
+/// (`crate::cli::THREAD_STACK`) hold several times this limit.
+pub const MAX_CHAIN: usize = 1000;
+
+/// Refuses SQL in which an expression chains more than [`MAX_CHAIN`] operators, naming where
+/// and what to write instead. It counts tokens, before anything is parsed: operators and
+/// opening brackets, per comma-separated part, summed over the brackets open at each point,
+/// so the count bounds how deep any expression can nest. SQL the tokenizer rejects is left
+/// to the parser, which reports it in its own words.
+pub fn within_chain_limit(sql: &str) -> Result<(), DataFusionError> {
+    use datafusion::sql::sqlparser::dialect::GenericDialect;
+    use datafusion::sql::sqlparser::keywords::Keyword;
+    use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
+    /// Per open bracket: the operators of its current part, the deepest group closed in that
+    /// part, and the deepest of its finished parts.
+    #[derive(Default)]
+    struct Level {
+        ops: usize,
+        child: usize,
+        deepest: usize,
+    }
+    let Ok(tokens) = Tokenizer::new(&GenericDialect {}, sql).tokenize_with_location() else {
+        return Ok(());
+    };
+    let mut levels = vec![Level::default()];
+    for t in &tokens {
+        match &t.token {
+            Token::LParen | Token::LBracket | Token::LBrace => {
+                if let Some(l) = levels.last_mut() {
+                    l.ops += 1;
+                }
+                levels.push(Level::default());
+            }
+            Token::RParen | Token::RBracket | Token::RBrace => {
+                if levels.len() > 1 {
+                    let l = levels.pop().unwrap_or_default();
+                    let depth = l.deepest.max(l.ops + l.child);
+                    if let Some(p) = levels.last_mut() {
+                        p.child = p.child.max(depth);
+                    }
+                }
+                continue;
+            }
+            Token::Comma | Token::SemiColon => {
+                if let Some(l) = levels.last_mut() {
+                    l.deepest = l.deepest.max(l.ops + l.child);
+                    l.ops = 0;
+                    l.child = 0;
+                }
+                continue;
+            }
+            Token::Word(w)
+                if !matches!(
+                    w.keyword,
+                    Keyword::AND
+                        | Keyword::OR
+                        | Keyword::XOR
+                        | Keyword::NOT
+                        | Keyword::IS
+                        | Keyword::LIKE
+                        | Keyword::ILIKE
+                        | Keyword::SIMILAR
+                        | Keyword::REGEXP
+                        | Keyword::RLIKE
+                        | Keyword::IN
+                        | Keyword::BETWEEN
+                        | Keyword::OVERLAPS
+                        | Keyword::COLLATE
+                        | Keyword::AT
+                        | Keyword::DIV
+                ) =>
+            {
+                continue
+            }
+            // Operands and separators; every other token (an operator, `::`, `[`, a
+            // character the dialect does not know) counts, so that none is missed.
+            Token::EOF
+            | Token::Whitespace(_)
+            | Token::Number(..)
+            | Token::Placeholder(_)
+            | Token::Period
+            | Token::SingleQuotedString(_)
+            | Token::DoubleQuotedString(_)
+            | Token::DollarQuotedString(_)
+            | Token::NationalStringLiteral(_)
+            | Token::EscapedStringLiteral(_)
+            | Token::UnicodeStringLiteral(_)
+            | Token::HexStringLiteral(_) => continue,
+            _ => {
+                if let Some(l) = levels.last_mut() {
+                    l.ops += 1;
+                }
+            }
+        }
+        let chained: usize = levels.iter().map(|l| l.ops + l.child).sum();
+        if chained > MAX_CHAIN {
+            let at = t.span.start;
+            return Err(DataFusionError::Plan(format!(
+                "the expression at line {}, column {} chains more than {MAX_CHAIN} operators, \
+                 more than planning can hold; write a long chain of OR comparisons as \
+                 `column IN (...)`, a long CASE as a join with a seed table, or split the \
+                 expression across CTEs",
+                at.line, at.column
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Plans `sql` as [`read_only`] allows, without running it (`parstat check`).
 pub async fn plan_query(
     ctx: &SessionContext,
     sql: &str,
 ) -> Result<datafusion::logical_expr::LogicalPlan, DataFusionError> {
+    within_chain_limit(sql)?;
     let plan = parstat_plan::logical_plan(ctx, sql).await?;
     read_only().verify_plan(&plan).map_err(refused)?;
     Ok(plan)
@@ -89,6 +202,7 @@ pub async fn run_sql(
     params: &[(String, ScalarValue)],
 ) -> Result<(SchemaRef, Vec<RecordBatch>), QueryError> {
     let err = |e: DataFusionError| QueryError::sql(origin, e);
+    within_chain_limit(sql).map_err(err)?;
     let df = parstat_plan::sql_with_options(ctx, sql, read_only())
         .await
         .map_err(|e| err(refused(e)))?;
@@ -234,6 +348,68 @@ mod tests {
         // SQL the tokenizer rejects (an unterminated string): every word counts.
         let n = named_tables(["SELECT * FROM dossier WHERE a = 'rating"]);
         assert!(n.contains("dossier") && n.contains("rating"), "{n:?}");
+    }
+
+    /// `SELECT` of `n` ones joined by `op`.
+    fn chain(op: &str, n: usize) -> String {
+        format!("SELECT {} AS x", vec!["1"; n].join(op))
+    }
+
+    #[test]
+    fn a_chain_past_the_limit_is_refused_where_it_crosses_it() {
+        assert!(within_chain_limit(&chain(" + ", MAX_CHAIN + 1)).is_ok());
+        let e = within_chain_limit(&chain(" + ", MAX_CHAIN + 2)).unwrap_err();
+        // The operator that crosses the limit: the 1,001st `+`, after 1,000 "1 + " and a "1 ".
+        let col = "SELECT ".len() + 4 * MAX_CHAIN + 3;
+        assert!(
+            e.to_string().contains(&format!(
+                "line 1, column {col} chains more than 1000 operators"
+            )),
+            "{e}"
+        );
+        assert!(e.to_string().contains("`column IN (...)`"), "{e}");
+        // Keywords count as operators; a comparison and its OR are two.
+        let ors = (0..MAX_CHAIN / 2 + 1)
+            .map(|i| format!("code = '{i}'"))
+            .collect::<Vec<_>>()
+            .join("\nOR ");
+        let e = within_chain_limit(&format!("SELECT * FROM t\nWHERE {ors}")).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains(&format!("line {}", MAX_CHAIN / 2 + 2)),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn brackets_add_up_and_commas_start_afresh() {
+        // Ten parts of 900 each, comma-separated: each is its own expression.
+        let parts = vec![vec!["1"; 901].join(" + "); 10].join(", ");
+        assert!(within_chain_limit(&format!("SELECT {parts}")).is_ok());
+        // Ten nested groups of 100 each: one expression 1,000 deep (and ten brackets).
+        let group = vec!["1"; 100].join(" + ");
+        let nested = (0..10).fold(String::from("1"), |inner, _| format!("{group} + ({inner})"));
+        assert!(within_chain_limit(&format!("SELECT {nested}")).is_err());
+        // A closed group still counts for what follows it in the same part.
+        let after = format!("SELECT ({group}) {}", " + 1".repeat(901));
+        assert!(within_chain_limit(&after).is_err());
+        // Operators in comments and strings are text, not operators.
+        let text = format!(
+            "SELECT '{}' AS s -- {}",
+            "+".repeat(5000),
+            "OR ".repeat(5000)
+        );
+        assert!(within_chain_limit(&text).is_ok());
+        // SQL the tokenizer rejects is left to the parser's own error.
+        assert!(within_chain_limit("SELECT 'unterminated").is_ok());
+        // The project's own SQL is far under the limit.
+        for f in [
+            "sql/par/dossier_monthly.sql",
+            "sql/investment/investment_monthly.sql",
+        ] {
+            let text = std::fs::read_to_string(f).unwrap();
+            assert!(within_chain_limit(&text).is_ok(), "{f}");
+        }
     }
 
     #[test]
