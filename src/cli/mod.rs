@@ -145,8 +145,8 @@ fn init_logging(verbose: u8, quiet: bool) {
 
 /// The stack of every thread that plans or runs SQL. DataFusion plans an expression by
 /// recursion, a few KiB per level: tokio's default 2 MiB held a chain of about 400 operators
-/// in a release build. This holds several times [`crate::query::MAX_CHAIN`], the most a SQL text may
-/// chain; it is address space, and only the pages a deep plan touches take memory.
+/// in a release build, this holds twice [`crate::query::MAX_CHAIN`], the most a SQL text may
+/// chain. It is address space: only the pages a deep plan touches take memory.
 pub const THREAD_STACK: usize = 32 << 20;
 
 /// Entry point of the binary.

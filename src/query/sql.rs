@@ -71,10 +71,11 @@ pub fn named_tables<'a>(texts: impl IntoIterator<Item = &'a str>) -> BTreeSet<St
 }
 
 /// The most operators one expression of report SQL may chain (`a OR b OR ...`, counting
-/// the brackets it sits in). DataFusion plans such a chain by recursion: a few hundred past
-/// what a thread's stack holds abort the whole process, a daemon's other jobs with it. The
-/// largest chain of the project's own SQL is under 100; the stacks parstat gives its threads
-/// (`crate::cli::THREAD_STACK`) hold several times this limit.
+/// the brackets it sits in). DataFusion plans such a chain by recursion, in time that grows
+/// steeply with its length: a few hundred overflow a default thread stack, which aborts the
+/// whole process (a daemon's other jobs with it), and a few thousand take minutes. The
+/// project's own SQL chains under 100; parstat's threads (`crate::cli::THREAD_STACK`) hold
+/// twice this limit.
 pub const MAX_CHAIN: usize = 1000;
 
 /// Refuses SQL in which an expression chains more than [`MAX_CHAIN`] operators, naming where
