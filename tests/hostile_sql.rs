@@ -93,6 +93,12 @@ fn a_chain_of_thousands_of_operators_is_refused_everywhere_and_publishes_nothing
     refused(&o, "backfill", line, 1);
     let o = run(p.path(), &["check"]);
     refused(&o, "check", line, 2);
+    // `check` points at the operator where the chain crosses the limit, on that line.
+    assert!(
+        stderr(&o).contains(&format!("sql/par/trend_monthly.sql:{line}:")),
+        "{}",
+        stderr(&o)
+    );
     assert_eq!(published(p.path()), before, "a published table changed");
 
     // The analyst's own query: refused the same way, with the query's line.

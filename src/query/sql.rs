@@ -171,13 +171,19 @@ pub fn within_chain_limit(sql: &str) -> Result<(), DataFusionError> {
         let chained: usize = levels.iter().map(|l| l.ops + l.child).sum();
         if chained > MAX_CHAIN {
             let at = t.span.start;
+            // The span lets `check` point at the operator, as at DataFusion's own errors.
+            let here = datafusion::common::Diagnostic::new_error(
+                format!("more than {MAX_CHAIN} operators chained"),
+                datafusion::common::Span::try_from_sqlparser_span(t.span),
+            );
             return Err(DataFusionError::Plan(format!(
                 "the expression at line {}, column {} chains more than {MAX_CHAIN} operators, \
                  more than planning can hold; write a long chain of OR comparisons as \
                  `column IN (...)`, a long CASE as a join with a seed table, or split the \
                  expression across CTEs",
                 at.line, at.column
-            )));
+            ))
+            .with_diagnostic(here));
         }
     }
     Ok(())
