@@ -98,31 +98,27 @@ pub fn within_chain_limit(sql: &str) -> Result<(), DataFusionError> {
     let Ok(tokens) = Tokenizer::new(&GenericDialect {}, sql).tokenize_with_location() else {
         return Ok(());
     };
-    let mut levels = vec![Level::default()];
+    // The innermost open bracket (the statement itself at first), and those around it.
+    let mut cur = Level::default();
+    let mut outer: Vec<Level> = Vec::new();
     for t in &tokens {
         match &t.token {
             Token::LParen | Token::LBracket | Token::LBrace => {
-                if let Some(l) = levels.last_mut() {
-                    l.ops += 1;
-                }
-                levels.push(Level::default());
+                cur.ops += 1;
+                outer.push(std::mem::take(&mut cur));
             }
             Token::RParen | Token::RBracket | Token::RBrace => {
-                if levels.len() > 1 {
-                    let l = levels.pop().unwrap_or_default();
-                    let depth = l.deepest.max(l.ops + l.child);
-                    if let Some(p) = levels.last_mut() {
-                        p.child = p.child.max(depth);
-                    }
+                if let Some(parent) = outer.pop() {
+                    let depth = cur.deepest.max(cur.ops + cur.child);
+                    cur = parent;
+                    cur.child = cur.child.max(depth);
                 }
                 continue;
             }
             Token::Comma | Token::SemiColon => {
-                if let Some(l) = levels.last_mut() {
-                    l.deepest = l.deepest.max(l.ops + l.child);
-                    l.ops = 0;
-                    l.child = 0;
-                }
+                cur.deepest = cur.deepest.max(cur.ops + cur.child);
+                cur.ops = 0;
+                cur.child = 0;
                 continue;
             }
             Token::Word(w)
@@ -162,13 +158,9 @@ pub fn within_chain_limit(sql: &str) -> Result<(), DataFusionError> {
             | Token::EscapedStringLiteral(_)
             | Token::UnicodeStringLiteral(_)
             | Token::HexStringLiteral(_) => continue,
-            _ => {
-                if let Some(l) = levels.last_mut() {
-                    l.ops += 1;
-                }
-            }
+            _ => cur.ops += 1,
         }
-        let chained: usize = levels.iter().map(|l| l.ops + l.child).sum();
+        let chained = cur.ops + cur.child + outer.iter().map(|l| l.ops + l.child).sum::<usize>();
         if chained > MAX_CHAIN {
             let at = t.span.start;
             // The span lets `check` point at the operator, as at DataFusion's own errors.
